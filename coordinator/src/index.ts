@@ -1,1 +1,5 @@
-export {}
+export { buildCoordinator, coordinatorPlugin, type Coordinator } from './app.js'
+export { configFromEnv, resolveOptions, parseDuration, type CoordinatorOptions, type ServerConfig } from './config.js'
+export { Engine, type Outcome } from './engine.js'
+export { CoordinatorLog } from './log/store.js'
+export * as machine from './core/machine.js'

@@ -1,0 +1,138 @@
+/**
+ * The app factory: builds the coordinator's Fastify app from an options object. Tests use it
+ * directly; the `twopc-coordinator` bin builds the options from the environment.
+ */
+import Fastify, { type FastifyInstance, type FastifyError } from 'fastify'
+import fp from 'fastify-plugin'
+import { STATUS_CODES } from 'node:http'
+import { createHash, timingSafeEqual } from 'node:crypto'
+import { resolveOptions, type CoordinatorOptions, type ResolvedOptions } from './config.js'
+import { CoordinatorLog } from './log/store.js'
+import { ParticipantDriver } from './driver.js'
+import { Engine } from './engine.js'
+import { parseAllowlist } from './allowlist.js'
+import { newCoordinatorId } from './ids.js'
+import { Errors, FRAMEWORK_CODES } from './errors.js'
+import { transactionRoutes } from './routes.js'
+
+export interface Coordinator {
+  id: string
+  engine: Engine
+  log: CoordinatorLog
+  options: ResolvedOptions
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    coordinator: Coordinator
+  }
+}
+
+function sha256 (text: string): Buffer {
+  return createHash('sha256').update(text).digest()
+}
+
+/** Fastify plugin: the log, the engine, the routes, recovery and the sweeper, closed in onClose. */
+export const coordinatorPlugin = fp<{ options: ResolvedOptions }>(async (app, { options }) => {
+  const allowlist = parseAllowlist(options.participantAllowlist)
+  const log = new CoordinatorLog(options.dbPath)
+  let coordinatorId: string
+  try {
+    coordinatorId = log.bindCoordinatorId(options.coordinatorId, newCoordinatorId)
+  } catch (err) {
+    log.close()
+    throw err
+  }
+  const driver = new ParticipantDriver({
+    ...(options.secret !== undefined ? { secret: options.secret } : {}),
+    maxResponseBytes: options.maxResponseBytes,
+    connectionsPerOrigin: options.connectionsPerOrigin
+  })
+  const engine = new Engine(log, driver, {
+    coordinatorId,
+    policy: {
+      maxParticipants: options.maxParticipants,
+      retryBaseMs: options.retryBaseMs,
+      retryMaxMs: options.retryMaxMs,
+      retryBudget: options.retryBudget
+    },
+    prepareTimeoutMs: options.prepareTimeoutMs,
+    phase2TimeoutMs: options.phase2TimeoutMs,
+    sweepIntervalMs: options.sweepIntervalMs,
+    maxConcurrentPhase2: 256,
+    logger: app.log
+  })
+  app.decorate('coordinator', { id: coordinatorId, engine, log, options })
+
+  let closing = false
+  app.addHook('onClose', async () => {
+    closing = true
+    await engine.stop()
+    await driver.close()
+    log.close()
+  })
+
+  // Recovery runs once the app is ready; /readyz says 503 until it is done.
+  app.addHook('onReady', async () => {
+    app.log.info({ coordinatorId, db: options.dbPath, allowlist: allowlist.describe }, 'coordinator log open')
+    void engine.recover().then(() => engine.startSweeper(), (err: unknown) => {
+      app.log.fatal({ err }, 'recovery failed')
+    })
+  })
+
+  app.get('/healthz', async () => ({ status: 'ok' }))
+  app.get('/readyz', async (_req, reply) => {
+    const ready = engine.recovered && !closing
+    reply.code(ready ? 200 : 503)
+    return { ready, log: closing ? 'closing' : 'open', recovery: engine.recovered ? 'done' : 'running', coordinatorId }
+  })
+
+  await app.register(async (v1) => {
+    if (options.apiToken !== undefined) {
+      const expected = sha256(options.apiToken)
+      v1.addHook('onRequest', async (req) => {
+        const header = req.headers.authorization
+        const given = typeof header === 'string' && header.startsWith('Bearer ') ? header.slice(7) : ''
+        if (!timingSafeEqual(sha256(given), expected)) throw new Errors.UNAUTHORIZED()
+      })
+    }
+    await transactionRoutes(v1, { engine, log, allowlist, options, coordinatorId })
+  })
+}, { name: '@fastify-2pc/coordinator', fastify: '5.x' })
+
+/** Builds the coordinator app (not yet listening). */
+export async function buildCoordinator (input: CoordinatorOptions): Promise<FastifyInstance> {
+  const options = resolveOptions(input)
+  const app = Fastify({
+    logger: options.logger,
+    bodyLimit: options.bodyLimitBytes,
+    return503OnClosing: true,
+    ajv: {
+      // Unknown fields are an error, not silently dropped; bodies are not coerced.
+      customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false }
+    }
+  })
+
+  app.setErrorHandler((err: FastifyError, req, reply) => {
+    let statusCode = err.statusCode ?? 500
+    let code = err.code ?? 'INTERNAL_ERROR'
+    let message = err.message
+    if (err.validation !== undefined) {
+      statusCode = 400
+      code = 'VALIDATION_FAILED'
+    } else if (FRAMEWORK_CODES[code] !== undefined) {
+      code = FRAMEWORK_CODES[code] as string
+    }
+    if (statusCode >= 500) {
+      req.log.error({ err }, 'request failed')
+      if (code.startsWith('FST_') || err.code === undefined) { code = 'INTERNAL_ERROR'; message = 'internal error' }
+    }
+    void reply.code(statusCode).send({ statusCode, code, error: STATUS_CODES[statusCode] ?? 'Error', message })
+  })
+  app.setNotFoundHandler((req, reply) => {
+    void reply.code(404).send({ statusCode: 404, code: 'ROUTE_NOT_FOUND', error: 'Not Found', message: `no route ${req.method} ${req.url.split('?')[0]}` })
+  })
+
+  await app.register(coordinatorPlugin, { options })
+  return app
+}

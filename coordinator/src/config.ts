@@ -1,0 +1,168 @@
+/**
+ * Configuration: the options object the app factory takes, its defaults, and the one
+ * environment schema the `twopc-coordinator` bin reads it from.
+ */
+import envSchema from 'env-schema'
+import { Type, type Static } from '@sinclair/typebox'
+import { COORDINATOR_ID_PATTERN } from '@fastify-2pc/protocol'
+
+export interface CoordinatorOptions {
+  /** SQLite file of the log (TWOPC_DB). */
+  dbPath: string
+  /** Prefix of every transaction id; fixed by the log's first start (TWOPC_COORDINATOR_ID). */
+  coordinatorId?: string
+  /** HMAC key for callback signatures (TWOPC_SECRET). */
+  secret?: string
+  /** Bearer token required on /v1 (TWOPC_API_TOKEN). */
+  apiToken?: string
+  /** Allowed participant origins / host patterns; unset = loopback only (TWOPC_PARTICIPANT_ALLOWLIST). */
+  participantAllowlist?: string
+  defaultTimeoutMs?: number
+  minTimeoutMs?: number
+  maxTimeoutMs?: number
+  /** Longest wait for one prepare answer (also bounded by the transaction's expiry). */
+  prepareTimeoutMs?: number
+  /** Longest wait for one commit/abort answer. */
+  phase2TimeoutMs?: number
+  maxParticipants?: number
+  maxPayloadBytes?: number
+  bodyLimitBytes?: number
+  retryBaseMs?: number
+  retryMaxMs?: number
+  retryBudget?: number
+  sweepIntervalMs?: number
+  /** Largest answer body read from a participant. */
+  maxResponseBytes?: number
+  /** Open connections per participant origin. */
+  connectionsPerOrigin?: number
+  logger?: boolean | { level?: string }
+}
+
+export type ResolvedOptions = Required<Omit<CoordinatorOptions, 'coordinatorId' | 'secret' | 'apiToken' | 'participantAllowlist'>> &
+  Pick<CoordinatorOptions, 'coordinatorId' | 'secret' | 'apiToken' | 'participantAllowlist'>
+
+export const defaults = {
+  defaultTimeoutMs: 30_000,
+  minTimeoutMs: 100,
+  maxTimeoutMs: 10 * 60_000,
+  prepareTimeoutMs: 10_000,
+  phase2TimeoutMs: 10_000,
+  maxParticipants: 32,
+  maxPayloadBytes: 64 * 1024,
+  bodyLimitBytes: 1024 * 1024,
+  retryBaseMs: 250,
+  retryMaxMs: 30_000,
+  retryBudget: 10,
+  sweepIntervalMs: 1_000,
+  maxResponseBytes: 64 * 1024,
+  connectionsPerOrigin: 64,
+  logger: false as boolean | { level?: string }
+}
+
+function positiveInt (name: string, value: number): void {
+  if (!Number.isSafeInteger(value) || value < 1) throw new Error(`${name} must be a positive integer, got ${value}`)
+}
+
+export function resolveOptions (options: CoordinatorOptions): ResolvedOptions {
+  const resolved: ResolvedOptions = { ...defaults, ...stripUndefined(options) }
+  if (typeof resolved.dbPath !== 'string' || resolved.dbPath === '') throw new Error('dbPath is required')
+  for (const key of ['defaultTimeoutMs', 'minTimeoutMs', 'maxTimeoutMs', 'prepareTimeoutMs', 'phase2TimeoutMs', 'maxParticipants',
+    'maxPayloadBytes', 'bodyLimitBytes', 'retryBaseMs', 'retryMaxMs', 'retryBudget', 'sweepIntervalMs', 'maxResponseBytes',
+    'connectionsPerOrigin'] as const) {
+    positiveInt(key, resolved[key])
+  }
+  if (resolved.minTimeoutMs > resolved.maxTimeoutMs) throw new Error('minTimeoutMs must not exceed maxTimeoutMs')
+  if (resolved.defaultTimeoutMs < resolved.minTimeoutMs || resolved.defaultTimeoutMs > resolved.maxTimeoutMs) {
+    throw new Error(`defaultTimeoutMs must be between minTimeoutMs (${resolved.minTimeoutMs}) and maxTimeoutMs (${resolved.maxTimeoutMs})`)
+  }
+  if (resolved.retryBaseMs > resolved.retryMaxMs) throw new Error('retryBaseMs must not exceed retryMaxMs')
+  if (resolved.coordinatorId !== undefined && !new RegExp(COORDINATOR_ID_PATTERN).test(resolved.coordinatorId)) {
+    throw new Error(`coordinatorId must match ${COORDINATOR_ID_PATTERN}, got "${resolved.coordinatorId}"`)
+  }
+  if (resolved.secret !== undefined && resolved.secret.length < 16) throw new Error('secret must be at least 16 characters')
+  if (resolved.apiToken !== undefined && resolved.apiToken.length < 16) throw new Error('apiToken must be at least 16 characters')
+  return resolved
+}
+
+function stripUndefined<T extends object> (o: T): T {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T
+}
+
+/** The environment the bin reads: DESIGN.md's variables plus tuning knobs, all validated. */
+export const EnvSchema = Type.Object({
+  PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 7070 }),
+  HOST: Type.String({ minLength: 1, default: '0.0.0.0' }),
+  TWOPC_DB: Type.String({ minLength: 1, default: './data/coordinator.db' }),
+  AMQP_URL: Type.Optional(Type.String({ pattern: '^amqps?://' })),
+  TWOPC_SECRET: Type.Optional(Type.String({ minLength: 16 })),
+  TWOPC_API_TOKEN: Type.Optional(Type.String({ minLength: 16 })),
+  TWOPC_PARTICIPANT_ALLOWLIST: Type.Optional(Type.String()),
+  TWOPC_DEFAULT_TIMEOUT_MS: Type.Integer({ minimum: 1, default: defaults.defaultTimeoutMs }),
+  TWOPC_MAX_TIMEOUT_MS: Type.Integer({ minimum: 1, default: defaults.maxTimeoutMs }),
+  TWOPC_PREPARE_TIMEOUT_MS: Type.Integer({ minimum: 1, default: defaults.prepareTimeoutMs }),
+  TWOPC_MAX_PARTICIPANTS: Type.Integer({ minimum: 1, maximum: 1000, default: defaults.maxParticipants }),
+  TWOPC_MAX_PAYLOAD_BYTES: Type.Integer({ minimum: 1, default: defaults.maxPayloadBytes }),
+  TWOPC_BODY_LIMIT_BYTES: Type.Integer({ minimum: 1024, default: defaults.bodyLimitBytes }),
+  TWOPC_RETRY_BASE_MS: Type.Integer({ minimum: 1, default: defaults.retryBaseMs }),
+  TWOPC_RETRY_MAX_MS: Type.Integer({ minimum: 1, default: defaults.retryMaxMs }),
+  TWOPC_RETRY_BUDGET: Type.Integer({ minimum: 1, default: defaults.retryBudget }),
+  TWOPC_COORDINATOR_ID: Type.Optional(Type.String({ pattern: COORDINATOR_ID_PATTERN })),
+  TWOPC_AMQP_PREFIX: Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$', default: 'twopc' }),
+  TWOPC_RETENTION: Type.String({ pattern: '^[0-9]+(ms|s|m|h|d)$', default: '7d' }),
+  LOG_LEVEL: Type.Union([
+    Type.Literal('fatal'), Type.Literal('error'), Type.Literal('warn'),
+    Type.Literal('info'), Type.Literal('debug'), Type.Literal('trace'), Type.Literal('silent')
+  ], { default: 'info' })
+})
+export type Env = Static<typeof EnvSchema>
+
+export interface ServerConfig {
+  port: number
+  host: string
+  amqpUrl?: string
+  amqpPrefix: string
+  retentionMs: number
+  options: CoordinatorOptions
+}
+
+const UNIT_MS = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const
+
+export function parseDuration (text: string): number {
+  const match = /^([0-9]+)(ms|s|m|h|d)$/.exec(text)
+  if (match === null) throw new Error(`"${text}" is not a duration like 500ms, 30s, 15m, 12h or 7d`)
+  return Number(match[1]) * UNIT_MS[match[2] as keyof typeof UNIT_MS]
+}
+
+/**
+ * Reads and validates the environment. A bad or missing value throws an error that names the
+ * variable (env-schema's message: `env/PORT must be <= 65535`).
+ */
+export function configFromEnv (env: NodeJS.ProcessEnv = process.env): ServerConfig {
+  const e = envSchema<Env>({ schema: EnvSchema, data: env, dotenv: false })
+  const options: CoordinatorOptions = {
+    dbPath: e.TWOPC_DB,
+    coordinatorId: e.TWOPC_COORDINATOR_ID,
+    secret: e.TWOPC_SECRET,
+    apiToken: e.TWOPC_API_TOKEN,
+    participantAllowlist: e.TWOPC_PARTICIPANT_ALLOWLIST,
+    defaultTimeoutMs: e.TWOPC_DEFAULT_TIMEOUT_MS,
+    maxTimeoutMs: e.TWOPC_MAX_TIMEOUT_MS,
+    prepareTimeoutMs: e.TWOPC_PREPARE_TIMEOUT_MS,
+    maxParticipants: e.TWOPC_MAX_PARTICIPANTS,
+    maxPayloadBytes: e.TWOPC_MAX_PAYLOAD_BYTES,
+    bodyLimitBytes: e.TWOPC_BODY_LIMIT_BYTES,
+    retryBaseMs: e.TWOPC_RETRY_BASE_MS,
+    retryMaxMs: e.TWOPC_RETRY_MAX_MS,
+    retryBudget: e.TWOPC_RETRY_BUDGET,
+    logger: e.LOG_LEVEL === 'silent' ? false : { level: e.LOG_LEVEL }
+  }
+  resolveOptions(options) // cross-field checks (e.g. default timeout within the range) fail here, at start
+  return {
+    port: e.PORT,
+    host: e.HOST,
+    amqpUrl: e.AMQP_URL,
+    amqpPrefix: e.TWOPC_AMQP_PREFIX,
+    retentionMs: parseDuration(e.TWOPC_RETENTION),
+    options
+  }
+}

@@ -1,0 +1,323 @@
+/**
+ * The imperative shell around the state machine. For every event: load the record, `step`,
+ * save the result in one forced SQLite transaction, and only then carry out the effects
+ * (HTTP calls, timers, answers to waiting initiators). Load-step-save is synchronous, so two
+ * events for one transaction never interleave; the effects are asynchronous and come back as
+ * new events.
+ */
+import type { FastifyBaseLogger } from 'fastify'
+import { crashPoint as defaultCrashPoint, type CrashPoint, type Decision } from '@fastify-2pc/protocol'
+import {
+  step, newTransaction, isDecided,
+  type Effect, type Event, type NewParticipant, type Policy, type RejectCode, type StepResult, type Transaction
+} from './core/machine.js'
+import type { CoordinatorLog, NewAttention } from './log/store.js'
+import type { ParticipantDriver } from './driver.js'
+import { newTransactionId } from './ids.js'
+
+export interface Outcome {
+  id: string
+  state: 'committed' | 'aborted'
+  reason?: string
+}
+
+export interface EngineOptions {
+  coordinatorId: string
+  policy: Policy
+  prepareTimeoutMs: number
+  phase2TimeoutMs: number
+  sweepIntervalMs: number
+  /** Phase-2 calls in flight at once; the rest wait their turn (recovery can find thousands). */
+  maxConcurrentPhase2: number
+  logger: FastifyBaseLogger
+  now?: () => number
+  random?: () => number
+  crashPoint?: CrashPoint
+}
+
+export class Rejected extends Error {
+  constructor (readonly code: RejectCode, readonly tx: Transaction) {
+    super(code)
+  }
+}
+
+/** Recovery and sweeps work in pages so a large log never blocks the event loop for long. */
+const PAGE = 200
+
+export class Engine {
+  private readonly waiters = new Map<string, Array<(o: Outcome) => void>>()
+  private readonly timers = new Map<string, NodeJS.Timeout>()
+  private readonly inflight = new Set<Promise<void>>()
+  private readonly phase2Queue: Array<() => Promise<void>> = []
+  private phase2Running = 0
+  private sweeper: NodeJS.Timeout | undefined
+  private stopped = false
+  private readonly now: () => number
+  private readonly random: () => number
+  private readonly crash: CrashPoint
+  recovered = false
+
+  constructor (
+    private readonly log: CoordinatorLog,
+    private readonly driver: ParticipantDriver,
+    private readonly options: EngineOptions
+  ) {
+    this.now = options.now ?? Date.now
+    this.random = options.random ?? Math.random
+    this.crash = options.crashPoint ?? defaultCrashPoint
+  }
+
+  get logger (): FastifyBaseLogger { return this.options.logger }
+
+  // ---- requests ---------------------------------------------------------------------------
+
+  /** Begins a transaction; with `participants` enlists them in the same forced write. */
+  begin (timeoutMs: number, metadata: unknown, participants: NewParticipant[] = []): Transaction {
+    const now = this.now()
+    const start = newTransaction(newTransactionId(this.options.coordinatorId, now), now, now + timeoutMs, metadata ?? null)
+    const result = this.fold(start, participants.map(p => ({ type: 'enlist', participant: p, now }) as Event))
+    if (!result.ok) throw new Rejected(result.code, result.tx)
+    this.persist(null, result.tx, result.effects)
+    this.crash('coordinator.after-begin')
+    this.logger.info({ txid: start.id, participants: participants.length }, 'transaction begun')
+    return result.tx
+  }
+
+  enlist (id: string, participant: NewParticipant): Transaction {
+    const result = this.apply(id, { type: 'enlist', participant, now: this.now() })
+    if (!result.ok) throw new Rejected(result.code, result.tx)
+    return result.tx
+  }
+
+  /** Phase 1 and the decision; resolves once the decision is durable. */
+  async commit (id: string): Promise<Outcome> {
+    const decided = new Promise<Outcome>(resolve => {
+      const list = this.waiters.get(id) ?? []
+      list.push(resolve)
+      this.waiters.set(id, list)
+    })
+    let result: StepResult
+    try {
+      result = this.apply(id, { type: 'commit-requested', now: this.now() })
+    } catch (err) {
+      this.waiters.delete(id)
+      throw err
+    }
+    if (!result.ok) {
+      this.waiters.delete(id)
+      throw new Rejected(result.code, result.tx)
+    }
+    return await decided
+  }
+
+  abort (id: string): Transaction {
+    const result = this.apply(id, { type: 'abort-requested', now: this.now() })
+    if (!result.ok) throw new Rejected(result.code, result.tx)
+    return result.tx
+  }
+
+  /** Loads, steps and saves one event; then carries out its effects. Throws TX_NOT_FOUND-style errors to callers via undefined. */
+  apply (id: string, event: Event): StepResult {
+    const prev = this.log.load(id)
+    if (prev === undefined) throw new NotFound(id)
+    const result = step(prev, event, this.options.policy)
+    if (!result.ok || !result.changed) {
+      if (result.ok) this.run(result.tx, result.effects)
+      return result
+    }
+    if (event.type === 'vote' && !isDecided(prev) && isDecided(result.tx)) this.crash('coordinator.after-votes-before-decision')
+    this.persist(prev, result.tx, result.effects)
+    return result
+  }
+
+  private fold (start: Transaction, events: Event[]): StepResult {
+    let tx = start
+    const effects: Effect[] = []
+    for (const event of events) {
+      const r = step(tx, event, this.options.policy)
+      if (!r.ok) return r
+      tx = r.tx
+      effects.push(...r.effects)
+    }
+    return { ok: true, tx, effects, changed: true }
+  }
+
+  private persist (prev: Transaction | null, next: Transaction, effects: Effect[]): void {
+    const attention: NewAttention[] = []
+    for (const e of effects) {
+      if (e.type === 'record-attention') attention.push({ participant: e.participant, kind: e.kind, detail: e.detail })
+    }
+    this.log.save(prev, next, attention, next.updatedAt)
+    if (prev !== null && !isDecided(prev) && isDecided(next)) {
+      this.logger.info({ txid: next.id, decision: next.state, reason: next.reason }, 'decision logged')
+      this.crash('coordinator.after-decision-before-phase2')
+    }
+    for (const a of attention) {
+      this.logger.warn({ txid: next.id, participant: a.participant, kind: a.kind, detail: a.detail }, 'transaction needs attention')
+    }
+    this.run(next, effects)
+  }
+
+  // ---- effects ----------------------------------------------------------------------------
+
+  private run (tx: Transaction, effects: Effect[]): void {
+    for (const effect of effects) {
+      switch (effect.type) {
+        case 'decided': {
+          const outcome: Outcome = { id: tx.id, state: effect.decision === 'commit' ? 'committed' : 'aborted' }
+          if (effect.reason !== null) outcome.reason = effect.reason
+          const list = this.waiters.get(tx.id)
+          this.waiters.delete(tx.id)
+          for (const resolve of list ?? []) resolve(outcome)
+          break
+        }
+        case 'send-prepare':
+          this.track(this.sendPrepare(tx, effect.participant, effect.onePhase))
+          break
+        case 'send-decision':
+          this.enqueuePhase2(tx.id, effect.participant, effect.decision, participantUrl(tx, effect.participant))
+          break
+        case 'schedule-phase2':
+          this.schedule(tx.id, effect.participant, effect.at)
+          break
+        case 'record-attention':
+          break // written by persist, in the same SQLite transaction as the record
+      }
+    }
+  }
+
+  private track (p: Promise<void>): void {
+    this.inflight.add(p)
+    void p.finally(() => this.inflight.delete(p))
+  }
+
+  /** Feeds the answer of an effect back as an event; after stop() the log is closed and the restart's recovery takes over. */
+  private feed (id: string, event: Event): void {
+    if (this.stopped) return
+    try {
+      this.apply(id, event)
+    } catch (err) {
+      this.logger.error({ txid: id, err, event: event.type }, 'could not apply an event')
+    }
+  }
+
+  private async sendPrepare (tx: Transaction, name: string, onePhase: boolean): Promise<void> {
+    const p = tx.participants.find(x => x.name === name)
+    if (p === undefined) return
+    const timeoutMs = Math.max(1, Math.min(this.options.prepareTimeoutMs, tx.expiresAt - this.now()))
+    const body = { txid: tx.id, participant: name, payload: p.payload ?? undefined, deadline: tx.expiresAt, ...(onePhase ? { onePhase: true } : {}) }
+    const outcome = await this.driver.prepare(p.url, body, timeoutMs)
+    if (outcome.ok) {
+      this.logger.debug({ txid: tx.id, participant: name, vote: outcome.vote }, 'vote received')
+      this.feed(tx.id, { type: 'vote', participant: name, vote: outcome.vote, ...(outcome.reason !== undefined ? { reason: outcome.reason } : {}), now: this.now() })
+    } else {
+      this.logger.warn({ txid: tx.id, participant: name, error: outcome.error }, 'prepare failed')
+      this.feed(tx.id, { type: 'prepare-failed', participant: name, error: outcome.error, now: this.now() })
+    }
+  }
+
+  private enqueuePhase2 (id: string, name: string, decision: Decision, url: string): void {
+    this.phase2Queue.push(async () => await this.sendDecision(id, name, decision, url))
+    this.drainPhase2()
+  }
+
+  private drainPhase2 (): void {
+    while (!this.stopped && this.phase2Running < this.options.maxConcurrentPhase2 && this.phase2Queue.length > 0) {
+      const job = this.phase2Queue.shift() as () => Promise<void>
+      this.phase2Running++
+      this.track(job().finally(() => {
+        this.phase2Running--
+        this.drainPhase2()
+      }))
+    }
+  }
+
+  private async sendDecision (id: string, name: string, decision: Decision, url: string): Promise<void> {
+    const outcome = await this.driver.decide(url, decision, id, name, this.options.phase2TimeoutMs)
+    if (outcome.ok) {
+      this.logger.debug({ txid: id, participant: name, decision }, 'phase 2 acked')
+      this.feed(id, { type: 'phase2-acked', participant: name, now: this.now() })
+      this.crash('coordinator.mid-phase2')
+    } else {
+      this.logger.warn({ txid: id, participant: name, decision, error: outcome.error, refused: outcome.refused }, 'phase 2 delivery failed')
+      this.feed(id, { type: 'phase2-failed', participant: name, error: outcome.error, refused: outcome.refused, jitter: this.random(), now: this.now() })
+    }
+  }
+
+  private schedule (id: string, name: string, at: number): void {
+    if (this.stopped) return
+    const key = `${id}\u0000${name}`
+    clearTimeout(this.timers.get(key))
+    const timer = setTimeout(() => {
+      this.timers.delete(key)
+      this.feed(id, { type: 'phase2-due', participant: name, now: this.now() })
+    }, Math.max(0, at - this.now()))
+    this.timers.set(key, timer)
+  }
+
+  // ---- background work ---------------------------------------------------------------------
+
+  /**
+   * Start-up recovery. Presumed abort: every undecided transaction is aborted and whoever may
+   * have prepared is told; every decided one with unacked participants resumes phase 2.
+   */
+  async recover (): Promise<{ aborted: number, resumed: number }> {
+    // Decided ones first: the undecided ones aborted below send their own abort notices.
+    const resumed = await this.forEachPage(after => this.log.unfinishedIds(after, PAGE))
+    const aborted = await this.forEachPage(after => this.log.undecidedIds(after, PAGE))
+    this.recovered = true
+    this.logger.info({ aborted, resumed }, 'recovery done')
+    return { aborted, resumed }
+  }
+
+  private async forEachPage (page: (afterId: string) => string[]): Promise<number> {
+    let count = 0
+    let after = ''
+    for (;;) {
+      const ids = page(after)
+      for (const id of ids) this.feed(id, { type: 'recovered', now: this.now() })
+      count += ids.length
+      if (ids.length < PAGE) return count
+      after = ids[ids.length - 1] as string
+      await yieldToLoop()
+    }
+  }
+
+  startSweeper (): void {
+    this.sweeper = setInterval(() => this.sweep(), this.options.sweepIntervalMs)
+  }
+
+  /** Aborts active/preparing transactions past their expiry, a bounded page per tick. */
+  sweep (): number {
+    if (this.stopped) return 0
+    const ids = this.log.expiredIds(this.now(), PAGE)
+    for (const id of ids) this.feed(id, { type: 'expired', now: this.now() })
+    return ids.length
+  }
+
+  get pendingWork (): number {
+    return this.inflight.size + this.phase2Queue.length
+  }
+
+  /** Stops timers and new calls, then waits (bounded by the calls' own timeouts) for calls in flight. */
+  async stop (): Promise<void> {
+    this.stopped = true
+    clearInterval(this.sweeper)
+    for (const t of this.timers.values()) clearTimeout(t)
+    this.timers.clear()
+    this.phase2Queue.length = 0
+    await Promise.allSettled([...this.inflight])
+  }
+}
+
+export class NotFound extends Error {
+  constructor (readonly id: string) { super(`transaction ${id} not found`) }
+}
+
+function participantUrl (tx: Transaction, name: string): string {
+  return tx.participants.find(p => p.name === name)?.url ?? ''
+}
+
+async function yieldToLoop (): Promise<void> {
+  await new Promise(resolve => setImmediate(resolve))
+}

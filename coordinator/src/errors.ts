@@ -1,0 +1,31 @@
+/** Stable error codes of the coordinator API: `{statusCode, code, error, message}`. */
+import createError from '@fastify/error'
+
+export const Errors = {
+  TX_NOT_FOUND: createError('TX_NOT_FOUND', 'transaction %s not found', 404),
+  TX_NOT_ACTIVE: createError('TX_NOT_ACTIVE', 'transaction %s is %s, not active', 409),
+  TX_ALREADY_DECIDED: createError('TX_ALREADY_DECIDED', 'transaction %s is already %s', 409),
+  PARTICIPANT_EXISTS: createError('PARTICIPANT_EXISTS', 'transaction %s already has a participant named %s', 409),
+  TOO_MANY_PARTICIPANTS: createError('TOO_MANY_PARTICIPANTS', 'a transaction takes at most %s participants', 400),
+  PAYLOAD_TOO_LARGE: createError('PAYLOAD_TOO_LARGE', 'payload of %s is %s bytes; the limit is %s', 413),
+  BAD_PARTICIPANT_URL: createError('BAD_PARTICIPANT_URL', 'bad participant url: %s', 400),
+  PARTICIPANT_URL_NOT_ALLOWED: createError('PARTICIPANT_URL_NOT_ALLOWED', '%s', 403),
+  BAD_TIMEOUT: createError('BAD_TIMEOUT', 'timeoutMs must be between %s and %s', 400),
+  INVALID_ID: createError('INVALID_ID', '"%s" is not a transaction id', 400),
+  FOREIGN_ID: createError('FOREIGN_ID', 'transaction %s was not issued by this coordinator (%s)', 404),
+  BAD_LIMIT: createError('BAD_LIMIT', 'limit must be between 1 and 500, got %s', 400),
+  BAD_CURSOR: createError('BAD_CURSOR', 'cursor is not one this API returned', 400),
+  UNAUTHORIZED: createError('UNAUTHORIZED', 'missing or wrong bearer token', 401),
+  NOT_READY: createError('NOT_READY', 'the coordinator is recovering its log', 503),
+  SHUTTING_DOWN: createError('SHUTTING_DOWN', 'the coordinator is shutting down', 503)
+} as const
+
+/** Fastify's own errors, renamed to stable codes of this API. */
+export const FRAMEWORK_CODES: Record<string, string> = {
+  FST_ERR_CTP_INVALID_JSON_BODY: 'INVALID_JSON',
+  FST_ERR_CTP_EMPTY_JSON_BODY: 'INVALID_JSON',
+  FST_ERR_CTP_BODY_TOO_LARGE: 'BODY_TOO_LARGE',
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: 'UNSUPPORTED_MEDIA_TYPE',
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: 'BAD_CONTENT_LENGTH',
+  FST_ERR_VALIDATION: 'VALIDATION_FAILED'
+}

@@ -1,0 +1,91 @@
+/**
+ * Numbered migrations of the coordinator's log. Append only: a shipped migration never
+ * changes; a new one gets the next number. Each runs in its own SQLite transaction together
+ * with the row that records it.
+ */
+export interface Migration {
+  version: number
+  name: string
+  sql: string
+}
+
+export const migrations: readonly Migration[] = [
+  {
+    version: 1,
+    name: 'initial log: transactions, participants, decisions, attention',
+    sql: `
+      CREATE TABLE coordinator_meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+      ) STRICT;
+
+      CREATE TABLE transactions (
+        id              TEXT PRIMARY KEY,
+        state           TEXT NOT NULL CHECK (state IN ('active', 'preparing', 'committed', 'aborted')),
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL,
+        expires_at      INTEGER NOT NULL,
+        decided_at      INTEGER,
+        completed_at    INTEGER,
+        reason          TEXT,
+        needs_attention INTEGER NOT NULL DEFAULT 0,
+        one_phase       INTEGER NOT NULL DEFAULT 0,
+        metadata        TEXT
+      ) STRICT;
+      CREATE INDEX transactions_by_state ON transactions (state, created_at, id);
+      CREATE INDEX transactions_by_created ON transactions (created_at, id);
+      CREATE INDEX transactions_open ON transactions (expires_at) WHERE state IN ('active', 'preparing');
+      CREATE INDEX transactions_unfinished ON transactions (decided_at)
+        WHERE completed_at IS NULL AND state IN ('committed', 'aborted');
+
+      -- A decision, once logged, is final: the log itself refuses to change it.
+      CREATE TRIGGER transactions_decision_is_final
+        BEFORE UPDATE OF state ON transactions
+        WHEN OLD.state IN ('committed', 'aborted') AND NEW.state <> OLD.state
+      BEGIN
+        SELECT RAISE(ABORT, 'a logged decision never changes');
+      END;
+
+      CREATE TABLE participants (
+        tx_id           TEXT NOT NULL REFERENCES transactions (id) ON DELETE CASCADE,
+        position        INTEGER NOT NULL,
+        name            TEXT NOT NULL,
+        url             TEXT NOT NULL,
+        payload         TEXT,
+        one_phase       INTEGER NOT NULL DEFAULT 0,
+        vote            TEXT CHECK (vote IN ('yes', 'no', 'read-only')),
+        vote_reason     TEXT,
+        ack             TEXT NOT NULL CHECK (ack IN ('none', 'pending', 'acked', 'not-needed', 'heuristic')),
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        last_error      TEXT,
+        next_attempt_at INTEGER,
+        PRIMARY KEY (tx_id, name)
+      ) STRICT;
+
+      CREATE TABLE decisions (
+        tx_id      TEXT PRIMARY KEY REFERENCES transactions (id) ON DELETE CASCADE,
+        decision   TEXT NOT NULL CHECK (decision IN ('commit', 'abort')),
+        decided_at INTEGER NOT NULL,
+        reason     TEXT
+      ) STRICT;
+      CREATE TRIGGER decisions_are_final BEFORE UPDATE ON decisions
+      BEGIN
+        SELECT RAISE(ABORT, 'a logged decision never changes');
+      END;
+
+      -- Heuristic outcomes and exhausted retry budgets: recorded, never hidden.
+      CREATE TABLE attention (
+        id          INTEGER PRIMARY KEY,
+        tx_id       TEXT NOT NULL REFERENCES transactions (id) ON DELETE CASCADE,
+        participant TEXT,
+        kind        TEXT NOT NULL CHECK (kind IN ('heuristic', 'retry-budget')),
+        detail      TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        resolved_at INTEGER,
+        resolution  TEXT
+      ) STRICT;
+      CREATE INDEX attention_by_tx ON attention (tx_id);
+      CREATE INDEX attention_open ON attention (created_at) WHERE resolved_at IS NULL;
+    `
+  }
+]

@@ -1,0 +1,251 @@
+/** The coordinator HTTP API of DESIGN.md, a thin adapter over the engine. */
+import type { FastifyInstance } from 'fastify'
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import type { Static } from '@sinclair/typebox'
+import { coordinatorIdOf } from '@fastify-2pc/protocol'
+import type { Transaction } from './core/machine.js'
+import { decisionOf } from './core/machine.js'
+import { Engine, NotFound, Rejected } from './engine.js'
+import type { CoordinatorLog, AttentionEntry } from './log/store.js'
+import type { Allowlist } from './allowlist.js'
+import type { ResolvedOptions } from './config.js'
+import { Errors } from './errors.js'
+import { txIdRegExp } from './ids.js'
+import {
+  BeginBody, BeginReply, DecisionReply, ErrorReply, ListQuery, ListReply, OutcomeReply, ParticipantInput, TransactionView, TxParams
+} from './schemas.js'
+
+export interface RouteDeps {
+  engine: Engine
+  log: CoordinatorLog
+  allowlist: Allowlist
+  options: ResolvedOptions
+  coordinatorId: string
+}
+
+const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString())
+
+function view (tx: Transaction, attention: AttentionEntry[] = []): Static<typeof TransactionView> {
+  return {
+    id: tx.id,
+    state: tx.state,
+    decision: decisionOf(tx),
+    reason: tx.reason,
+    createdAt: iso(tx.createdAt) as string,
+    updatedAt: iso(tx.updatedAt) as string,
+    expiresAt: iso(tx.expiresAt) as string,
+    decidedAt: iso(tx.decidedAt),
+    completedAt: iso(tx.completedAt),
+    completed: tx.completedAt !== null,
+    needsAttention: tx.needsAttention,
+    onePhase: tx.onePhase,
+    metadata: tx.metadata,
+    participants: tx.participants.map(p => ({
+      name: p.name,
+      url: p.url,
+      onePhase: p.onePhase,
+      vote: p.vote,
+      voteReason: p.voteReason,
+      ack: p.ack,
+      attempts: p.attempts,
+      lastError: p.lastError,
+      nextAttemptAt: iso(p.nextAttemptAt)
+    })),
+    heuristics: attention.map(a => ({
+      participant: a.participant,
+      kind: a.kind,
+      detail: a.detail,
+      createdAt: iso(a.createdAt) as string,
+      resolvedAt: iso(a.resolvedAt),
+      resolution: a.resolution
+    }))
+  }
+}
+
+const errorReplies = { 400: ErrorReply, 401: ErrorReply, 403: ErrorReply, 404: ErrorReply, 409: ErrorReply, 413: ErrorReply, 503: ErrorReply }
+
+export async function transactionRoutes (fastify: FastifyInstance, deps: RouteDeps): Promise<void> {
+  const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
+  const { engine, log, allowlist, options, coordinatorId } = deps
+
+  function checkId (id: string): void {
+    if (!txIdRegExp.test(id)) throw new Errors.INVALID_ID(id.slice(0, 128))
+  }
+
+  function load (id: string): Transaction {
+    checkId(id)
+    const tx = log.load(id)
+    if (tx === undefined) throw new Errors.TX_NOT_FOUND(id)
+    return tx
+  }
+
+  /** Validates what the schema cannot know: the configured limits and the allowlist. */
+  function checkParticipant (p: ParticipantInput): void {
+    const url = allowlist.check(p.url)
+    if (!url.ok) {
+      throw url.code === 'BAD_PARTICIPANT_URL' ? new Errors.BAD_PARTICIPANT_URL(url.message) : new Errors.PARTICIPANT_URL_NOT_ALLOWED(url.message)
+    }
+    if (p.payload !== undefined) {
+      const bytes = Buffer.byteLength(JSON.stringify(p.payload))
+      if (bytes > options.maxPayloadBytes) throw new Errors.PAYLOAD_TOO_LARGE(p.name, bytes, options.maxPayloadBytes)
+    }
+  }
+
+  function rethrow (err: unknown, id: string): never {
+    if (err instanceof NotFound) throw new Errors.TX_NOT_FOUND(id)
+    if (err instanceof Rejected) {
+      switch (err.code) {
+        case 'TX_NOT_ACTIVE': throw new Errors.TX_NOT_ACTIVE(id, err.tx.state)
+        case 'TX_ALREADY_DECIDED': throw new Errors.TX_ALREADY_DECIDED(id, err.tx.state)
+        case 'TOO_MANY_PARTICIPANTS': throw new Errors.TOO_MANY_PARTICIPANTS(options.maxParticipants)
+        case 'PARTICIPANT_EXISTS': throw new Errors.PARTICIPANT_EXISTS(id, '(duplicate)')
+      }
+    }
+    throw err
+  }
+
+  app.post('/v1/transactions', {
+    schema: {
+      summary: 'Begin a transaction (or, with participants and commit:true, run it in one request)',
+      body: BeginBody,
+      response: { 200: OutcomeReply, 201: BeginReply, ...errorReplies }
+    }
+  }, async (req, reply) => {
+    const body = req.body
+    const timeoutMs = body.timeoutMs ?? options.defaultTimeoutMs
+    if (timeoutMs < options.minTimeoutMs || timeoutMs > options.maxTimeoutMs) {
+      throw new Errors.BAD_TIMEOUT(options.minTimeoutMs, options.maxTimeoutMs)
+    }
+    const participants = body.participants ?? []
+    if (participants.length > options.maxParticipants) throw new Errors.TOO_MANY_PARTICIPANTS(options.maxParticipants)
+    const names = new Set<string>()
+    for (const p of participants) {
+      checkParticipant(p)
+      if (names.has(p.name)) throw new Errors.PARTICIPANT_EXISTS('(new)', p.name)
+      names.add(p.name)
+    }
+    if (body.metadata !== undefined && Buffer.byteLength(JSON.stringify(body.metadata)) > options.maxPayloadBytes) {
+      throw new Errors.PAYLOAD_TOO_LARGE('metadata', Buffer.byteLength(JSON.stringify(body.metadata)), options.maxPayloadBytes)
+    }
+    const tx = engine.begin(timeoutMs, body.metadata, participants)
+    if (body.commit === true) {
+      try {
+        return await engine.commit(tx.id)
+      } catch (err) { rethrow(err, tx.id) }
+    }
+    reply.code(201)
+    return { id: tx.id, state: 'active' as const, expiresAt: new Date(tx.expiresAt).toISOString() }
+  })
+
+  app.post('/v1/transactions/:id/participants', {
+    schema: {
+      summary: 'Enlist a participant (only while the transaction is active)',
+      params: TxParams,
+      body: ParticipantInput,
+      response: { 201: TransactionView, ...errorReplies }
+    }
+  }, async (req, reply) => {
+    const { id } = req.params
+    checkId(id)
+    checkParticipant(req.body)
+    let tx: Transaction
+    try {
+      tx = engine.enlist(id, req.body)
+    } catch (err) {
+      if (err instanceof Rejected && err.code === 'PARTICIPANT_EXISTS') throw new Errors.PARTICIPANT_EXISTS(id, req.body.name)
+      rethrow(err, id)
+    }
+    reply.code(201)
+    return view(tx)
+  })
+
+  app.post('/v1/transactions/:id/commit', {
+    schema: {
+      summary: 'Phase 1 and the decision; answers once the decision is durable',
+      params: TxParams,
+      response: { 200: OutcomeReply, ...errorReplies }
+    }
+  }, async (req) => {
+    const { id } = req.params
+    checkId(id)
+    try {
+      return await engine.commit(id)
+    } catch (err) { rethrow(err, id) }
+  })
+
+  app.post('/v1/transactions/:id/abort', {
+    schema: {
+      summary: 'Abort a transaction that has no commit decision',
+      params: TxParams,
+      response: { 200: OutcomeReply, ...errorReplies }
+    }
+  }, async (req) => {
+    const { id } = req.params
+    checkId(id)
+    try {
+      const tx = engine.abort(id)
+      return { id: tx.id, state: 'aborted' as const, ...(tx.reason !== null ? { reason: tx.reason } : {}) }
+    } catch (err) { rethrow(err, id) }
+  })
+
+  app.get('/v1/transactions/:id', {
+    schema: {
+      summary: 'The whole record of a transaction',
+      params: TxParams,
+      response: { 200: TransactionView, ...errorReplies }
+    }
+  }, async (req) => {
+    const tx = load(req.params.id)
+    return view(tx, log.attention(tx.id))
+  })
+
+  app.get('/v1/transactions/:id/decision', {
+    schema: {
+      summary: 'For participants: the decision, "pending", or "abort" for an id of ours with no record (presumed abort)',
+      params: TxParams,
+      response: { 200: DecisionReply, ...errorReplies }
+    }
+  }, async (req) => {
+    const { id } = req.params
+    checkId(id)
+    if (coordinatorIdOf(id) !== coordinatorId) throw new Errors.FOREIGN_ID(id, coordinatorId)
+    const tx = log.load(id)
+    if (tx === undefined) return { decision: 'abort' as const }
+    return { decision: decisionOf(tx) ?? 'pending' as const }
+  })
+
+  app.get('/v1/transactions', {
+    schema: {
+      summary: 'Transactions, newest first, a page at a time',
+      querystring: ListQuery,
+      response: { 200: ListReply, ...errorReplies }
+    }
+  }, async (req) => {
+    const q = req.query
+    const limit = q.limit === undefined ? 50 : Number(q.limit)
+    if (limit < 1 || limit > 500) throw new Errors.BAD_LIMIT(limit)
+    const after = q.cursor === undefined ? undefined : decodeCursor(q.cursor)
+    const items = log.list({
+      limit,
+      ...(q.state !== undefined ? { state: q.state } : {}),
+      ...(q.needsAttention !== undefined ? { needsAttention: q.needsAttention === 'true' } : {}),
+      ...(after !== undefined ? { after } : {})
+    })
+    const last = items[items.length - 1]
+    return {
+      items: items.map(tx => view(tx)),
+      nextCursor: items.length === limit && last !== undefined ? encodeCursor(last) : null
+    }
+  })
+}
+
+function encodeCursor (tx: Transaction): string {
+  return Buffer.from(`${tx.createdAt}:${tx.id}`).toString('base64url')
+}
+
+function decodeCursor (cursor: string): { createdAt: number, id: string } {
+  const text = Buffer.from(cursor, 'base64url').toString('utf8')
+  const match = /^(\d{1,16}):(.+)$/.exec(text)
+  if (match === null || !txIdRegExp.test(match[2] as string)) throw new Errors.BAD_CURSOR()
+  return { createdAt: Number(match[1]), id: match[2] as string }
+}

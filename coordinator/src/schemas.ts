@@ -1,0 +1,104 @@
+/** TypeBox schemas of the coordinator API: validation, serialization and (later) OpenAPI. */
+import { Type, type Static } from '@sinclair/typebox'
+import { PARTICIPANT_NAME_PATTERN } from '@fastify-2pc/protocol'
+
+/** Upper bound of array sizes in any body; the configured limits are checked in the handlers. */
+export const HARD_MAX_ITEMS = 1000
+
+export const ParticipantInput = Type.Object({
+  name: Type.String({ pattern: PARTICIPANT_NAME_PATTERN, description: 'unique within the transaction' }),
+  url: Type.String({ minLength: 1, maxLength: 2048, description: 'callback base: the coordinator POSTs to url + "/prepare" etc.' }),
+  payload: Type.Optional(Type.Unknown({ description: 'handed to the participant\'s prepare' })),
+  onePhase: Type.Optional(Type.Boolean({ description: 'may be committed in one phase when it is the only participant' }))
+}, { additionalProperties: false })
+export type ParticipantInput = Static<typeof ParticipantInput>
+
+export const BeginBody = Type.Object({
+  timeoutMs: Type.Optional(Type.Integer()),
+  metadata: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
+  participants: Type.Optional(Type.Array(ParticipantInput, { maxItems: HARD_MAX_ITEMS })),
+  commit: Type.Optional(Type.Boolean({ description: 'one-shot form: begin, enlist and commit in one request' }))
+}, { additionalProperties: false })
+export type BeginBody = Static<typeof BeginBody>
+
+export const TxParams = Type.Object({
+  id: Type.String({ maxLength: 128 })
+})
+export type TxParams = Static<typeof TxParams>
+
+export const ListQuery = Type.Object({
+  state: Type.Optional(Type.Union([Type.Literal('active'), Type.Literal('preparing'), Type.Literal('committed'), Type.Literal('aborted')])),
+  needsAttention: Type.Optional(Type.Union([Type.Literal('true'), Type.Literal('false')])),
+  limit: Type.Optional(Type.String({ pattern: '^[0-9]{1,4}$' })),
+  cursor: Type.Optional(Type.String({ maxLength: 256 }))
+}, { additionalProperties: false })
+export type ListQuery = Static<typeof ListQuery>
+
+export const BeginReply = Type.Object({
+  id: Type.String(),
+  state: Type.Literal('active'),
+  expiresAt: Type.String({ format: 'date-time' })
+})
+
+export const OutcomeReply = Type.Object({
+  id: Type.String(),
+  state: Type.Union([Type.Literal('committed'), Type.Literal('aborted')]),
+  reason: Type.Optional(Type.String())
+})
+
+export const DecisionReply = Type.Object({
+  decision: Type.Union([Type.Literal('commit'), Type.Literal('abort'), Type.Literal('pending')])
+})
+
+const NullableString = Type.Union([Type.String(), Type.Null()])
+
+export const ParticipantView = Type.Object({
+  name: Type.String(),
+  url: Type.String(),
+  onePhase: Type.Boolean(),
+  vote: Type.Union([Type.Literal('yes'), Type.Literal('no'), Type.Literal('read-only'), Type.Null()]),
+  voteReason: NullableString,
+  ack: Type.String(),
+  attempts: Type.Integer(),
+  lastError: NullableString,
+  nextAttemptAt: NullableString
+})
+
+export const AttentionView = Type.Object({
+  participant: NullableString,
+  kind: Type.String(),
+  detail: Type.String(),
+  createdAt: Type.String(),
+  resolvedAt: NullableString,
+  resolution: NullableString
+})
+
+export const TransactionView = Type.Object({
+  id: Type.String(),
+  state: Type.String(),
+  decision: Type.Union([Type.Literal('commit'), Type.Literal('abort'), Type.Null()]),
+  reason: NullableString,
+  createdAt: Type.String(),
+  updatedAt: Type.String(),
+  expiresAt: Type.String(),
+  decidedAt: NullableString,
+  completedAt: NullableString,
+  completed: Type.Boolean(),
+  needsAttention: Type.Boolean(),
+  onePhase: Type.Boolean(),
+  metadata: Type.Unknown(),
+  participants: Type.Array(ParticipantView),
+  heuristics: Type.Array(AttentionView)
+})
+
+export const ListReply = Type.Object({
+  items: Type.Array(Type.Omit(TransactionView, ['heuristics'])),
+  nextCursor: NullableString
+})
+
+export const ErrorReply = Type.Object({
+  statusCode: Type.Integer(),
+  code: Type.String(),
+  error: Type.String(),
+  message: Type.String()
+})
