@@ -1,0 +1,125 @@
+/**
+ * A TCP proxy a test controls, between a client and a real server (RabbitMQ, an HTTP service).
+ * It simulates network faults without touching the shared server:
+ *
+ * - `cut()`       destroys every open connection and refuses (destroys at once) new ones;
+ * - `blackhole()` keeps accepting connections but forwards nothing in either direction, and
+ *                 stops forwarding on the open ones: the peer sees silence, not a reset;
+ * - `restore()`   forwards again (new connections; connections held while black-holed are
+ *                 destroyed, since bytes were dropped and their stream is no longer coherent).
+ */
+
+import net from 'node:net'
+
+export type ProxyMode = 'open' | 'cut' | 'blackhole'
+
+export interface TcpProxy {
+  /** The local port clients connect to (on 127.0.0.1). */
+  readonly port: number
+  readonly host: string
+  /** `${host}:${port}` — convenient for URLs. */
+  readonly address: string
+  readonly mode: ProxyMode
+  /** Connections accepted so far (whatever the mode). */
+  readonly accepted: number
+  /** Connections currently open (client side). */
+  readonly openConnections: number
+  cut (): void
+  blackhole (): void
+  restore (): void
+  close (): Promise<void>
+}
+
+export interface TcpProxyOptions {
+  target: { host: string, port: number }
+  /** Port to listen on (default 0: any free port). */
+  port?: number
+  host?: string
+}
+
+interface Pair {
+  client: net.Socket
+  upstream: net.Socket | undefined
+  held: boolean
+}
+
+export async function startTcpProxy (opts: TcpProxyOptions): Promise<TcpProxy> {
+  const host = opts.host ?? '127.0.0.1'
+  let mode: ProxyMode = 'open'
+  let accepted = 0
+  const pairs = new Set<Pair>()
+
+  const destroyPair = (p: Pair): void => {
+    pairs.delete(p)
+    p.client.destroy()
+    p.upstream?.destroy()
+  }
+
+  const server = net.createServer((client) => {
+    accepted++
+    client.on('error', () => {})
+    if (mode === 'cut') {
+      client.destroy()
+      return
+    }
+    const pair: Pair = { client, upstream: undefined, held: mode === 'blackhole' }
+    pairs.add(pair)
+    client.on('close', () => destroyPair(pair))
+    if (pair.held) {
+      // Accept and hold: read and drop whatever the client sends, answer nothing.
+      client.on('data', () => {})
+      return
+    }
+    const upstream = net.connect(opts.target.port, opts.target.host)
+    pair.upstream = upstream
+    upstream.on('error', () => {})
+    upstream.on('close', () => destroyPair(pair))
+    // Manual piping, so a black-hole can drop bytes on live connections.
+    client.on('data', (chunk) => {
+      if (mode === 'open' && !pair.held) upstream.write(chunk)
+    })
+    upstream.on('data', (chunk) => {
+      if (mode === 'open' && !pair.held) client.write(chunk)
+    })
+  })
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(opts.port ?? 0, host, () => {
+      server.off('error', reject)
+      resolve()
+    })
+  })
+  const addr = server.address()
+  if (addr === null || typeof addr === 'string') throw new Error('tcp proxy: no port')
+  const port = addr.port
+  let closed = false
+
+  return {
+    port,
+    host,
+    address: `${host}:${port}`,
+    get mode () { return mode },
+    get accepted () { return accepted },
+    get openConnections () { return pairs.size },
+    cut () {
+      mode = 'cut'
+      for (const p of [...pairs]) destroyPair(p)
+    },
+    blackhole () {
+      mode = 'blackhole'
+      for (const p of pairs) p.held = true
+    },
+    restore () {
+      mode = 'open'
+      for (const p of [...pairs]) if (p.held) destroyPair(p)
+    },
+    async close () {
+      if (closed) return
+      closed = true
+      mode = 'cut'
+      for (const p of [...pairs]) destroyPair(p)
+      await new Promise<void>((resolve) => server.close(() => resolve()))
+    }
+  }
+}
