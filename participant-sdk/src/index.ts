@@ -1,1 +1,17 @@
-export {}
+export { twoPhaseParticipant } from './participant.js'
+export type { TwoPhaseParticipantOptions, TwoPhaseParticipantApi } from './participant.js'
+export type { PrepareHandler, CommitHandler, AbortHandler, TransactionContext, PrepareContext } from './engine.js'
+export type { InDoubtTransaction, RecoveryReport } from './recovery.js'
+export { createCoordinatorClient, CoordinatorClient, CoordinatorTransaction, MAX_PARTICIPANTS_PER_TRANSACTION, MAX_MESSAGES_PER_TRANSACTION } from './client.js'
+export type {
+  CoordinatorClientOptions, BeginOptions, EnlistParticipant, TransactionalMessage,
+  CommitOutcome, AbortOutcome, TransactionStatus
+} from './client.js'
+export { coordinatorClientPlugin } from './client-plugin.js'
+export {
+  CoordinatorError, TxUnknownError, TxAlreadyCommittedError, TxAlreadyAbortedError, BadSignatureError,
+  ParticipantMismatchError, HandlerFailedError, InvalidOptionError
+} from './errors.js'
+export { transition, recoveryDelayMs } from './state-machine.js'
+export type { RecordState, ParticipantEvent, Effect, Reply, Step, PrepareOutcome } from './state-machine.js'
+export { migrate, PARTICIPANT_LOG_TABLE, SCHEMA_VERSION_TABLE, SchemaTooNewError } from './log.js'

@@ -1,0 +1,44 @@
+/**
+ * Stable error codes. The participant routes answer `{statusCode, code, error, message}`;
+ * the first three codes are the protocol's (`ParticipantErrorCodes`), which the coordinator
+ * reads to record heuristic outcomes.
+ */
+import createError from '@fastify/error'
+import { ParticipantErrorCodes } from '@fastify-2pc/protocol'
+
+export const TxUnknownError = createError(ParticipantErrorCodes.TX_UNKNOWN, '%s', 404)
+export const TxAlreadyCommittedError = createError(ParticipantErrorCodes.TX_ALREADY_COMMITTED, '%s', 409)
+export const TxAlreadyAbortedError = createError(ParticipantErrorCodes.TX_ALREADY_ABORTED, '%s', 409)
+export const BadSignatureError = createError(ParticipantErrorCodes.BAD_SIGNATURE, 'Bad x-2pc-signature: %s', 401)
+/** The callback names another participant than the one mounted here: a misrouted enlistment. */
+export const ParticipantMismatchError = createError('PARTICIPANT_MISMATCH', 'This is participant "%s", the request is for "%s"', 400)
+/**
+ * A commit or abort handler threw: the local transaction was rolled back and the record kept
+ * `prepared`, so the coordinator's retry (5xx = retryable) or in-doubt recovery applies it later.
+ */
+export const HandlerFailedError = createError('HANDLER_FAILED', 'The %s handler failed; the decision was not applied and will be retried', 500)
+/** Plugin options that cannot work; thrown at register time. */
+export const InvalidOptionError = createError('TWOPC_INVALID_OPTION', 'Invalid twoPhaseParticipant option: %s')
+
+/**
+ * Error from the initiator-side client. `code` is the coordinator's own code when it answered
+ * with an error (`TX_NOT_FOUND`, `TX_NOT_ACTIVE`, `BAD_PARTICIPANT_URL`, ...), or one of the
+ * client's: `COORDINATOR_UNREACHABLE` (nothing reached the coordinator), `COMMIT_OUTCOME_UNKNOWN`
+ * (the commit request may have been processed; ask `client.decision(id)` if the id is known),
+ * `COORDINATOR_BAD_RESPONSE`, `CLIENT_INVALID_ARGUMENT`, `CLIENT_TX_FINISHED`.
+ */
+export class CoordinatorError extends Error {
+  readonly code: string
+  /** HTTP status of the coordinator's answer; undefined when there was no answer. */
+  readonly statusCode: number | undefined
+  /** The transaction the call was about, when known. */
+  readonly txid: string | undefined
+
+  constructor (code: string, message: string, options: { statusCode?: number, txid?: string, cause?: unknown } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause })
+    this.name = 'CoordinatorError'
+    this.code = code
+    this.statusCode = options.statusCode
+    this.txid = options.txid
+  }
+}

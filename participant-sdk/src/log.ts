@@ -1,0 +1,116 @@
+/**
+ * The participant log: one row per (participant, transaction) in the service's own SQLite
+ * database, so that the SDK's record and the service's business writes commit together.
+ */
+import type { Database } from 'better-sqlite3'
+import type { RecordState } from './state-machine.js'
+
+/** Name of the SDK's table in the service's database; `twopc_schema_version` tracks migrations. */
+export const PARTICIPANT_LOG_TABLE = 'twopc_participant_log'
+export const SCHEMA_VERSION_TABLE = 'twopc_schema_version'
+const SCHEMA_COMPONENT = 'participant-sdk'
+
+/** Migrations in order; index i brings the schema from version i to i + 1. Never edit one. */
+const MIGRATIONS: readonly string[] = [
+  `CREATE TABLE ${PARTICIPANT_LOG_TABLE} (
+     participant TEXT NOT NULL,
+     txid        TEXT NOT NULL,
+     state       TEXT NOT NULL CHECK (state IN ('prepared', 'committed', 'aborted', 'read-only', 'tombstone')),
+     reason      TEXT,
+     created_at  INTEGER NOT NULL,
+     updated_at  INTEGER NOT NULL,
+     PRIMARY KEY (participant, txid)
+   ) WITHOUT ROWID;
+   CREATE INDEX ${PARTICIPANT_LOG_TABLE}_by_state ON ${PARTICIPANT_LOG_TABLE} (participant, state, updated_at);`
+]
+
+export class SchemaTooNewError extends Error {
+  constructor (found: number, known: number) {
+    super(`${SCHEMA_VERSION_TABLE} says participant-sdk schema ${found}, this SDK knows up to ${known}: refusing to run an older SDK on a newer log`)
+    this.name = 'SchemaTooNewError'
+  }
+}
+
+/** Brings the SDK's tables to the current version; safe to call on every start. */
+export function migrate (db: Database): void {
+  db.transaction(() => {
+    db.exec(`CREATE TABLE IF NOT EXISTS ${SCHEMA_VERSION_TABLE} (component TEXT PRIMARY KEY, version INTEGER NOT NULL)`)
+    const row = db.prepare(`SELECT version FROM ${SCHEMA_VERSION_TABLE} WHERE component = ?`).get(SCHEMA_COMPONENT) as { version: number } | undefined
+    const current = row?.version ?? 0
+    if (current > MIGRATIONS.length) throw new SchemaTooNewError(current, MIGRATIONS.length)
+    for (let version = current; version < MIGRATIONS.length; version++) {
+      db.exec(MIGRATIONS[version] as string)
+    }
+    db.prepare(`INSERT INTO ${SCHEMA_VERSION_TABLE} (component, version) VALUES (?, ?)
+                ON CONFLICT (component) DO UPDATE SET version = excluded.version`).run(SCHEMA_COMPONENT, MIGRATIONS.length)
+  }).immediate()
+}
+
+export interface LogRecord {
+  txid: string
+  state: Exclude<RecordState, 'none'>
+  reason: string | null
+  createdAt: number
+  updatedAt: number
+}
+
+interface Row { txid: string, state: LogRecord['state'], reason: string | null, created_at: number, updated_at: number }
+
+const toRecord = (row: Row): LogRecord => ({
+  txid: row.txid, state: row.state, reason: row.reason, createdAt: row.created_at, updatedAt: row.updated_at
+})
+
+/** Prepared statements over the log for one participant name. All calls are synchronous. */
+export class ParticipantLog {
+  readonly #participant: string
+  readonly #get
+  readonly #upsert
+  readonly #prepared
+  readonly #prune
+
+  constructor (db: Database, participant: string) {
+    this.#participant = participant
+    this.#get = db.prepare(`SELECT txid, state, reason, created_at, updated_at FROM ${PARTICIPANT_LOG_TABLE}
+                            WHERE participant = ? AND txid = ?`)
+    this.#upsert = db.prepare(`INSERT INTO ${PARTICIPANT_LOG_TABLE} (participant, txid, state, reason, created_at, updated_at)
+                               VALUES (@participant, @txid, @state, @reason, @now, @now)
+                               ON CONFLICT (participant, txid) DO UPDATE
+                               SET state = excluded.state, reason = excluded.reason, updated_at = excluded.updated_at`)
+    this.#prepared = db.prepare(`SELECT txid, state, reason, created_at, updated_at FROM ${PARTICIPANT_LOG_TABLE}
+                                 WHERE participant = ? AND state = 'prepared' AND txid > ?
+                                 ORDER BY txid LIMIT ?`)
+    // WITHOUT ROWID tables have no rowid (and DELETE ... LIMIT is a compile-time option):
+    // prune by primary key through a bounded subquery.
+    this.#prune = db.prepare(`DELETE FROM ${PARTICIPANT_LOG_TABLE}
+                              WHERE participant = @participant AND txid IN (
+                                SELECT txid FROM ${PARTICIPANT_LOG_TABLE}
+                                WHERE participant = @participant AND state <> 'prepared' AND updated_at < @before
+                                LIMIT @limit)`)
+  }
+
+  get (txid: string): LogRecord | undefined {
+    const row = this.#get.get(this.#participant, txid) as Row | undefined
+    return row === undefined ? undefined : toRecord(row)
+  }
+
+  stateOf (txid: string): RecordState {
+    return this.get(txid)?.state ?? 'none'
+  }
+
+  write (txid: string, state: LogRecord['state'], reason: string | null, now: number): void {
+    this.#upsert.run({ participant: this.#participant, txid, state, reason, now })
+  }
+
+  /** Prepared records, in txid order after `afterTxid`, at most `limit` of them. */
+  prepared (afterTxid: string, limit: number): LogRecord[] {
+    return (this.#prepared.all(this.#participant, afterTxid, limit) as Row[]).map(toRecord)
+  }
+
+  /**
+   * Deletes at most `limit` settled records (committed, aborted, read-only, tombstone) not
+   * touched since `before`. Prepared records are never pruned: they are still in doubt.
+   */
+  prune (before: number, limit: number): number {
+    return this.#prune.run({ participant: this.#participant, before, limit }).changes
+  }
+}

@@ -1,0 +1,266 @@
+/**
+ * `twoPhaseParticipant`: one `register` call mounts `POST {prefix}/prepare|commit|abort`, keeps
+ * the participant log in the service's own SQLite database and resolves in-doubt transactions
+ * with the coordinator after the server listens.
+ *
+ * The plugin is wrapped with fastify-plugin so `app.twoPhase` and the onListen/onClose hooks
+ * reach the host app; the routes live in an inner, encapsulated plugin so their raw-body JSON
+ * parser and their error handler do not leak into (or get overridden by) the host app.
+ */
+import { STATUS_CODES } from 'node:http'
+import fp from 'fastify-plugin'
+import type { FastifyBaseLogger, FastifyError, FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify'
+import { Type } from '@sinclair/typebox'
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import type { Database } from 'better-sqlite3'
+import { PARTICIPANT_NAME_PATTERN, SIGNATURE_HEADER, TX_ID_PATTERN, verifySignature } from '@fastify-2pc/protocol'
+import { createCoordinatorClient } from './client.js'
+import { ParticipantEngine } from './engine.js'
+import type { AbortHandler, CommitHandler, PrepareHandler } from './engine.js'
+import {
+  BadSignatureError, HandlerFailedError, InvalidOptionError, ParticipantMismatchError,
+  TxAlreadyAbortedError, TxAlreadyCommittedError, TxUnknownError
+} from './errors.js'
+import { HandlerThrew } from './engine.js'
+import { migrate } from './log.js'
+import { InDoubtRecovery } from './recovery.js'
+import type { InDoubtTransaction, RecoveryReport } from './recovery.js'
+import type { RecordState, Reply } from './state-machine.js'
+
+export interface TwoPhaseParticipantOptions {
+  /** This participant's name, as enlisted with the coordinator. */
+  name: string
+  /** The service's own better-sqlite3 Database; the SDK's tables live next to the business ones. */
+  db: Database
+  prepare: PrepareHandler
+  commit: CommitHandler
+  abort: AbortHandler
+  /** Where in-doubt recovery asks for decisions, e.g. `http://127.0.0.1:7070`. */
+  coordinatorUrl: string
+  /** HMAC secret shared with the coordinator; when set, unsigned callbacks get 401. */
+  secret?: string
+  /** Route prefix of the callbacks (default `/2pc`); the enlisted url is `origin + prefix`. */
+  prefix?: string
+  /** Bearer token for the coordinator's API (its `TWOPC_API_TOKEN`). */
+  coordinatorToken?: string
+  /** A prepared transaction older than this is re-checked with the coordinator (default 10 s). */
+  inDoubtAfterMs?: number
+  /** Backoff of repeated decision queries for one transaction (defaults 1 s .. 60 s). */
+  recoveryBaseDelayMs?: number
+  recoveryMaxDelayMs?: number
+  /** Decision queries per recovery tick (default 100). */
+  recoveryBatchSize?: number
+  /** How long settled records (and tombstones) are kept (default 7 days). */
+  retentionMs?: number
+  /** Largest callback body in bytes (default 1 MiB). */
+  bodyLimit?: number
+  /** Defaults to a child of the app's logger. */
+  logger?: FastifyBaseLogger
+}
+
+/** `app.twoPhase` */
+export interface TwoPhaseParticipantApi {
+  readonly name: string
+  readonly prefix: string
+  /** Transactions this participant holds prepared (it voted yes and knows no decision yet). */
+  inDoubt (options?: { limit?: number }): InDoubtTransaction[]
+  /** Asks the coordinator about every prepared transaction now (e.g. on a "coordinator restarted" notice). */
+  recover (): Promise<RecoveryReport>
+  /** The participant-log state of one transaction (`none` when there is no record). */
+  stateOf (txid: string): RecordState
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    twoPhase: TwoPhaseParticipantApi
+  }
+}
+
+const DAY_MS = 24 * 60 * 60 * 1000
+const MAX_IN_DOUBT_LIST = 10_000
+
+const TxId = Type.String({ pattern: TX_ID_PATTERN, maxLength: 64 })
+const ParticipantName = Type.String({ pattern: PARTICIPANT_NAME_PATTERN, maxLength: 64 })
+const PrepareBody = Type.Object({
+  txid: TxId,
+  participant: ParticipantName,
+  payload: Type.Optional(Type.Unknown()),
+  deadline: Type.Integer({ minimum: 0 }),
+  onePhase: Type.Optional(Type.Boolean())
+}, { additionalProperties: false })
+const DecisionBody = Type.Object({
+  txid: TxId,
+  participant: Type.Optional(ParticipantName)
+}, { additionalProperties: false })
+const PrepareAnswer = Type.Object({
+  vote: Type.Union([Type.Literal('yes'), Type.Literal('no'), Type.Literal('read-only')]),
+  reason: Type.Optional(Type.String())
+}, { additionalProperties: false })
+const OkAnswer = Type.Object({ ok: Type.Literal(true) }, { additionalProperties: false })
+
+function positiveInteger (name: string, value: number | undefined, fallback: number): number {
+  const result = value ?? fallback
+  if (!Number.isSafeInteger(result) || result < 1) throw new InvalidOptionError(`${name} must be a positive integer`)
+  return result
+}
+
+function checkOptions (options: TwoPhaseParticipantOptions): void {
+  if (typeof options.name !== 'string' || !new RegExp(PARTICIPANT_NAME_PATTERN).test(options.name)) {
+    throw new InvalidOptionError(`name must match ${PARTICIPANT_NAME_PATTERN}`)
+  }
+  if (typeof options.db?.transaction !== 'function' || options.db.open !== true) {
+    throw new InvalidOptionError('db must be an open better-sqlite3 Database')
+  }
+  for (const handler of ['prepare', 'commit', 'abort'] as const) {
+    if (typeof options[handler] !== 'function') throw new InvalidOptionError(`${handler} must be a function`)
+  }
+  if (typeof options.coordinatorUrl !== 'string' || !URL.canParse(options.coordinatorUrl)) {
+    throw new InvalidOptionError('coordinatorUrl must be a URL')
+  }
+  if (options.secret !== undefined && (typeof options.secret !== 'string' || options.secret.length === 0)) {
+    throw new InvalidOptionError('secret must be a non-empty string')
+  }
+  if (options.prefix !== undefined && !/^\/[A-Za-z0-9/_.-]*[A-Za-z0-9_.-]$/.test(options.prefix)) {
+    throw new InvalidOptionError('prefix must start with / and not end with /')
+  }
+}
+
+/** Maps a state-machine reply to the HTTP answer (throws the protocol's error codes). */
+function answer (reply: Reply): { vote: 'yes' | 'no' | 'read-only', reason?: string } | { ok: true } {
+  switch (reply.type) {
+    case 'vote': return reply.reason === undefined ? { vote: reply.vote } : { vote: reply.vote, reason: reply.reason }
+    case 'ok': return { ok: true }
+    case 'error':
+      if (reply.code === 'TX_UNKNOWN') throw new TxUnknownError(reply.message)
+      if (reply.code === 'TX_ALREADY_COMMITTED') throw new TxAlreadyCommittedError(reply.message)
+      throw new TxAlreadyAbortedError(reply.message)
+    case 'none': throw new Error('a callback event produced no reply')
+  }
+}
+
+interface RouteOptions {
+  engine: ParticipantEngine
+  recovery: InDoubtRecovery
+  secret: string | undefined
+  bodyLimit: number
+  logger: FastifyBaseLogger
+}
+
+/** The callback routes, encapsulated (NOT wrapped in fastify-plugin). */
+const callbackRoutes: FastifyPluginAsync<RouteOptions> = async (instance, { engine, recovery, secret, bodyLimit, logger }) => {
+  // Requests whose signature was checked against their exact raw bytes.
+  const verified = new WeakSet<FastifyRequest>()
+  const parseJson = instance.getDefaultJsonParser('error', 'error')
+
+  // Only JSON is accepted here, and the raw string must be seen before parsing to check the
+  // HMAC: authenticate first, then parse (with Fastify's prototype-poisoning-safe parser).
+  instance.removeAllContentTypeParsers()
+  instance.addContentTypeParser('application/json', { parseAs: 'string', bodyLimit }, (request, rawBody, done) => {
+    if (secret !== undefined) {
+      const check = verifySignature(secret, request.headers[SIGNATURE_HEADER], rawBody as string)
+      if (!check.ok) {
+        done(new BadSignatureError(check.reason), undefined)
+        return
+      }
+      verified.add(request)
+    }
+    parseJson(request, rawBody as string, done)
+  })
+
+  if (secret !== undefined) {
+    // A request without a JSON body never reached the parser: it is unsigned by definition.
+    instance.addHook('preValidation', async request => {
+      if (!verified.has(request)) throw new BadSignatureError('missing')
+    })
+  }
+
+  // The coordinator reads `code`: whatever error handler the host app set, answer the protocol's shape.
+  instance.setErrorHandler((error: FastifyError, request, reply) => {
+    const statusCode = typeof error.statusCode === 'number' && error.statusCode >= 400 && error.statusCode < 600 ? error.statusCode : 500
+    if (statusCode >= 500) logger.error({ err: error, url: request.url }, '2pc callback failed')
+    else logger.info({ err: error, url: request.url }, '2pc callback refused')
+    const known = statusCode < 500 || error.code === 'HANDLER_FAILED'
+    void reply.code(statusCode).send({
+      statusCode,
+      code: typeof error.code === 'string' ? error.code : 'INTERNAL_ERROR',
+      error: STATUS_CODES[statusCode] ?? 'Error',
+      message: known ? error.message : 'Internal Server Error'
+    })
+  })
+
+  const app = instance.withTypeProvider<TypeBoxTypeProvider>()
+  const checkParticipant = (participant: string | undefined): void => {
+    if (participant !== undefined && participant !== engine.name) throw new ParticipantMismatchError(engine.name, participant)
+  }
+
+  app.post('/prepare', {
+    bodyLimit,
+    schema: { body: PrepareBody, response: { 200: PrepareAnswer } }
+  }, async request => {
+    checkParticipant(request.body.participant)
+    return answer(engine.prepare(request.body)) as { vote: 'yes' | 'no' | 'read-only', reason?: string }
+  })
+
+  for (const decision of ['commit', 'abort'] as const) {
+    app.post(`/${decision}`, {
+      bodyLimit,
+      schema: { body: DecisionBody, response: { 200: OkAnswer } }
+    }, async request => {
+      checkParticipant(request.body.participant)
+      let reply: Reply
+      try {
+        reply = engine.decide(request.body.txid, decision)
+      } catch (err) {
+        // Not swallowed: logged by the error handler with its cause; 5xx tells the coordinator to retry.
+        if (err instanceof HandlerThrew) throw new HandlerFailedError(decision, { cause: err.cause })
+        throw err
+      }
+      recovery.forget(request.body.txid)
+      return answer(reply) as { ok: true }
+    })
+  }
+}
+
+const plugin: FastifyPluginAsync<TwoPhaseParticipantOptions> = async (fastify: FastifyInstance, options) => {
+  checkOptions(options)
+  const prefix = options.prefix ?? '/2pc'
+  const bodyLimit = positiveInteger('bodyLimit', options.bodyLimit, 1024 * 1024)
+  const logger = options.logger ?? fastify.log.child({ plugin: '@fastify-2pc/participant-sdk', participant: options.name })
+  const recoveryOptions = {
+    inDoubtAfterMs: positiveInteger('inDoubtAfterMs', options.inDoubtAfterMs, 10_000),
+    baseDelayMs: positiveInteger('recoveryBaseDelayMs', options.recoveryBaseDelayMs, 1_000),
+    maxDelayMs: positiveInteger('recoveryMaxDelayMs', options.recoveryMaxDelayMs, 60_000),
+    maxQueriesPerTick: positiveInteger('recoveryBatchSize', options.recoveryBatchSize, 100),
+    retentionMs: positiveInteger('retentionMs', options.retentionMs, 7 * DAY_MS)
+  }
+
+  migrate(options.db)
+  const engine = new ParticipantEngine(options.db, options.name, {
+    prepare: options.prepare, commit: options.commit, abort: options.abort
+  }, logger)
+  const clientOptions: { url: string, token?: string, connections: number } = { url: options.coordinatorUrl, connections: 2 }
+  if (options.coordinatorToken !== undefined) clientOptions.token = options.coordinatorToken
+  const client = createCoordinatorClient(clientOptions)
+  const recovery = new InDoubtRecovery(engine, client, logger, recoveryOptions)
+
+  fastify.decorate('twoPhase', {
+    name: options.name,
+    prefix,
+    inDoubt: ({ limit = 1000 }: { limit?: number } = {}) => recovery.inDoubt(Math.min(Math.max(1, limit), MAX_IN_DOUBT_LIST)),
+    recover: async () => await recovery.recover(),
+    stateOf: (txid: string) => engine.log.stateOf(txid)
+  } satisfies TwoPhaseParticipantApi)
+
+  await fastify.register(callbackRoutes, { prefix, engine, recovery, secret: options.secret, bodyLimit, logger })
+
+  // After listen, not at ready: asking and applying decisions needs nothing from the server,
+  // but a process that never listens (inject-only tests, scripts) should not call out on its own.
+  fastify.addHook('onListen', async () => { recovery.start() })
+  fastify.addHook('onClose', async () => {
+    await recovery.stop()
+    await client.close()
+  })
+}
+
+export const twoPhaseParticipant = fp(plugin, { name: '@fastify-2pc/participant-sdk', fastify: '5.x' })
+export default twoPhaseParticipant
