@@ -1,5 +1,6 @@
 /**
- * `coordinatorClientPlugin`: `app.coordinator` for initiators, closed with the app.
+ * `coordinatorClientPlugin`: `app.coordinatorClient` for initiators, closed with the app.
+ * (Not `app.coordinator`: the coordinator service decorates that name with its own type.)
  */
 import fp from 'fastify-plugin'
 import type { FastifyPluginAsync } from 'fastify'
@@ -8,13 +9,13 @@ import type { CoordinatorClient, CoordinatorClientOptions } from './client.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
-    coordinator: CoordinatorClient
+    coordinatorClient: CoordinatorClient
   }
 }
 
 const plugin: FastifyPluginAsync<CoordinatorClientOptions> = async (fastify, options) => {
   const client = createCoordinatorClient(options)
-  fastify.decorate('coordinator', client)
+  fastify.decorate('coordinatorClient', client)
   fastify.addHook('onClose', async () => { await client.close() })
 }
 
