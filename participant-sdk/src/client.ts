@@ -231,6 +231,7 @@ export class CoordinatorTransaction {
   #id: string | undefined
   #status: TransactionStatus = 'local'
   #starting: Promise<string> | undefined
+  #committing: Promise<CommitOutcome> | undefined
   #finishing: Promise<CommitOutcome | AbortOutcome> | undefined
 
   /** @internal use `client.begin()` */
@@ -308,9 +309,11 @@ export class CoordinatorTransaction {
    * `CoordinatorError`.
    */
   async commit (): Promise<CommitOutcome> {
-    if (this.#finishing !== undefined) return await (this.#finishing as Promise<CommitOutcome>)
+    // A second commit shares the first one's outcome; a commit after abort is refused below.
+    if (this.#committing !== undefined) return await this.#committing
     this.#assertOpen('commit')
     const finishing = this.#commit()
+    this.#committing = finishing
     this.#finishing = finishing
     return await finishing
   }
