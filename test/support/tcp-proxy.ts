@@ -24,6 +24,9 @@ export interface TcpProxy {
   readonly accepted: number
   /** Connections currently open (client side). */
   readonly openConnections: number
+  /** Bytes forwarded client -> target and target -> client so far. */
+  readonly bytesToTarget: number
+  readonly bytesFromTarget: number
   cut (): void
   blackhole (): void
   restore (): void
@@ -47,6 +50,8 @@ export async function startTcpProxy (opts: TcpProxyOptions): Promise<TcpProxy> {
   const host = opts.host ?? '127.0.0.1'
   let mode: ProxyMode = 'open'
   let accepted = 0
+  let bytesToTarget = 0
+  let bytesFromTarget = 0
   const pairs = new Set<Pair>()
 
   const destroyPair = (p: Pair): void => {
@@ -76,10 +81,16 @@ export async function startTcpProxy (opts: TcpProxyOptions): Promise<TcpProxy> {
     upstream.on('close', () => destroyPair(pair))
     // Manual piping, so a black-hole can drop bytes on live connections.
     client.on('data', (chunk) => {
-      if (mode === 'open' && !pair.held) upstream.write(chunk)
+      if (mode === 'open' && !pair.held) {
+        bytesToTarget += chunk.length
+        upstream.write(chunk)
+      }
     })
     upstream.on('data', (chunk) => {
-      if (mode === 'open' && !pair.held) client.write(chunk)
+      if (mode === 'open' && !pair.held) {
+        bytesFromTarget += chunk.length
+        client.write(chunk)
+      }
     })
   })
 
@@ -102,6 +113,8 @@ export async function startTcpProxy (opts: TcpProxyOptions): Promise<TcpProxy> {
     get mode () { return mode },
     get accepted () { return accepted },
     get openConnections () { return pairs.size },
+    get bytesToTarget () { return bytesToTarget },
+    get bytesFromTarget () { return bytesFromTarget },
     cut () {
       mode = 'cut'
       for (const p of [...pairs]) destroyPair(p)

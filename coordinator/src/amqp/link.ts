@@ -209,11 +209,15 @@ async function withTimeout<T> (p: Promise<T>, ms: number, what: string): Promise
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
 
-/** Destroys the socket under a ChannelModel: a close that cannot hang on a dead peer. */
-function destroyModel (model: ChannelModel): void {
-  const stream = (model as unknown as { connection?: { stream?: { destroy?: () => void } } }).connection?.stream
+/**
+ * Destroys the socket under a ChannelModel: a close that cannot hang on a dead peer. It must be
+ * destroyed *with an error*: amqplib watches the socket's 'error' and 'end' events only, so a
+ * plain destroy() leaves the connection "open" with its heartbeat timers running.
+ */
+function destroyModel (model: ChannelModel, reason = 'connection abandoned'): void {
+  const stream = (model as unknown as { connection?: { stream?: { destroy?: (err?: Error) => void } } }).connection?.stream
   try {
-    stream?.destroy?.()
+    stream?.destroy?.(new Error(reason))
   } catch {}
 }
 
@@ -770,13 +774,29 @@ export class AmqpLink extends EventEmitter<AmqpLinkEvents> {
         confirms.push(confirmed)
         if (!ok) {
           // Socket buffer full: wait for 'drain' before writing more (bounded by the deadline).
-          let onDrain: (() => void) | undefined
+          // A closed channel never drains: stop there too (its callbacks report the rest).
+          let onDrain: () => void = () => {}
+          let onClose: () => void = () => {}
           const drained = await Promise.race([
-            new Promise<'drain'>((resolve) => { onDrain = () => resolve('drain'); ch.once('drain', onDrain) }),
+            new Promise<'drain' | 'closed'>((resolve) => {
+              onDrain = () => resolve('drain')
+              onClose = () => resolve('closed')
+              ch.once('drain', onDrain)
+              ch.once('close', onClose)
+            }),
             expired
           ])
-          if (onDrain !== undefined) ch.off('drain', onDrain)
-          if (drained === 'timeout') break
+          ch.off('drain', onDrain)
+          ch.off('close', onClose)
+          if (drained !== 'drain') {
+            const why = drained === 'timeout' ? 'TIMEOUT' : 'CHANNEL_CLOSED'
+            for (let j = i + 1; j < items.length; j++) {
+              outcome[j] ??= new AmqpPublishError(why, drained === 'timeout'
+                ? `not published within ${timeoutMs} ms (socket buffer full)`
+                : 'channel closed before the message was published')
+            }
+            break
+          }
         }
       }
       // Per-message promises, not waitForConfirms(): that one also waits for (and fails on)
