@@ -382,6 +382,30 @@ t.test('poison messages are dead-lettered once; failing messages stop at the del
   t.equal(attempts, frozen, 'no further deliveries')
 })
 
+t.test('consumer cancelled by the broker (queue deleted): queue re-declared, consumer resumes', async (t) => {
+  if (!(await requireRabbit(t))) return
+  const prefix = newPrefix()
+  const names = amqpNames(prefix)
+  const link = makeLink(t, prefix, { participants: ['p1'] })
+  await link.start()
+  const got: string[] = []
+  const consumer = await link.consumeParticipant('p1', (msg) => { got.push(msg.properties.messageId as string) })
+  t.ok(consumer.active)
+  const conn = await amqp.connect(amqpUrl())
+  conn.on('error', () => {})
+  t.teardown(() => conn.close().catch(() => {}))
+  const ch = await conn.createChannel()
+  await ch.deleteQueue(names.participantQueue('p1'))
+  await until('consumer noticed the cancel', () => !consumer.active, 5000)
+  await until('consumer re-subscribed', () => consumer.active, 10_000)
+  t.ok(await ch.checkQueue(names.participantQueue('p1')), 'queue re-declared')
+  t.ok(link.isConnected, 'the connection was not affected')
+  const res = await link.publishBatch(decisionItems(prefix, 'p1', 2, 'again'))
+  t.equal(res.confirmed.length, 2)
+  await until('delivered after re-subscribe', () => got.length === 2)
+  t.same(got.sort(), ['again-0', 'again-1'])
+})
+
 t.test('nothing left on the broker', async (t) => {
   if (!(await requireRabbit(t))) return
   const left = await listBrokerNames(root)

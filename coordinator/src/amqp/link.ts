@@ -73,6 +73,8 @@ export interface AmqpLinkStatus {
   reconnectAttempts: number
   /** How many times a connection was established (1 after the first connect). */
   connects: number
+  /** The broker blocked publishing on this connection (memory/disk alarm): publishes time out. */
+  blocked: boolean
 }
 
 export interface PublishItem {
@@ -244,6 +246,7 @@ export class AmqpLink extends EventEmitter<AmqpLinkEvents> {
   private since = Date.now()
   private reconnectAttempts = 0
   private connects = 0
+  private blocked = false
   private readonly participants = new Set<string>()
   private readonly consumers = new Map<number, ConsumerReg>()
   private nextConsumerId = 1
@@ -346,8 +349,14 @@ export class AmqpLink extends EventEmitter<AmqpLinkEvents> {
       this.lastError = errMessage(err)
       this.log.warn({ err: errMessage(err) }, 'amqp: connection error')
     })
-    model.on('blocked', (reason: string) => this.log.warn({ reason }, 'amqp: connection blocked by the broker (resource alarm)'))
-    model.on('unblocked', () => this.log.info({}, 'amqp: connection unblocked'))
+    model.on('blocked', (reason: string) => {
+      this.blocked = true
+      this.log.warn({ reason }, 'amqp: connection blocked by the broker (resource alarm)')
+    })
+    model.on('unblocked', () => {
+      this.blocked = false
+      this.log.info({}, 'amqp: connection unblocked')
+    })
     if (this.closing) {
       await model.close().catch(() => {})
       return
@@ -367,7 +376,8 @@ export class AmqpLink extends EventEmitter<AmqpLinkEvents> {
       lastError: this.lastError,
       since: this.since,
       reconnectAttempts: this.reconnectAttempts,
-      connects: this.connects
+      connects: this.connects,
+      blocked: this.blocked
     }
   }
 
@@ -503,6 +513,7 @@ export class AmqpLink extends EventEmitter<AmqpLinkEvents> {
       }
     }
     this.lastError = errMessage(err)
+    this.blocked = false
     if (this.connected) {
       this.connected = false
       this.since = Date.now()
@@ -803,6 +814,12 @@ export class AmqpLink extends EventEmitter<AmqpLinkEvents> {
       // messages of concurrent batches on the same channel.
       await Promise.race([Promise.all(confirms), expired])
       return result()
+    } catch (err) {
+      // E.g. the publish channel cannot be re-created on a dying connection. Never reject.
+      for (let i = 0; i < items.length; i++) {
+        outcome[i] ??= new AmqpPublishError('CHANNEL_CLOSED', `cannot publish: ${errMessage(err)}`, { cause: err })
+      }
+      return result()
     } finally {
       clearTimeout(timer)
     }
@@ -893,6 +910,7 @@ export class AmqpLink extends EventEmitter<AmqpLinkEvents> {
   /** Subscribes `reg` on `conn` unless already; on failure, retries later. Never throws. */
   private async startConsumer (conn: Conn, reg: ConsumerReg): Promise<void> {
     if (reg.cancelled || reg.on === conn || conn.closed || this.closing) return
+    reg.on = conn // claimed: a concurrent start (retry timer, channel repair) backs off
     try {
       const admin = await this.adminChannel(conn)
       if (reg.declare !== undefined) {
@@ -903,8 +921,10 @@ export class AmqpLink extends EventEmitter<AmqpLinkEvents> {
       }
       const sub = await this.subChannel(conn)
       await sub.prefetch(reg.prefetch)
-      if (reg.cancelled || conn.closed) return
-      reg.on = conn
+      if (reg.cancelled || conn.closed) {
+        if (reg.on === conn) reg.on = undefined
+        return
+      }
       const { consumerTag } = await sub.consume(reg.queue, (msg) => {
         if (msg === null) {
           this.onConsumerCancelled(conn, reg)
