@@ -81,7 +81,8 @@ t.test('abort between two SDK participants: a no vote releases the other one\'s 
   t.equal(pay.log[outcome.id], 'aborted', 'the no vote is recorded')
   t.equal(inv.log[outcome.id], 'aborted')
   t.equal(inv.calls.commit ?? 0, 0)
-  t.same(pay.calls, { prepare: 1 }, 'a no voter has nothing to undo')
+  t.same(pay.calls, {}, 'a no vote rolls back all the handler wrote (its call count too): nothing to undo')
+  t.equal(inv.calls.abort, 1, 'the yes voter released its hold once')
 })
 
 t.test('an explicit abort after start: nothing is prepared, nothing changes', async t => {
