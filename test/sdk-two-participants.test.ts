@@ -5,6 +5,7 @@
 import t from 'tap'
 import type { Test } from 'tap'
 import { join } from 'node:path'
+import type { FastifyInstance } from 'fastify'
 import { buildCoordinator } from '@fastify-2pc/coordinator'
 import { createCoordinatorClient, CoordinatorError } from '@fastify-2pc/participant-sdk'
 import { buildService, readService } from './fixtures/sdk-services.js'
@@ -17,7 +18,7 @@ async function setup (t: Test) {
   const coordinator = await buildCoordinator({ dbPath: join(dir, 'coordinator.db'), coordinatorId: 'c1', secret: SECRET, apiToken: TOKEN, retryBaseMs: 20, retryMaxMs: 200 })
   await coordinator.listen({ port: 0, host: '127.0.0.1' })
   const coordinatorUrl = `http://127.0.0.1:${(coordinator.server.address() as { port: number }).port}`
-  const services = []
+  const services: Array<{ app: FastifyInstance, dbPath: string, url: string }> = []
   for (const name of ['inventory', 'payment'] as const) {
     const dbPath = join(dir, `${name}.db`)
     const { app } = await buildService({ name, dbPath, coordinatorUrl, secret: SECRET, coordinatorToken: TOKEN })
@@ -30,7 +31,7 @@ async function setup (t: Test) {
     for (const s of services) await s.app.close()
     await coordinator.close()
   })
-  const [inventory, payment] = services as [typeof services[0], typeof services[0]]
+  const [inventory, payment] = services as [typeof services[number], typeof services[number]]
   const status = async (id: string): Promise<{ state: string, completed: boolean, participants: Array<{ name: string, vote: string | null, ack: string }> }> => {
     const res = await coordinator.inject({ url: `/v1/transactions/${id}`, headers: { authorization: `Bearer ${TOKEN}` } })
     return res.json()

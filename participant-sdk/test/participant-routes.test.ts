@@ -282,7 +282,7 @@ t.test('bad options are refused at register time', async t => {
     ['no handler', { commit: undefined }]
   ] as const) {
     const app = Fastify()
-    await t.rejects(app.register(twoPhaseParticipant, { ...base, ...bad } as never).ready(), { code: 'TWOPC_INVALID_OPTION' }, label)
+    await t.rejects(async () => { await app.register(twoPhaseParticipant, { ...base, ...bad } as never).ready() }, { code: 'TWOPC_INVALID_OPTION' }, label)
     await app.close()
   }
 })
