@@ -113,6 +113,10 @@ export async function buildCoordinator (input: CoordinatorOptions): Promise<Fast
     }
   })
 
+  // The API is JSON only: without this, Fastify's default text/plain parser hands a string to
+  // the body schema and a wrong content type answers 400 VALIDATION_FAILED instead of 415.
+  app.removeContentTypeParser('text/plain')
+
   app.setErrorHandler((err: FastifyError, req, reply) => {
     let statusCode = err.statusCode ?? 500
     let code = err.code ?? 'INTERNAL_ERROR'

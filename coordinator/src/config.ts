@@ -5,6 +5,7 @@
 import envSchema from 'env-schema'
 import { Type, type Static } from '@sinclair/typebox'
 import { COORDINATOR_ID_PATTERN } from '@fastify-2pc/protocol'
+import { parseAllowlist } from './allowlist.js'
 
 export interface CoordinatorOptions {
   /** SQLite file of the log (TWOPC_DB). */
@@ -133,6 +134,24 @@ export function parseDuration (text: string): number {
   return Number(match[1]) * UNIT_MS[match[2] as keyof typeof UNIT_MS]
 }
 
+/** The variable each environment-set option comes from, for error messages. */
+const ENV_NAMES: Record<string, string> = {
+  defaultTimeoutMs: 'TWOPC_DEFAULT_TIMEOUT_MS',
+  maxTimeoutMs: 'TWOPC_MAX_TIMEOUT_MS',
+  prepareTimeoutMs: 'TWOPC_PREPARE_TIMEOUT_MS',
+  maxParticipants: 'TWOPC_MAX_PARTICIPANTS',
+  maxPayloadBytes: 'TWOPC_MAX_PAYLOAD_BYTES',
+  bodyLimitBytes: 'TWOPC_BODY_LIMIT_BYTES',
+  retryBaseMs: 'TWOPC_RETRY_BASE_MS',
+  retryMaxMs: 'TWOPC_RETRY_MAX_MS',
+  retryBudget: 'TWOPC_RETRY_BUDGET',
+  coordinatorId: 'TWOPC_COORDINATOR_ID',
+  secret: 'TWOPC_SECRET',
+  apiToken: 'TWOPC_API_TOKEN',
+  dbPath: 'TWOPC_DB'
+}
+const OPTION_KEYS = new RegExp(`\\b(${Object.keys(ENV_NAMES).join('|')})\\b`, 'g')
+
 /**
  * Reads and validates the environment. A bad or missing value throws an error that names the
  * variable (env-schema's message: `env/PORT must be <= 65535`).
@@ -156,7 +175,13 @@ export function configFromEnv (env: NodeJS.ProcessEnv = process.env): ServerConf
     retryBudget: e.TWOPC_RETRY_BUDGET,
     logger: e.LOG_LEVEL === 'silent' ? false : { level: e.LOG_LEVEL }
   }
-  resolveOptions(options) // cross-field checks (e.g. default timeout within the range) fail here, at start
+  try {
+    resolveOptions(options) // cross-field checks (e.g. default timeout within the range) fail here, at start
+    parseAllowlist(options.participantAllowlist)
+  } catch (err) {
+    // Name the variables, not the option keys: the operator set TWOPC_*, not defaultTimeoutMs.
+    throw new Error((err as Error).message.replace(OPTION_KEYS, key => ENV_NAMES[key] as string))
+  }
   return {
     port: e.PORT,
     host: e.HOST,
