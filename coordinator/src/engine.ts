@@ -73,14 +73,50 @@ export class Engine {
 
   /** Begins a transaction; with `participants` enlists them in the same forced write. */
   begin (timeoutMs: number, metadata: unknown, participants: NewParticipant[] = []): Transaction {
+    return this.start(timeoutMs, metadata, participants, false).tx
+  }
+
+  /**
+   * The one-shot form: begin, enlist and commit-requested folded into one step, saved with one
+   * forced write; resolves once the decision is durable.
+   */
+  async beginAndCommit (timeoutMs: number, metadata: unknown, participants: NewParticipant[]): Promise<Outcome> {
+    return await (this.start(timeoutMs, metadata, participants, true).decided as Promise<Outcome>)
+  }
+
+  private start (timeoutMs: number, metadata: unknown, participants: NewParticipant[], commit: boolean): { tx: Transaction, decided?: Promise<Outcome> } {
     const now = this.now()
-    const start = newTransaction(newTransactionId(this.options.coordinatorId, now), now, now + timeoutMs, metadata ?? null)
-    const result = this.fold(start, participants.map(p => ({ type: 'enlist', participant: p, now }) as Event))
+    const initial = newTransaction(newTransactionId(this.options.coordinatorId, now), now, now + timeoutMs, metadata ?? null)
+    const events: Event[] = participants.map(p => ({ type: 'enlist', participant: p, now }))
+    if (commit) events.push({ type: 'commit-requested', now })
+    const result = this.fold(initial, events)
     if (!result.ok) throw new Rejected(result.code, result.tx)
-    this.persist(null, result.tx, result.effects)
+    // Registered before the effects run: an empty transaction is decided within persist().
+    const waiter = commit ? this.waitForDecision(initial.id) : undefined
+    try {
+      this.persist(null, result.tx, result.effects)
+    } catch (err) {
+      waiter?.cancel()
+      throw err
+    }
     this.crash('coordinator.after-begin')
-    this.logger.info({ txid: start.id, participants: participants.length }, 'transaction begun')
-    return result.tx
+    this.logger.info({ txid: initial.id, participants: participants.length, commit }, 'transaction begun')
+    return waiter === undefined ? { tx: result.tx } : { tx: result.tx, decided: waiter.decided }
+  }
+
+  /** Registers a waiter for the decision; `cancel` removes this waiter only. */
+  private waitForDecision (id: string): { decided: Promise<Outcome>, cancel: () => void } {
+    let resolver: (o: Outcome) => void = () => {}
+    const decided = new Promise<Outcome>(resolve => { resolver = resolve })
+    const list = this.waiters.get(id) ?? []
+    list.push(resolver)
+    this.waiters.set(id, list)
+    const cancel = (): void => {
+      const rest = (this.waiters.get(id) ?? []).filter(r => r !== resolver)
+      if (rest.length === 0) this.waiters.delete(id)
+      else this.waiters.set(id, rest)
+    }
+    return { decided, cancel }
   }
 
   enlist (id: string, participant: NewParticipant): Transaction {
@@ -91,23 +127,19 @@ export class Engine {
 
   /** Phase 1 and the decision; resolves once the decision is durable. */
   async commit (id: string): Promise<Outcome> {
-    const decided = new Promise<Outcome>(resolve => {
-      const list = this.waiters.get(id) ?? []
-      list.push(resolve)
-      this.waiters.set(id, list)
-    })
+    const waiter = this.waitForDecision(id)
     let result: StepResult
     try {
       result = this.apply(id, { type: 'commit-requested', now: this.now() })
     } catch (err) {
-      this.waiters.delete(id)
+      waiter.cancel()
       throw err
     }
     if (!result.ok) {
-      this.waiters.delete(id)
+      waiter.cancel()
       throw new Rejected(result.code, result.tx)
     }
-    return await decided
+    return await waiter.decided
   }
 
   abort (id: string): Transaction {

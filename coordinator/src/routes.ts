@@ -127,12 +127,8 @@ export async function transactionRoutes (fastify: FastifyInstance, deps: RouteDe
     if (body.metadata !== undefined && Buffer.byteLength(JSON.stringify(body.metadata)) > options.maxPayloadBytes) {
       throw new Errors.PAYLOAD_TOO_LARGE('metadata', Buffer.byteLength(JSON.stringify(body.metadata)), options.maxPayloadBytes)
     }
+    if (body.commit === true) return await engine.beginAndCommit(timeoutMs, body.metadata, participants)
     const tx = engine.begin(timeoutMs, body.metadata, participants)
-    if (body.commit === true) {
-      try {
-        return await engine.commit(tx.id)
-      } catch (err) { rethrow(err, tx.id) }
-    }
     reply.code(201)
     return { id: tx.id, state: 'active' as const, expiresAt: new Date(tx.expiresAt).toISOString() }
   })

@@ -133,7 +133,7 @@ t.test('crash right after begin: the restart aborts the transaction, nobody was 
   const port = await freePort()
   const first = await startCoordinatorProcess(dbPath, port, { TWOPC_CRASH_AT: 'coordinator.after-begin' })
   t.teardown(() => { first.proc.kill('SIGKILL') })
-  await t.rejects(http(first.url).post('/v1/transactions', { participants: [{ name: 'a', url: a.url }], commit: true }))
+  await t.rejects(http(first.url).post('/v1/transactions', { participants: [{ name: 'a', url: a.url }] }))
   t.equal((await first.exited).signal, 'SIGKILL')
   t.equal(a.calls.length, 0)
 
@@ -144,6 +144,25 @@ t.test('crash right after begin: the restart aborts the transaction, nobody was 
   t.equal(list.items[0].state, 'aborted')
   t.equal(list.items[0].reason, 'coordinator-restarted')
   t.equal(a.calls.length, 0, 'a participant never asked to prepare is not told anything')
+})
+
+t.test('crash after a one-shot begin: the restart aborts, and the enlisted participant hears abort (it may have prepared)', async t => {
+  const a = await startParticipant(t)
+  const dbPath = join(t.testdir(), 'coordinator.db')
+  const port = await freePort()
+  const first = await startCoordinatorProcess(dbPath, port, { TWOPC_CRASH_AT: 'coordinator.after-begin' })
+  t.teardown(() => { first.proc.kill('SIGKILL') })
+  await t.rejects(http(first.url).post('/v1/transactions', { participants: [{ name: 'a', url: a.url }], commit: true }))
+  t.equal((await first.exited).signal, 'SIGKILL')
+  t.equal(a.calls.length, 0, 'the crash came before any prepare was sent')
+
+  const second = await startCoordinatorProcess(dbPath, port)
+  t.teardown(() => { second.proc.kill('SIGKILL') })
+  await waitFor(() => a.callsTo('abort').length === 1, 10_000, 'abort delivered')
+  const txid = a.callsTo('abort')[0]?.body.txid as string
+  t.equal(a.state(txid), 'aborted', 'a tombstone: a late prepare would vote no')
+  t.equal(a.callsTo('prepare').length, 0)
+  t.equal((await http(second.url).get(`/v1/transactions/${txid}`)).body.reason, 'coordinator-restarted')
 })
 
 t.test('SIGTERM: the request in flight finishes, then the process exits cleanly', async t => {
