@@ -24,7 +24,9 @@ interface Child { process: ChildProcess, port: number, stderr: () => string, exi
 
 /** Starts the participant fixture as its own process; resolves once it listens. */
 async function startParticipant (env: Record<string, string>): Promise<Child> {
-  const child = spawn(process.execPath, ['--import=tsx', '--conditions=fastify-2pc-source', FIXTURE], {
+  // The child loads TypeScript the way this process does (tap's loader and coverage, or tsx).
+  const loader = process.execArgv.length > 0 ? process.execArgv : ['--import=tsx', '--conditions=fastify-2pc-source']
+  const child = spawn(process.execPath, [...loader, FIXTURE], {
     cwd: ROOT,
     env: { ...process.env, TWOPC_CRASH_AT: '', ...env },
     stdio: ['ignore', 'pipe', 'pipe']
