@@ -232,12 +232,14 @@ t.test('broker cut while publishing: unconfirmed items reported, no hang; recove
 
   // Warm up: one confirmed batch, so the cut below lands mid-batch with confirms flowing.
   t.equal((await link.publishBatch(decisionItems(prefix, 'p1', 1, 'warm'))).confirmed.length, 1)
-  const N = 5000
+  const N = 20_000
   const items = decisionItems(prefix, 'p1', N, 'cut').map((i) => ({ ...i, headers: { pad: 'x'.repeat(256) } }))
   const fromBroker = proxy.bytesFromTarget
   const pending = link.publishBatch(items)
   // Cut once the broker has confirmed part of the batch (a basic.ack frame is 21 bytes).
   await until('first confirms', () => proxy.bytesFromTarget - fromBroker >= 21 * 5, 5000).catch(() => {})
+  // Let the link read them: a reset socket drops data it has not read yet.
+  await new Promise((resolve) => setTimeout(resolve, 30))
   const before = proxy.accepted
   const tCut = Date.now()
   proxy.cut()
