@@ -15,13 +15,12 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { Database } from 'better-sqlite3'
 import { PARTICIPANT_NAME_PATTERN, SIGNATURE_HEADER, TX_ID_PATTERN, verifySignature } from '@fastify-2pc/protocol'
 import { createCoordinatorClient } from './client.js'
-import { ParticipantEngine } from './engine.js'
+import { HandlerThrew, ParticipantEngine } from './engine.js'
 import type { AbortHandler, CommitHandler, PrepareHandler } from './engine.js'
 import {
   BadSignatureError, HandlerFailedError, InvalidOptionError, ParticipantMismatchError,
   TxAlreadyAbortedError, TxAlreadyCommittedError, TxUnknownError
 } from './errors.js'
-import { HandlerThrew } from './engine.js'
 import { migrate } from './log.js'
 import { InDoubtRecovery } from './recovery.js'
 import type { InDoubtTransaction, RecoveryReport } from './recovery.js'
@@ -253,8 +252,10 @@ const plugin: FastifyPluginAsync<TwoPhaseParticipantOptions> = async (fastify: F
 
   await fastify.register(callbackRoutes, { prefix, engine, recovery, secret: options.secret, bodyLimit, logger })
 
-  // After listen, not at ready: asking and applying decisions needs nothing from the server,
-  // but a process that never listens (inject-only tests, scripts) should not call out on its own.
+  // After listen, not at ready: by then the callback routes are reachable, so a decision the
+  // coordinator pushes while recovery runs is applied by whichever comes first (both go through
+  // the same state machine, so the second is a no-op); and a process that never listens
+  // (inject-only tests, scripts) does not call out on its own.
   fastify.addHook('onListen', async () => { recovery.start() })
   fastify.addHook('onClose', async () => {
     await recovery.stop()
