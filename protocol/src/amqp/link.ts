@@ -20,7 +20,7 @@
 import { EventEmitter } from 'node:events'
 import amqp from 'amqplib'
 import type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage, RecoveringChannelModel } from 'amqplib'
-import { amqpNames, assertParticipantName, type AmqpNames } from '@fastify-2pc/protocol'
+import { amqpNames, assertParticipantName, type AmqpNames } from '../amqp-names.js'
 import { declareParticipantQueue, declareTopology, DEFAULT_DELIVERY_LIMIT } from './topology.js'
 
 // ---------------------------------------------------------------------------------------------
