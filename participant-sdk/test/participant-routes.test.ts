@@ -211,6 +211,23 @@ t.test('async handlers are refused: a Promise from prepare votes no, from commit
   const id = txid()
   t.equal((await app.inject(callback('/2pc/prepare', prepareBody(id)))).json().vote, 'no')
   t.equal(app.twoPhase.stateOf(id), 'aborted')
+
+  const db2 = new Database(join(dir, 'y.db'))
+  t.teardown(() => db2.close())
+  const app2 = Fastify()
+  t.teardown(() => app2.close())
+  await app2.register(twoPhaseParticipant, {
+    name: 'inventory', db: db2, coordinatorUrl: 'http://127.0.0.1:9',
+    prepare: () => 'yes',
+    commit: async () => {},
+    abort: () => {}
+  })
+  const id2 = txid()
+  t.equal((await app2.inject(callback('/2pc/prepare', prepareBody(id2)))).json().vote, 'yes')
+  const commit = await app2.inject(callback('/2pc/commit', { txid: id2 }))
+  t.equal(commit.statusCode, 500)
+  t.equal(commit.json().code, 'HANDLER_FAILED')
+  t.equal(app2.twoPhase.stateOf(id2), 'prepared', 'an async commit handler is refused, the record stays prepared')
 })
 
 t.test('a callback for another participant name is refused (misrouted enlistment)', async t => {
