@@ -65,6 +65,13 @@ export const coordinatorPlugin = fp<{ options: ResolvedOptions }>(async (app, { 
   app.decorate('coordinator', { id: coordinatorId, engine, log, options })
 
   let closing = false
+  // Fastify closes the server (waiting for every open connection) before onClose hooks run, and
+  // a keep-alive connection whose request was in flight at close (a commit waiting for votes)
+  // would stay open until the client drops it. Answer with `connection: close` once closing.
+  app.addHook('preClose', async () => { closing = true })
+  app.addHook('onSend', async (_req, reply) => {
+    if (closing) void reply.header('connection', 'close')
+  })
   app.addHook('onClose', async () => {
     closing = true
     await engine.stop()

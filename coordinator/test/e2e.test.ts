@@ -3,6 +3,7 @@
  * participant servers. Outcomes are awaited with a bounded waitFor, never a fixed sleep.
  */
 import t from 'tap'
+import { Agent, request } from 'undici'
 import { SIGNATURE_HEADER } from '@fastify-2pc/protocol'
 import { startCoordinator, startParticipant, waitFor, type HttpClient, type TestParticipant } from './support/participant.js'
 
@@ -441,4 +442,28 @@ t.test('healthz and readyz', async t => {
   t.equal(ready.status, 200)
   t.same(ready.body, { ready: true, log: 'open', recovery: 'done', coordinatorId: 'c-e2e' })
   t.equal(c.id, 'c-e2e')
+})
+
+t.test('closing while a commit waits for votes: the commit is answered and close completes', async t => {
+  const c = await startCoordinator(t, { prepareTimeoutMs: 5000 })
+  const slow = await startParticipant(t, { prepareDelayMs: 500 })
+  const id = await begin(c.api, [['slow', slow]])
+  // Its own keep-alive connection, destroyed at the end so a regression fails instead of hanging.
+  const agent = new Agent()
+  t.teardown(async () => { await agent.destroy() })
+  const commit = request(`${c.url}/v1/transactions/${id}/commit`, { method: 'POST', dispatcher: agent })
+    .then(async res => ({ status: res.statusCode, connection: res.headers.connection, body: await res.body.json() }))
+  await waitFor(async () => (await getTx(c.api, id)).state === 'preparing', 2000, 'preparing')
+  const closed = c.close().then(() => 'closed' as const)
+  let timer: NodeJS.Timeout | undefined
+  const bound = new Promise<'timeout'>(resolve => { timer = setTimeout(() => resolve('timeout'), 4000) })
+  t.equal(await Promise.race([closed, bound]), 'closed', 'close completes once the commit is answered')
+  clearTimeout(timer)
+  const answer = await commit
+  t.same(answer, { status: 200, connection: 'close', body: { id, state: 'committed' } })
+  // The decision is in the log: a coordinator restarted on it finishes phase 2 if it was cut short.
+  const again = await startCoordinator(t, { dbPath: c.dbPath })
+  t.equal(again.id, c.id)
+  t.equal((await completed(again.api, id)).state, 'committed')
+  t.equal(slow.state(id), 'committed')
 })
