@@ -262,6 +262,23 @@ t.test('a read-only voter takes no part in phase 2', async t => {
   t.equal(reader.callsTo('commit').length + reader.callsTo('abort').length, 0)
 })
 
+t.test('an abort while preparing decides abort; the waiting commit answers aborted', async t => {
+  const c = await startCoordinator(t, { prepareTimeoutMs: 5000 })
+  const slow = await startParticipant(t, { prepareDelayMs: 400 })
+  const id = await begin(c.api, [['slow', slow]])
+  const commit = c.api.post(`/v1/transactions/${id}/commit`)
+  await waitFor(async () => (await getTx(c.api, id)).state === 'preparing', 2000, 'preparing')
+  const abort = await c.api.post(`/v1/transactions/${id}/abort`)
+  t.equal(abort.status, 200)
+  t.same(abort.body, { id, state: 'aborted', reason: 'requested' })
+  t.same((await commit).body, { id, state: 'aborted', reason: 'requested' })
+  const tx = await completed(c.api, id)
+  t.match(part(tx, 'slow'), { vote: null, ack: 'acked' }, 'its late vote is ignored')
+  await waitFor(() => slow.callsTo('prepare', id).length === 1, 2000, 'the late prepare answered')
+  t.equal(slow.state(id), 'aborted', 'asked to prepare, so told abort; the late prepare found the tombstone')
+  t.equal(slow.callsTo('commit').length, 0)
+})
+
 t.test('one-shot form: begin, enlist and commit in one request', async t => {
   const c = await startCoordinator(t)
   const a = await startParticipant(t)
