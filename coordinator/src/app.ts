@@ -14,12 +14,18 @@ import { parseAllowlist } from './allowlist.js'
 import { newCoordinatorId } from './ids.js'
 import { Errors, FRAMEWORK_CODES } from './errors.js'
 import { transactionRoutes } from './routes.js'
+import { OutboxPublisher } from './outbox.js'
+import { AmqpLink, PoisonMessageError } from '@fastify-2pc/protocol/amqp'
+import { amqpNames, parseAckNotice } from '@fastify-2pc/protocol'
 
 export interface Coordinator {
   id: string
   engine: Engine
   log: CoordinatorLog
   options: ResolvedOptions
+  /** The RabbitMQ link; undefined without `amqpUrl`. */
+  amqp: AmqpLink | undefined
+  outbox: OutboxPublisher | undefined
 }
 
 declare module 'fastify' {
@@ -35,7 +41,10 @@ function sha256 (text: string): Buffer {
 /** Fastify plugin: the log, the engine, the routes, recovery and the sweeper, closed in onClose. */
 export const coordinatorPlugin = fp<{ options: ResolvedOptions }>(async (app, { options }) => {
   const allowlist = parseAllowlist(options.participantAllowlist)
-  const log = new CoordinatorLog(options.dbPath)
+  const names = amqpNames(options.amqpPrefix)
+  const log = new CoordinatorLog(options.dbPath, options.amqpUrl === undefined
+    ? null
+    : { exchange: names.decisionsExchange, routingKey: names.participantRoutingKey })
   let coordinatorId: string
   try {
     coordinatorId = log.bindCoordinatorId(options.coordinatorId, newCoordinatorId)
@@ -48,10 +57,19 @@ export const coordinatorPlugin = fp<{ options: ResolvedOptions }>(async (app, { 
     maxResponseBytes: options.maxResponseBytes,
     connectionsPerOrigin: options.connectionsPerOrigin
   })
+  let link: AmqpLink | undefined
+  let outbox: OutboxPublisher | undefined
+  if (options.amqpUrl !== undefined) {
+    link = new AmqpLink({ url: options.amqpUrl, prefix: options.amqpPrefix, logger: app.log.child({ component: 'amqp' }), connectionName: `twopc-coordinator ${coordinatorId}` })
+    outbox = new OutboxPublisher(log, link, { batchSize: 500, intervalMs: 1000, maxBatchesPerFlush: 20, publishTimeoutMs: 10_000, logger: app.log.child({ component: 'outbox' }) })
+  } else {
+    app.log.warn('AMQP_URL is not set: running WITHOUT RabbitMQ — undelivered decisions are retried over HTTP only, transactional messages are refused')
+  }
   const engine = new Engine(log, driver, {
     coordinatorId,
     policy: {
       maxParticipants: options.maxParticipants,
+      maxMessages: options.maxMessages,
       retryBaseMs: options.retryBaseMs,
       retryMaxMs: options.retryMaxMs,
       retryBudget: options.retryBudget
@@ -60,9 +78,10 @@ export const coordinatorPlugin = fp<{ options: ResolvedOptions }>(async (app, { 
     phase2TimeoutMs: options.phase2TimeoutMs,
     sweepIntervalMs: options.sweepIntervalMs,
     maxConcurrentPhase2: 256,
-    logger: app.log
+    logger: app.log,
+    ...(outbox !== undefined ? { onOutboxWrite: () => outbox.kick() } : {})
   })
-  app.decorate('coordinator', { id: coordinatorId, engine, log, options })
+  app.decorate('coordinator', { id: coordinatorId, engine, log, options, amqp: link, outbox })
 
   let closing = false
   // Fastify closes the server (waiting for every open connection) before onClose hooks run, and
@@ -75,14 +94,34 @@ export const coordinatorPlugin = fp<{ options: ResolvedOptions }>(async (app, { 
   app.addHook('onClose', async () => {
     closing = true
     await engine.stop()
+    await outbox?.stop()
+    await link?.close()
     await driver.close()
     log.close()
   })
 
   // Recovery runs once the app is ready; /readyz says 503 until it is done.
   app.addHook('onReady', async () => {
-    app.log.info({ coordinatorId, db: options.dbPath, allowlist: allowlist.describe }, 'coordinator log open')
-    void engine.recover().then(() => engine.startSweeper(), (err: unknown) => {
+    app.log.info({ coordinatorId, db: options.dbPath, allowlist: allowlist.describe, amqp: link !== undefined }, 'coordinator log open')
+    if (link !== undefined) {
+      const amqp = link
+      // start() resolves after the first attempt either way: a down broker never blocks start-up.
+      await amqp.start()
+      await amqp.consumeAcks(async (msg) => {
+        const ack = parseAckNotice(msg.content)
+        if (ack === undefined) throw new PoisonMessageError('not an ack notice')
+        if (!closing) engine.acknowledge(ack.txid, ack.participant, ack.decision)
+      }).catch((err: unknown) => { app.log.warn({ err }, 'acks consumer not started yet; the link retries on reconnect') })
+    }
+    void engine.recover().then(() => {
+      engine.startSweeper()
+      if (outbox !== undefined) {
+        const at = Date.now()
+        // Participants re-check what they hold in doubt when they hear this.
+        log.enqueueEvent(names.eventsExchange, '', `${coordinatorId}:started:${at}`, { type: 'coordinator.started', coordinatorId, at }, at)
+        outbox.start()
+      }
+    }, (err: unknown) => {
       app.log.fatal({ err }, 'recovery failed')
     })
   })
@@ -91,7 +130,21 @@ export const coordinatorPlugin = fp<{ options: ResolvedOptions }>(async (app, { 
   app.get('/readyz', async (_req, reply) => {
     const ready = engine.recovered && !closing
     reply.code(ready ? 200 : 503)
-    return { ready, log: closing ? 'closing' : 'open', recovery: engine.recovered ? 'done' : 'running', coordinatorId }
+    // The broker is reported, not required: a broker outage only grows the outbox.
+    let amqp: Record<string, unknown> = { configured: false }
+    if (link !== undefined && log.db.open) {
+      const stats = log.outboxStats()
+      const status = link.status()
+      amqp = {
+        configured: true,
+        connected: status.connected,
+        lastError: status.lastError ?? outbox?.status().lastError ?? null,
+        outboxDepth: stats.depth,
+        outboxDead: stats.dead,
+        outboxOldestAgeMs: stats.oldestCreatedAt === null ? null : Date.now() - stats.oldestCreatedAt
+      }
+    }
+    return { ready, log: closing ? 'closing' : 'open', recovery: engine.recovered ? 'done' : 'running', coordinatorId, amqp }
   })
 
   await app.register(async (v1) => {

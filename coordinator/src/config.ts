@@ -12,6 +12,10 @@ export interface CoordinatorOptions {
   dbPath: string
   /** Prefix of every transaction id; fixed by the log's first start (TWOPC_COORDINATOR_ID). */
   coordinatorId?: string
+  /** RabbitMQ (AMQP_URL); unset: HTTP retries only. */
+  amqpUrl?: string
+  /** Prefix of every exchange and queue name (TWOPC_AMQP_PREFIX). */
+  amqpPrefix?: string
   /** HMAC key for callback signatures (TWOPC_SECRET). */
   secret?: string
   /** Bearer token required on /v1 (TWOPC_API_TOKEN). */
@@ -26,6 +30,8 @@ export interface CoordinatorOptions {
   /** Longest wait for one commit/abort answer. */
   phase2TimeoutMs?: number
   maxParticipants?: number
+  /** Transactional messages per transaction. */
+  maxMessages?: number
   maxPayloadBytes?: number
   bodyLimitBytes?: number
   retryBaseMs?: number
@@ -39,8 +45,8 @@ export interface CoordinatorOptions {
   logger?: boolean | { level?: string }
 }
 
-export type ResolvedOptions = Required<Omit<CoordinatorOptions, 'coordinatorId' | 'secret' | 'apiToken' | 'participantAllowlist'>> &
-  Pick<CoordinatorOptions, 'coordinatorId' | 'secret' | 'apiToken' | 'participantAllowlist'>
+type OptionalKeys = 'coordinatorId' | 'secret' | 'apiToken' | 'participantAllowlist' | 'amqpUrl'
+export type ResolvedOptions = Required<Omit<CoordinatorOptions, OptionalKeys>> & Pick<CoordinatorOptions, OptionalKeys>
 
 export const defaults = {
   defaultTimeoutMs: 30_000,
@@ -49,6 +55,8 @@ export const defaults = {
   prepareTimeoutMs: 10_000,
   phase2TimeoutMs: 10_000,
   maxParticipants: 32,
+  maxMessages: 32,
+  amqpPrefix: 'twopc',
   maxPayloadBytes: 64 * 1024,
   bodyLimitBytes: 1024 * 1024,
   retryBaseMs: 250,
@@ -67,7 +75,7 @@ function positiveInt (name: string, value: number): void {
 export function resolveOptions (options: CoordinatorOptions): ResolvedOptions {
   const resolved: ResolvedOptions = { ...defaults, ...stripUndefined(options) }
   if (typeof resolved.dbPath !== 'string' || resolved.dbPath === '') throw new Error('dbPath is required')
-  for (const key of ['defaultTimeoutMs', 'minTimeoutMs', 'maxTimeoutMs', 'prepareTimeoutMs', 'phase2TimeoutMs', 'maxParticipants',
+  for (const key of ['defaultTimeoutMs', 'minTimeoutMs', 'maxTimeoutMs', 'prepareTimeoutMs', 'phase2TimeoutMs', 'maxParticipants', 'maxMessages',
     'maxPayloadBytes', 'bodyLimitBytes', 'retryBaseMs', 'retryMaxMs', 'retryBudget', 'sweepIntervalMs', 'maxResponseBytes',
     'connectionsPerOrigin'] as const) {
     positiveInt(key, resolved[key])
@@ -80,6 +88,8 @@ export function resolveOptions (options: CoordinatorOptions): ResolvedOptions {
   if (resolved.coordinatorId !== undefined && !new RegExp(COORDINATOR_ID_PATTERN).test(resolved.coordinatorId)) {
     throw new Error(`coordinatorId must match ${COORDINATOR_ID_PATTERN}, got "${resolved.coordinatorId}"`)
   }
+  if (resolved.amqpUrl !== undefined && !/^amqps?:\/\//.test(resolved.amqpUrl)) throw new Error('amqpUrl must start with amqp:// or amqps://')
+  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(resolved.amqpPrefix)) throw new Error(`amqpPrefix "${resolved.amqpPrefix}" is not a valid name prefix`)
   if (resolved.secret !== undefined && resolved.secret.length < 16) throw new Error('secret must be at least 16 characters')
   if (resolved.apiToken !== undefined && resolved.apiToken.length < 16) throw new Error('apiToken must be at least 16 characters')
   return resolved
@@ -102,6 +112,7 @@ export const EnvSchema = Type.Object({
   TWOPC_MAX_TIMEOUT_MS: Type.Integer({ minimum: 1, default: defaults.maxTimeoutMs }),
   TWOPC_PREPARE_TIMEOUT_MS: Type.Integer({ minimum: 1, default: defaults.prepareTimeoutMs }),
   TWOPC_MAX_PARTICIPANTS: Type.Integer({ minimum: 1, maximum: 1000, default: defaults.maxParticipants }),
+  TWOPC_MAX_MESSAGES: Type.Integer({ minimum: 1, maximum: 1000, default: defaults.maxMessages }),
   TWOPC_MAX_PAYLOAD_BYTES: Type.Integer({ minimum: 1, default: defaults.maxPayloadBytes }),
   TWOPC_BODY_LIMIT_BYTES: Type.Integer({ minimum: 1024, default: defaults.bodyLimitBytes }),
   TWOPC_RETRY_BASE_MS: Type.Integer({ minimum: 1, default: defaults.retryBaseMs }),
@@ -168,6 +179,9 @@ export function configFromEnv (env: NodeJS.ProcessEnv = process.env): ServerConf
     maxTimeoutMs: e.TWOPC_MAX_TIMEOUT_MS,
     prepareTimeoutMs: e.TWOPC_PREPARE_TIMEOUT_MS,
     maxParticipants: e.TWOPC_MAX_PARTICIPANTS,
+    maxMessages: e.TWOPC_MAX_MESSAGES,
+    amqpUrl: e.AMQP_URL,
+    amqpPrefix: e.TWOPC_AMQP_PREFIX,
     maxPayloadBytes: e.TWOPC_MAX_PAYLOAD_BYTES,
     bodyLimitBytes: e.TWOPC_BODY_LIMIT_BYTES,
     retryBaseMs: e.TWOPC_RETRY_BASE_MS,

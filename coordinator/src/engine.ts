@@ -8,10 +8,10 @@
 import type { FastifyBaseLogger } from 'fastify'
 import { crashPoint as defaultCrashPoint, type CrashPoint, type Decision } from '@fastify-2pc/protocol'
 import {
-  step, newTransaction, isDecided,
-  type Effect, type Event, type NewParticipant, type Policy, type RejectCode, type StepResult, type Transaction
+  step, newTransaction, isDecided, decisionOf,
+  type Effect, type Event, type NewParticipant, type Policy, type RejectCode, type StepResult, type Transaction, type TxMessage
 } from './core/machine.js'
-import type { CoordinatorLog, NewAttention } from './log/store.js'
+import type { CoordinatorLog, StepWrites } from './log/store.js'
 import type { ParticipantDriver } from './driver.js'
 import { newTransactionId } from './ids.js'
 
@@ -33,6 +33,8 @@ export interface EngineOptions {
   now?: () => number
   random?: () => number
   crashPoint?: CrashPoint
+  /** Called after a step wrote to the outbox, so the publisher can flush soon. */
+  onOutboxWrite?: () => void
 }
 
 export class Rejected extends Error {
@@ -72,22 +74,23 @@ export class Engine {
   // ---- requests ---------------------------------------------------------------------------
 
   /** Begins a transaction; with `participants` enlists them in the same forced write. */
-  begin (timeoutMs: number, metadata: unknown, participants: NewParticipant[] = []): Transaction {
-    return this.start(timeoutMs, metadata, participants, false).tx
+  begin (timeoutMs: number, metadata: unknown, participants: NewParticipant[] = [], messages: TxMessage[] = []): Transaction {
+    return this.start(timeoutMs, metadata, participants, messages, false).tx
   }
 
   /**
    * The one-shot form: begin, enlist and commit-requested folded into one step, saved with one
    * forced write; resolves once the decision is durable.
    */
-  async beginAndCommit (timeoutMs: number, metadata: unknown, participants: NewParticipant[]): Promise<Outcome> {
-    return await (this.start(timeoutMs, metadata, participants, true).decided as Promise<Outcome>)
+  async beginAndCommit (timeoutMs: number, metadata: unknown, participants: NewParticipant[], messages: TxMessage[] = []): Promise<Outcome> {
+    return await (this.start(timeoutMs, metadata, participants, messages, true).decided as Promise<Outcome>)
   }
 
-  private start (timeoutMs: number, metadata: unknown, participants: NewParticipant[], commit: boolean): { tx: Transaction, decided?: Promise<Outcome> } {
+  private start (timeoutMs: number, metadata: unknown, participants: NewParticipant[], messages: TxMessage[], commit: boolean): { tx: Transaction, decided?: Promise<Outcome> } {
     const now = this.now()
     const initial = newTransaction(newTransactionId(this.options.coordinatorId, now), now, now + timeoutMs, metadata ?? null)
     const events: Event[] = participants.map(p => ({ type: 'enlist', participant: p, now }))
+    for (const message of messages) events.push({ type: 'add-message', message, now })
     if (commit) events.push({ type: 'commit-requested', now })
     const result = this.fold(initial, events)
     if (!result.ok) throw new Rejected(result.code, result.tx)
@@ -142,6 +145,24 @@ export class Engine {
     return await waiter.decided
   }
 
+  addMessage (id: string, message: TxMessage): Transaction {
+    const result = this.apply(id, { type: 'add-message', message, now: this.now() })
+    if (!result.ok) throw new Rejected(result.code, result.tx)
+    return result.tx
+  }
+
+  /** A participant's ack that came over RabbitMQ: the same event as an HTTP ack. */
+  acknowledge (id: string, participant: string, decision: Decision): 'applied' | 'ignored' {
+    const tx = this.log.load(id)
+    if (tx === undefined || decisionOf(tx) !== decision) {
+      this.logger.warn({ txid: id, participant, decision, state: tx?.state }, 'ack over RabbitMQ does not match the log; ignored')
+      return 'ignored'
+    }
+    const result = this.apply(id, { type: 'phase2-acked', participant, now: this.now() })
+    if (result.ok && result.changed) this.logger.info({ txid: id, participant, decision }, 'phase 2 acked over RabbitMQ')
+    return 'applied'
+  }
+
   abort (id: string): Transaction {
     const result = this.apply(id, { type: 'abort-requested', now: this.now() })
     if (!result.ok) throw new Rejected(result.code, result.tx)
@@ -175,17 +196,24 @@ export class Engine {
   }
 
   private persist (prev: Transaction | null, next: Transaction, effects: Effect[]): void {
-    const attention: NewAttention[] = []
+    const writes: StepWrites = { attention: [], messages: [], notices: [] }
     for (const e of effects) {
-      if (e.type === 'record-attention') attention.push({ participant: e.participant, kind: e.kind, detail: e.detail })
+      if (e.type === 'record-attention') writes.attention.push({ participant: e.participant, kind: e.kind, detail: e.detail })
+      else if (e.type === 'record-message') writes.messages.push({ position: e.position, message: e.message })
+      else if (e.type === 'notify') writes.notices.push({ participant: e.participant, decision: e.decision })
     }
-    this.log.save(prev, next, attention, next.updatedAt)
-    if (prev !== null && !isDecided(prev) && isDecided(next)) {
+    this.log.save(prev, next, writes, next.updatedAt)
+    const newlyDecided = (prev === null || !isDecided(prev)) && isDecided(next)
+    if (newlyDecided) {
       this.logger.info({ txid: next.id, decision: next.state, reason: next.reason }, 'decision logged')
       this.crash('coordinator.after-decision-before-phase2')
     }
-    for (const a of attention) {
+    for (const a of writes.attention) {
       this.logger.warn({ txid: next.id, participant: a.participant, kind: a.kind, detail: a.detail }, 'transaction needs attention')
+    }
+    if (writes.notices.length > 0 || (newlyDecided && next.state === 'committed' && next.messageCount > 0)) {
+      this.crash('coordinator.after-outbox-write-before-publish')
+      this.options.onOutboxWrite?.()
     }
     this.run(next, effects)
   }
@@ -213,6 +241,8 @@ export class Engine {
           this.schedule(tx.id, effect.participant, effect.at)
           break
         case 'record-attention':
+        case 'record-message':
+        case 'notify':
           break // written by persist, in the same SQLite transaction as the record
       }
     }

@@ -6,6 +6,8 @@ export const Errors = {
   TX_NOT_ACTIVE: createError('TX_NOT_ACTIVE', 'transaction %s is %s, not active', 409),
   TX_ALREADY_DECIDED: createError('TX_ALREADY_DECIDED', 'transaction %s is already %s', 409),
   PARTICIPANT_EXISTS: createError('PARTICIPANT_EXISTS', 'transaction %s already has a participant named %s', 409),
+  TOO_MANY_MESSAGES: createError('TOO_MANY_MESSAGES', 'a transaction takes at most %s messages', 400),
+  AMQP_NOT_CONFIGURED: createError('AMQP_NOT_CONFIGURED', 'transactional messages need RabbitMQ: this coordinator runs without AMQP_URL', 400),
   TOO_MANY_PARTICIPANTS: createError('TOO_MANY_PARTICIPANTS', 'a transaction takes at most %s participants', 400),
   PAYLOAD_TOO_LARGE: createError('PAYLOAD_TOO_LARGE', 'payload of %s is %s bytes; the limit is %s', 413),
   BAD_PARTICIPANT_URL: createError('BAD_PARTICIPANT_URL', 'bad participant url: %s', 400),

@@ -6,13 +6,14 @@ import { coordinatorIdOf } from '@fastify-2pc/protocol'
 import type { Transaction } from './core/machine.js'
 import { decisionOf } from './core/machine.js'
 import { Engine, NotFound, Rejected } from './engine.js'
-import type { CoordinatorLog, AttentionEntry } from './log/store.js'
+import type { CoordinatorLog, AttentionEntry, OutboxRow } from './log/store.js'
 import type { Allowlist } from './allowlist.js'
 import type { ResolvedOptions } from './config.js'
 import { Errors } from './errors.js'
 import { txIdRegExp } from './ids.js'
 import {
-  BeginBody, BeginReply, DecisionReply, ErrorReply, ListQuery, ListReply, OutcomeReply, ParticipantInput, TransactionView, TxParams
+  BeginBody, BeginReply, DecisionReply, ErrorReply, ListQuery, ListReply, MessageInput, MessageReply, OutcomeReply, ParticipantInput,
+  TransactionView, TxParams
 } from './schemas.js'
 
 export interface RouteDeps {
@@ -25,7 +26,7 @@ export interface RouteDeps {
 
 const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString())
 
-function view (tx: Transaction, attention: AttentionEntry[] = []): Static<typeof TransactionView> {
+function view (tx: Transaction, attention: AttentionEntry[] = [], outbox: OutboxRow[] = []): Static<typeof TransactionView> {
   return {
     id: tx.id,
     state: tx.state,
@@ -50,6 +51,17 @@ function view (tx: Transaction, attention: AttentionEntry[] = []): Static<typeof
       attempts: p.attempts,
       lastError: p.lastError,
       nextAttemptAt: iso(p.nextAttemptAt)
+    })),
+    messageCount: tx.messageCount,
+    outbox: outbox.map(o => ({
+      kind: o.kind,
+      messageId: o.messageId,
+      exchange: o.exchange,
+      routingKey: o.routingKey,
+      publishedAt: iso(o.publishedAt),
+      attempts: o.attempts,
+      lastError: o.lastError,
+      deadAt: iso(o.deadAt)
     })),
     heuristics: attention.map(a => ({
       participant: a.participant,
@@ -91,6 +103,12 @@ export async function transactionRoutes (fastify: FastifyInstance, deps: RouteDe
     }
   }
 
+  function checkMessage (m: MessageInput): void {
+    if (options.amqpUrl === undefined) throw new Errors.AMQP_NOT_CONFIGURED()
+    const bytes = Buffer.byteLength(JSON.stringify(m.body ?? null))
+    if (bytes > options.maxPayloadBytes) throw new Errors.PAYLOAD_TOO_LARGE(`message to ${m.exchange}`, bytes, options.maxPayloadBytes)
+  }
+
   function rethrow (err: unknown, id: string): never {
     if (err instanceof NotFound) throw new Errors.TX_NOT_FOUND(id)
     if (err instanceof Rejected) {
@@ -98,6 +116,7 @@ export async function transactionRoutes (fastify: FastifyInstance, deps: RouteDe
         case 'TX_NOT_ACTIVE': throw new Errors.TX_NOT_ACTIVE(id, err.tx.state)
         case 'TX_ALREADY_DECIDED': throw new Errors.TX_ALREADY_DECIDED(id, err.tx.state)
         case 'TOO_MANY_PARTICIPANTS': throw new Errors.TOO_MANY_PARTICIPANTS(options.maxParticipants)
+        case 'TOO_MANY_MESSAGES': throw new Errors.TOO_MANY_MESSAGES(options.maxMessages)
         case 'PARTICIPANT_EXISTS': throw new Errors.PARTICIPANT_EXISTS(id, '(duplicate)')
       }
     }
@@ -127,8 +146,11 @@ export async function transactionRoutes (fastify: FastifyInstance, deps: RouteDe
     if (body.metadata !== undefined && Buffer.byteLength(JSON.stringify(body.metadata)) > options.maxPayloadBytes) {
       throw new Errors.PAYLOAD_TOO_LARGE('metadata', Buffer.byteLength(JSON.stringify(body.metadata)), options.maxPayloadBytes)
     }
-    if (body.commit === true) return await engine.beginAndCommit(timeoutMs, body.metadata, participants)
-    const tx = engine.begin(timeoutMs, body.metadata, participants)
+    const messages = body.messages ?? []
+    if (messages.length > options.maxMessages) throw new Errors.TOO_MANY_MESSAGES(options.maxMessages)
+    for (const m of messages) checkMessage(m)
+    if (body.commit === true) return await engine.beginAndCommit(timeoutMs, body.metadata, participants, messages)
+    const tx = engine.begin(timeoutMs, body.metadata, participants, messages)
     reply.code(201)
     return { id: tx.id, state: 'active' as const, expiresAt: new Date(tx.expiresAt).toISOString() }
   })
@@ -153,6 +175,25 @@ export async function transactionRoutes (fastify: FastifyInstance, deps: RouteDe
     }
     reply.code(201)
     return view(tx)
+  })
+
+  app.post('/v1/transactions/:id/messages', {
+    schema: {
+      summary: 'Enlist a transactional message: published to RabbitMQ after the commit decision, never on abort',
+      params: TxParams,
+      body: MessageInput,
+      response: { 201: MessageReply, ...errorReplies }
+    }
+  }, async (req, reply) => {
+    const { id } = req.params
+    checkId(id)
+    checkMessage(req.body)
+    let tx: Transaction
+    try {
+      tx = engine.addMessage(id, req.body)
+    } catch (err) { rethrow(err, id) }
+    reply.code(201)
+    return { id: tx.id, messageCount: tx.messageCount }
   })
 
   app.post('/v1/transactions/:id/commit', {
@@ -192,7 +233,7 @@ export async function transactionRoutes (fastify: FastifyInstance, deps: RouteDe
     }
   }, async (req) => {
     const tx = load(req.params.id)
-    return view(tx, log.attention(tx.id))
+    return view(tx, log.attention(tx.id), log.outboxFor(tx.id))
   })
 
   app.get('/v1/transactions/:id/decision', {

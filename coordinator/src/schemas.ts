@@ -13,10 +13,19 @@ export const ParticipantInput = Type.Object({
 }, { additionalProperties: false })
 export type ParticipantInput = Static<typeof ParticipantInput>
 
+export const MessageInput = Type.Object({
+  exchange: Type.String({ pattern: '^[A-Za-z0-9_.:-]{1,255}$', description: 'an existing exchange; published there after the commit decision' }),
+  routingKey: Type.String({ maxLength: 255 }),
+  body: Type.Unknown({ description: 'published as JSON' }),
+  headers: Type.Optional(Type.Record(Type.String({ maxLength: 128 }), Type.String({ maxLength: 1024 }), { maxProperties: 32 }))
+}, { additionalProperties: false })
+export type MessageInput = Static<typeof MessageInput>
+
 export const BeginBody = Type.Object({
   timeoutMs: Type.Optional(Type.Integer()),
   metadata: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
   participants: Type.Optional(Type.Array(ParticipantInput, { maxItems: HARD_MAX_ITEMS })),
+  messages: Type.Optional(Type.Array(MessageInput, { maxItems: HARD_MAX_ITEMS })),
   commit: Type.Optional(Type.Boolean({ description: 'one-shot form: begin, enlist and commit in one request' }))
 }, { additionalProperties: false })
 export type BeginBody = Static<typeof BeginBody>
@@ -46,6 +55,11 @@ export const OutcomeReply = Type.Object({
   reason: Type.Optional(Type.String())
 })
 
+export const MessageReply = Type.Object({
+  id: Type.String(),
+  messageCount: Type.Integer()
+})
+
 export const DecisionReply = Type.Object({
   decision: Type.Union([Type.Literal('commit'), Type.Literal('abort'), Type.Literal('pending')])
 })
@@ -73,6 +87,17 @@ export const AttentionView = Type.Object({
   resolution: NullableString
 })
 
+export const OutboxView = Type.Object({
+  kind: Type.String(),
+  messageId: Type.String(),
+  exchange: Type.String(),
+  routingKey: Type.String(),
+  publishedAt: NullableString,
+  attempts: Type.Integer(),
+  lastError: NullableString,
+  deadAt: NullableString
+})
+
 export const TransactionView = Type.Object({
   id: Type.String(),
   state: Type.String(),
@@ -88,11 +113,13 @@ export const TransactionView = Type.Object({
   onePhase: Type.Boolean(),
   metadata: Type.Unknown(),
   participants: Type.Array(ParticipantView),
-  heuristics: Type.Array(AttentionView)
+  messageCount: Type.Integer(),
+  heuristics: Type.Array(AttentionView),
+  outbox: Type.Array(OutboxView)
 })
 
 export const ListReply = Type.Object({
-  items: Type.Array(Type.Omit(TransactionView, ['heuristics'])),
+  items: Type.Array(Type.Omit(TransactionView, ['heuristics', 'outbox'])),
   nextCursor: NullableString
 })
 

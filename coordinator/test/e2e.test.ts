@@ -457,7 +457,7 @@ t.test('healthz and readyz', async t => {
   t.same(health.body, { status: 'ok' })
   const ready = await c.api.get('/readyz')
   t.equal(ready.status, 200)
-  t.same(ready.body, { ready: true, log: 'open', recovery: 'done', coordinatorId: 'c-e2e' })
+  t.match(ready.body, { ready: true, log: 'open', recovery: 'done', coordinatorId: 'c-e2e' })
   t.equal(c.id, 'c-e2e')
 })
 

@@ -51,6 +51,8 @@ export interface Transaction {
   onePhase: boolean
   metadata: unknown
   participants: Participant[]
+  /** Transactional messages enlisted (kept in their own table; published only on commit). */
+  messageCount: number
 }
 
 export interface Policy {
@@ -60,6 +62,14 @@ export interface Policy {
   retryMaxMs: number
   /** Failed phase-2 deliveries to one participant after which the transaction needs attention. */
   retryBudget: number
+  maxMessages: number
+}
+
+export interface TxMessage {
+  exchange: string
+  routingKey: string
+  body: unknown
+  headers?: Record<string, string>
 }
 
 export interface NewParticipant {
@@ -71,6 +81,7 @@ export interface NewParticipant {
 
 export type Event =
   | { type: 'enlist', participant: NewParticipant, now: number }
+  | { type: 'add-message', message: TxMessage, now: number }
   | { type: 'commit-requested', now: number }
   | { type: 'abort-requested', now: number }
   | { type: 'vote', participant: string, vote: Vote, reason?: string, now: number }
@@ -91,6 +102,13 @@ export type Effect =
   | { type: 'decided', decision: Decision, reason: string | null }
   /** Written to the attention table in the same SQLite transaction as the record. */
   | { type: 'record-attention', participant: string | null, kind: AttentionKind, detail: string }
+  /** Stored with the record; on a commit decision the log moves it to the outbox in the same transaction. */
+  | { type: 'record-message', position: number, message: TxMessage }
+  /**
+   * A decision notice for the participant's queue, written to the outbox in the same SQLite
+   * transaction: the path that still reaches it when HTTP does not.
+   */
+  | { type: 'notify', participant: string, decision: Decision }
 
 export type AttentionKind = 'heuristic' | 'retry-budget'
 
@@ -99,6 +117,7 @@ export type RejectCode =
   | 'TX_ALREADY_DECIDED'
   | 'PARTICIPANT_EXISTS'
   | 'TOO_MANY_PARTICIPANTS'
+  | 'TOO_MANY_MESSAGES'
 
 export type StepResult =
   | { ok: true, tx: Transaction, effects: Effect[], changed: boolean }
@@ -117,7 +136,8 @@ export function newTransaction (id: string, now: number, expiresAt: number, meta
     needsAttention: false,
     onePhase: false,
     metadata,
-    participants: []
+    participants: [],
+    messageCount: 0
   }
 }
 
@@ -217,6 +237,17 @@ export function step (tx: Transaction, event: Event, policy: Policy): StepResult
       return { ok: true, tx: { ...tx, updatedAt: now, participants: [...tx.participants, participant] }, effects: [], changed: true }
     }
 
+    case 'add-message': {
+      if (tx.state !== 'active') return reject(tx, isDecided(tx) ? 'TX_ALREADY_DECIDED' : 'TX_NOT_ACTIVE')
+      if (tx.messageCount >= policy.maxMessages) return reject(tx, 'TOO_MANY_MESSAGES')
+      return {
+        ok: true,
+        tx: { ...tx, updatedAt: now, messageCount: tx.messageCount + 1 },
+        effects: [{ type: 'record-message', position: tx.messageCount, message: event.message }],
+        changed: true
+      }
+    }
+
     case 'commit-requested': {
       if (isDecided(tx)) return reject(tx, 'TX_ALREADY_DECIDED')
       if (tx.state !== 'active') return reject(tx, 'TX_NOT_ACTIVE')
@@ -289,6 +320,8 @@ export function step (tx: Transaction, event: Event, policy: Policy): StepResult
       const at = now + backoffMs(policy, attempts, event.jitter)
       let next = withParticipant(tx, p.name, x => ({ ...x, attempts, lastError: event.error, nextAttemptAt: at }), now)
       const effects: Effect[] = [{ type: 'schedule-phase2', participant: p.name, at }]
+      // The first failure also queues the decision on the participant's queue (when a broker is configured).
+      if (attempts === 1) effects.push({ type: 'notify', participant: p.name, decision: decisionOf(tx) as Decision })
       if (attempts === policy.retryBudget) {
         next = { ...next, needsAttention: true }
         effects.push({

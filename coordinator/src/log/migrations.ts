@@ -87,5 +87,44 @@ export const migrations: readonly Migration[] = [
       CREATE INDEX attention_by_tx ON attention (tx_id);
       CREATE INDEX attention_open ON attention (created_at) WHERE resolved_at IS NULL;
     `
+  },
+  {
+    version: 2,
+    name: 'transactional messages and the outbox',
+    sql: `
+      ALTER TABLE transactions ADD COLUMN message_count INTEGER NOT NULL DEFAULT 0;
+
+      -- Messages enlisted with a transaction: copied to the outbox by the commit decision's own
+      -- SQLite transaction, never on abort.
+      CREATE TABLE tx_messages (
+        tx_id       TEXT NOT NULL REFERENCES transactions (id) ON DELETE CASCADE,
+        position    INTEGER NOT NULL,
+        exchange    TEXT NOT NULL,
+        routing_key TEXT NOT NULL,
+        body        TEXT NOT NULL,
+        headers     TEXT,
+        PRIMARY KEY (tx_id, position)
+      ) STRICT;
+
+      -- Everything bound for RabbitMQ, written in the same SQLite transaction as the state change
+      -- that causes it; marked published only after the broker's confirm.
+      CREATE TABLE outbox (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        tx_id        TEXT,
+        kind         TEXT NOT NULL CHECK (kind IN ('decision', 'event', 'message')),
+        exchange     TEXT NOT NULL,
+        routing_key  TEXT NOT NULL,
+        message_id   TEXT NOT NULL UNIQUE,
+        body         TEXT NOT NULL,
+        headers      TEXT,
+        created_at   INTEGER NOT NULL,
+        published_at INTEGER,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        last_error   TEXT,
+        dead_at      INTEGER
+      ) STRICT;
+      CREATE INDEX outbox_unpublished ON outbox (id) WHERE published_at IS NULL AND dead_at IS NULL;
+      CREATE INDEX outbox_by_tx ON outbox (tx_id);
+    `
   }
 ]

@@ -8,7 +8,7 @@ import { mkdirSync } from 'node:fs'
 import { dirname } from 'node:path'
 import type { Decision } from '@fastify-2pc/protocol'
 import { migrations } from './migrations.js'
-import type { AttentionKind, Participant, Transaction, TxState } from '../core/machine.js'
+import type { AttentionKind, Participant, Transaction, TxMessage, TxState } from '../core/machine.js'
 
 export interface AttentionEntry {
   id: number
@@ -25,6 +25,43 @@ export interface NewAttention {
   participant: string | null
   kind: AttentionKind
   detail: string
+}
+
+/** What else one step writes, in the same SQLite transaction as the record. */
+export interface StepWrites {
+  attention: NewAttention[]
+  messages: Array<{ position: number, message: TxMessage }>
+  notices: Array<{ participant: string, decision: Decision }>
+}
+
+export interface OutboxRow {
+  id: number
+  txId: string | null
+  kind: 'decision' | 'event' | 'message'
+  exchange: string
+  routingKey: string
+  messageId: string
+  body: string
+  headers: Record<string, string> | null
+  createdAt: number
+  publishedAt: number | null
+  attempts: number
+  lastError: string | null
+  deadAt: number | null
+}
+
+export interface OutboxStats {
+  /** Waiting to be published. */
+  depth: number
+  /** Parked after a permanent failure (e.g. the exchange does not exist). */
+  dead: number
+  oldestCreatedAt: number | null
+}
+
+/** Where decision notices go; null when no broker is configured (no notice is written then). */
+export interface NoticeRouting {
+  exchange: string
+  routingKey: (participant: string) => string
 }
 
 export interface ListQuery {
@@ -47,6 +84,7 @@ interface TxRow {
   needs_attention: number
   one_phase: number
   metadata: string | null
+  message_count: number
 }
 
 interface ParticipantRow {
@@ -73,6 +111,40 @@ interface AttentionRow {
   created_at: number
   resolved_at: number | null
   resolution: string | null
+}
+
+interface OutboxDbRow {
+  id: number
+  tx_id: string | null
+  kind: OutboxRow['kind']
+  exchange: string
+  routing_key: string
+  message_id: string
+  body: string
+  headers: string | null
+  created_at: number
+  published_at: number | null
+  attempts: number
+  last_error: string | null
+  dead_at: number | null
+}
+
+function toOutboxRow (r: OutboxDbRow): OutboxRow {
+  return {
+    id: r.id,
+    txId: r.tx_id,
+    kind: r.kind,
+    exchange: r.exchange,
+    routingKey: r.routing_key,
+    messageId: r.message_id,
+    body: r.body,
+    headers: r.headers === null ? null : JSON.parse(r.headers) as Record<string, string>,
+    createdAt: r.created_at,
+    publishedAt: r.published_at,
+    attempts: r.attempts,
+    lastError: r.last_error,
+    deadAt: r.dead_at
+  }
 }
 
 function parseJson (text: string | null): unknown {
@@ -107,7 +179,8 @@ function toTransaction (row: TxRow, participants: Participant[]): Transaction {
     needsAttention: row.needs_attention === 1,
     onePhase: row.one_phase === 1,
     metadata: parseJson(row.metadata),
-    participants
+    participants,
+    messageCount: row.message_count
   }
 }
 
@@ -136,7 +209,8 @@ function txParams (tx: Transaction): Record<string, unknown> {
     reason: tx.reason,
     needs_attention: tx.needsAttention ? 1 : 0,
     one_phase: tx.onePhase ? 1 : 0,
-    metadata: tx.metadata === null || tx.metadata === undefined ? null : JSON.stringify(tx.metadata)
+    metadata: tx.metadata === null || tx.metadata === undefined ? null : JSON.stringify(tx.metadata),
+    message_count: tx.messageCount
   }
 }
 
@@ -160,9 +234,9 @@ function participantParams (txId: string, position: number, p: Participant): Rec
 export class CoordinatorLog {
   readonly db: Database.Database
   private readonly stmts
-  private readonly saveTx: (prev: Transaction | null, next: Transaction, attention: NewAttention[], now: number) => void
+  private readonly saveTx: (prev: Transaction | null, next: Transaction, writes: StepWrites, now: number) => void
 
-  constructor (path: string) {
+  constructor (path: string, private readonly noticeRouting: NoticeRouting | null = null) {
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true })
     this.db = new Database(path)
     this.db.pragma('journal_mode = WAL')
@@ -176,11 +250,11 @@ export class CoordinatorLog {
       getTx: this.db.prepare<[string], TxRow>('SELECT * FROM transactions WHERE id = ?'),
       getParticipants: this.db.prepare<[string], ParticipantRow>('SELECT * FROM participants WHERE tx_id = ? ORDER BY position'),
       insertTx: this.db.prepare(`INSERT INTO transactions
-        (id, state, created_at, updated_at, expires_at, decided_at, completed_at, reason, needs_attention, one_phase, metadata)
-        VALUES (@id, @state, @created_at, @updated_at, @expires_at, @decided_at, @completed_at, @reason, @needs_attention, @one_phase, @metadata)`),
+        (id, state, created_at, updated_at, expires_at, decided_at, completed_at, reason, needs_attention, one_phase, metadata, message_count)
+        VALUES (@id, @state, @created_at, @updated_at, @expires_at, @decided_at, @completed_at, @reason, @needs_attention, @one_phase, @metadata, @message_count)`),
       updateTx: this.db.prepare(`UPDATE transactions SET state = @state, updated_at = @updated_at, expires_at = @expires_at,
         decided_at = @decided_at, completed_at = @completed_at, reason = @reason, needs_attention = @needs_attention,
-        one_phase = @one_phase, metadata = @metadata WHERE id = @id`),
+        one_phase = @one_phase, metadata = @metadata, message_count = @message_count WHERE id = @id`),
       upsertParticipant: this.db.prepare(`INSERT INTO participants
         (tx_id, position, name, url, payload, one_phase, vote, vote_reason, ack, attempts, last_error, next_attempt_at)
         VALUES (@tx_id, @position, @name, @url, @payload, @one_phase, @vote, @vote_reason, @ack, @attempts, @last_error, @next_attempt_at)
@@ -195,11 +269,25 @@ export class CoordinatorLog {
         `SELECT id FROM transactions WHERE state IN ('active', 'preparing') AND id > ? ORDER BY id LIMIT ?`),
       unfinishedIds: this.db.prepare<[string, number], { id: string }>(
         `SELECT id FROM transactions WHERE completed_at IS NULL AND state IN ('committed', 'aborted') AND id > ? ORDER BY id LIMIT ?`),
+      insertMessage: this.db.prepare('INSERT INTO tx_messages (tx_id, position, exchange, routing_key, body, headers) VALUES (?, ?, ?, ?, ?, ?)'),
+      releaseMessages: this.db.prepare(`INSERT INTO outbox (tx_id, kind, exchange, routing_key, message_id, body, headers, created_at)
+        SELECT tx_id, 'message', exchange, routing_key, tx_id || ':m' || position, body, headers, ? FROM tx_messages WHERE tx_id = ? ORDER BY position`),
+      insertOutbox: this.db.prepare(`INSERT OR IGNORE INTO outbox (tx_id, kind, exchange, routing_key, message_id, body, headers, created_at)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?)`),
+      outboxBatch: this.db.prepare<[number, number], OutboxDbRow>(
+        'SELECT * FROM outbox WHERE published_at IS NULL AND dead_at IS NULL AND id > ? ORDER BY id LIMIT ?'),
+      markPublished: this.db.prepare('UPDATE outbox SET published_at = ?, attempts = attempts + 1, last_error = NULL WHERE id = ?'),
+      markFailed: this.db.prepare('UPDATE outbox SET attempts = attempts + 1, last_error = ?, dead_at = ? WHERE id = ?'),
+      outboxStats: this.db.prepare<[], { depth: number, dead: number, oldest: number | null }>(`SELECT
+        (SELECT count(*) FROM outbox WHERE published_at IS NULL AND dead_at IS NULL) AS depth,
+        (SELECT count(*) FROM outbox WHERE dead_at IS NOT NULL) AS dead,
+        (SELECT min(created_at) FROM outbox WHERE published_at IS NULL AND dead_at IS NULL) AS oldest`),
+      outboxFor: this.db.prepare<[string], OutboxDbRow>('SELECT * FROM outbox WHERE tx_id = ? ORDER BY id'),
       getMeta: this.db.prepare<[string], { value: string }>('SELECT value FROM coordinator_meta WHERE key = ?'),
       setMeta: this.db.prepare('INSERT INTO coordinator_meta (key, value) VALUES (?, ?)')
     }
 
-    this.saveTx = this.db.transaction((prev: Transaction | null, next: Transaction, attention: NewAttention[], now: number) => {
+    this.saveTx = this.db.transaction((prev: Transaction | null, next: Transaction, writes: StepWrites, now: number) => {
       const params = txParams(next)
       if (prev === null) this.stmts.insertTx.run(params)
       else this.stmts.updateTx.run(params)
@@ -208,10 +296,23 @@ export class CoordinatorLog {
         if (before === p) return // untouched by this step (the machine copies what it changes)
         this.stmts.upsertParticipant.run(participantParams(next.id, i, p))
       })
+      for (const m of writes.messages) {
+        this.stmts.insertMessage.run(next.id, m.position, m.message.exchange, m.message.routingKey,
+          JSON.stringify(m.message.body), m.message.headers === undefined ? null : JSON.stringify(m.message.headers))
+      }
       if (next.decidedAt !== null && (prev === null || prev.decidedAt === null)) {
         this.stmts.insertDecision.run(next.id, next.state === 'committed' ? 'commit' : 'abort', next.decidedAt, next.reason)
+        // Transactional messages exist for the outside world only from the commit decision on.
+        if (next.state === 'committed' && next.messageCount > 0) this.stmts.releaseMessages.run(now, next.id)
       }
-      for (const a of attention) this.stmts.insertAttention.run(next.id, a.participant, a.kind, a.detail, now)
+      for (const a of writes.attention) this.stmts.insertAttention.run(next.id, a.participant, a.kind, a.detail, now)
+      if (this.noticeRouting !== null) {
+        for (const n of writes.notices) {
+          const body = JSON.stringify({ txid: next.id, participant: n.participant, decision: n.decision })
+          this.stmts.insertOutbox.run(next.id, 'decision', this.noticeRouting.exchange, this.noticeRouting.routingKey(n.participant),
+            `${next.id}:${n.participant}:${n.decision}`, body, null, now)
+        }
+      }
     })
   }
 
@@ -256,8 +357,35 @@ export class CoordinatorLog {
   }
 
   /** Writes a step's outcome in one forced SQLite transaction. `prev` null: a new record. */
-  save (prev: Transaction | null, next: Transaction, attention: NewAttention[], now: number): void {
-    this.saveTx(prev, next, attention, now)
+  save (prev: Transaction | null, next: Transaction, writes: StepWrites, now: number): void {
+    this.saveTx(prev, next, writes, now)
+  }
+
+  /** Queues a message that belongs to no transaction (e.g. `coordinator.started`). */
+  enqueueEvent (exchange: string, routingKey: string, messageId: string, body: unknown, now: number): void {
+    this.stmts.insertOutbox.run(null, 'event', exchange, routingKey, messageId, JSON.stringify(body), null, now)
+  }
+
+  /** The next unpublished outbox rows after `afterId`, oldest first. */
+  outboxBatch (afterId: number, limit: number): OutboxRow[] {
+    return this.stmts.outboxBatch.all(afterId, limit).map(toOutboxRow)
+  }
+
+  /** Records a batch's confirms and failures in one transaction. */
+  readonly settleOutbox = (published: number[], failed: Array<{ id: number, error: string, permanent: boolean }>, now: number): void => {
+    this.db.transaction(() => {
+      for (const id of published) this.stmts.markPublished.run(now, id)
+      for (const f of failed) this.stmts.markFailed.run(f.error.slice(0, 1000), f.permanent ? now : null, f.id)
+    })()
+  }
+
+  outboxStats (): OutboxStats {
+    const row = this.stmts.outboxStats.get() as { depth: number, dead: number, oldest: number | null }
+    return { depth: row.depth, dead: row.dead, oldestCreatedAt: row.oldest }
+  }
+
+  outboxFor (txId: string): OutboxRow[] {
+    return this.stmts.outboxFor.all(txId).map(toOutboxRow)
   }
 
   attention (txId: string): AttentionEntry[] {
