@@ -13,7 +13,7 @@ import t from 'tap'
 import { step, newTransaction, decisionOf, type Transaction, type Event, type Policy } from '../src/core/machine.js'
 
 const SCHEDULES = Number(process.env.TWOPC_SCHEDULES ?? 4000)
-const policy: Policy = { maxParticipants: 8, retryBaseMs: 10, retryMaxMs: 80, retryBudget: 4 }
+const policy: Policy = { maxParticipants: 8, maxMessages: 8, retryBaseMs: 10, retryMaxMs: 80, retryBudget: 4 }
 
 function mulberry32 (seed: number): () => number {
   let a = seed >>> 0

@@ -4,7 +4,7 @@
 import t from 'tap'
 import { step, newTransaction, backoffMs, decisionOf, type Transaction, type Event, type Policy, type StepResult } from '../src/core/machine.js'
 
-const policy: Policy = { maxParticipants: 3, retryBaseMs: 100, retryMaxMs: 1000, retryBudget: 3 }
+const policy: Policy = { maxParticipants: 3, maxMessages: 2, retryBaseMs: 100, retryMaxMs: 1000, retryBudget: 3 }
 
 function ok (r: StepResult): Extract<StepResult, { ok: true }> {
   if (!r.ok) throw new Error(`rejected: ${r.code}`)
@@ -150,10 +150,14 @@ t.test('phase-2 failures back off, exhaust the budget into needs-attention, and 
   const f1 = run(committed, fail(20))
   t.equal(f1.tx.participants[0]?.attempts, 1)
   t.equal(f1.tx.participants[0]?.nextAttemptAt, 20 + 50)
-  t.same(f1.effects, [{ type: 'schedule-phase2', participant: 'a', at: 70 }])
+  t.same(f1.effects, [
+    { type: 'schedule-phase2', participant: 'a', at: 70 },
+    { type: 'notify', participant: 'a', decision: 'commit' }
+  ], 'the first failure also queues a decision notice for the participant\'s queue')
   t.equal(f1.tx.needsAttention, false)
   const f3 = run(f1.tx, fail(100), fail(300))
   t.equal(f3.tx.needsAttention, true)
+  t.same(f3.effects.map(e => e.type), ['schedule-phase2', 'record-attention'], 'no second notice')
   t.match(f3.effects, [{ type: 'schedule-phase2' }, { type: 'record-attention', participant: 'a', kind: 'retry-budget' }])
   const due = run(f3.tx, { type: 'phase2-due', participant: 'a', now: 800 })
   t.same(due.effects, [{ type: 'send-decision', participant: 'a', decision: 'commit' }])
@@ -231,4 +235,20 @@ t.test('backoff: capped exponential with half jitter', async t => {
   t.equal(backoffMs(policy, 3, 1), 400)
   t.equal(backoffMs(policy, 10, 1), 1000)
   t.equal(backoffMs(policy, 1000, 0), 500)
+})
+
+t.test('add-message: only while active, bounded; stored as an effect with its position', async t => {
+  const message = { exchange: 'orders', routingKey: 'order.placed', body: { id: 1 } }
+  const tx = twoEnlisted()
+  const one = run(tx, { type: 'add-message', message, now: 2 })
+  t.equal(one.tx.messageCount, 1)
+  t.same(one.effects, [{ type: 'record-message', position: 0, message }])
+  const two = run(one.tx, { type: 'add-message', message, now: 3 })
+  t.same(two.effects, [{ type: 'record-message', position: 1, message }])
+  t.match(step(two.tx, { type: 'add-message', message, now: 4 }, policy), { ok: false, code: 'TOO_MANY_MESSAGES' })
+  const preparing = run(one.tx, { type: 'commit-requested', now: 5 }).tx
+  t.match(step(preparing, { type: 'add-message', message, now: 6 }, policy), { ok: false, code: 'TX_NOT_ACTIVE' })
+  const aborted = run(one.tx, { type: 'abort-requested', now: 5 }).tx
+  t.match(step(aborted, { type: 'add-message', message, now: 6 }, policy), { ok: false, code: 'TX_ALREADY_DECIDED' })
+  t.equal(run(preparing, vote('a', 'yes'), vote('b', 'yes')).tx.messageCount, 1, 'the count survives the decision')
 })
