@@ -2,7 +2,8 @@
  * Which participant URLs the coordinator may call (TWOPC_PARTICIPANT_ALLOWLIST), so the API
  * cannot be used to make the coordinator probe arbitrary hosts. Unset or empty: loopback only.
  * Entries are comma-separated; each is an origin (`https://inventory.internal:8443`) matched
- * exactly, or a host pattern (`inventory`, `*.svc.cluster.local`) matched on the host name.
+ * exactly, a `host:port`, or a host pattern (`inventory`, `*.svc.cluster.local`) matched on the
+ * host name, any port.
  * Host names are matched as written: DNS is not resolved here (see the README's limits).
  */
 export type UrlCheck =
@@ -26,6 +27,8 @@ export function parseAllowlist (spec: string | undefined): Allowlist {
   const entries = (spec ?? '').split(',').map(s => s.trim()).filter(s => s !== '')
   const origins = new Set<string>()
   const hosts: Array<(host: string) => boolean> = []
+  /** `host:port` entries: that host on that port only. */
+  const hostPorts = new Set<string>()
   for (const entry of entries) {
     if (entry.includes('://')) {
       let origin: string
@@ -34,6 +37,9 @@ export function parseAllowlist (spec: string | undefined): Allowlist {
     } else if (entry.startsWith('*.')) {
       const suffix = entry.slice(1).toLowerCase()
       hosts.push(h => h.endsWith(suffix) && h.length > suffix.length)
+    } else if (/^[A-Za-z0-9.-]+:\d{1,5}$/.test(entry)) {
+      const [host, port] = entry.toLowerCase().split(':') as [string, string]
+      hostPorts.add(`${host}:${port}`)
     } else if (/^[A-Za-z0-9.[\]:-]+$/.test(entry)) {
       const host = entry.toLowerCase()
       hosts.push(h => h === host)
@@ -56,7 +62,8 @@ export function parseAllowlist (spec: string | undefined): Allowlist {
       if (url.search !== '' || url.hash !== '') return { ok: false, code: 'BAD_PARTICIPANT_URL', message: 'url must not have a query or fragment: it is a callback base' }
       const allowed = loopbackOnly
         ? isLoopback(url.hostname)
-        : origins.has(url.origin) || hosts.some(h => h(url.hostname))
+        : origins.has(url.origin) || hosts.some(h => h(url.hostname)) ||
+          hostPorts.has(`${url.hostname}:${url.port !== '' ? url.port : url.protocol === 'https:' ? '443' : '80'}`)
       if (!allowed) {
         return { ok: false, code: 'PARTICIPANT_URL_NOT_ALLOWED', message: `${url.origin} is not in the participant allowlist (${loopbackOnly ? 'loopback only' : entries.join(', ')})` }
       }

@@ -152,7 +152,7 @@ export const coordinatorPlugin = fp<{ options: ResolvedOptions }>(async (app, { 
       const expected = sha256(options.apiToken)
       v1.addHook('onRequest', async (req) => {
         const header = req.headers.authorization
-        const given = typeof header === 'string' && header.startsWith('Bearer ') ? header.slice(7) : ''
+        const given = typeof header === 'string' && /^bearer /i.test(header) ? header.slice(7).trim() : '' // the scheme is case-insensitive (RFC 9110)
         if (!timingSafeEqual(sha256(given), expected)) throw new Errors.UNAUTHORIZED()
       })
     }

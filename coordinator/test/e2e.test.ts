@@ -145,8 +145,8 @@ t.test('a participant that does not answer prepare in time aborts the transactio
   t.same(res.body, { id, state: 'aborted', reason: 'prepare-failed' })
   t.ok(Date.now() - started < 2500, 'answered after the prepare timeout, not after the slow answer')
   const tx = await completed(c.api, id)
-  // The prepare error is not kept: the abort's ack clears lastError (phase2-acked), see the report.
-  t.match(part(tx, 'slow'), { vote: null, ack: 'acked' })
+  // The prepare error is kept after the abort is acked: the record says which participant failed and why.
+  t.match(part(tx, 'slow'), { vote: null, ack: 'acked', lastError: /prepare got no answer within/ })
   t.match(part(tx, 'fast'), { ack: 'acked' })
   t.equal(fast.state(id), 'aborted')
   t.equal(slow.state(id), 'aborted', 'the slow participant, which may yet prepare, is told abort')
@@ -198,7 +198,7 @@ t.test('phase 2 is retried while a participant is down, until it comes back', as
   const tx = await completed(c.api, id)
   t.equal(b.state(id), 'committed')
   t.equal(b.callsTo('commit', id).length, 1)
-  t.match(part(tx, 'b'), { ack: 'acked', lastError: null, nextAttemptAt: null })
+  t.match(part(tx, 'b'), { ack: 'acked', lastError: /commit failed/, nextAttemptAt: null })
   t.ok(part(tx, 'b').attempts > 0, 'failed attempts are counted')
   t.equal(tx.needsAttention, false, 'within the retry budget')
 })

@@ -300,7 +300,8 @@ export function step (tx: Transaction, event: Event, policy: Policy): StepResult
     case 'phase2-acked': {
       const p = tx.participants.find(x => x.name === event.participant)
       if (!isDecided(tx) || p === undefined || p.ack !== 'pending') return unchanged(tx)
-      const next = withParticipant(tx, p.name, x => ({ ...x, ack: 'acked', nextAttemptAt: null, lastError: null }), now)
+      // lastError stays: it tells later readers what went wrong before (e.g. which prepare failed).
+      const next = withParticipant(tx, p.name, x => ({ ...x, ack: 'acked', nextAttemptAt: null }), now)
       return { ok: true, tx: completeIfDone(next, now), effects: [], changed: true }
     }
 
