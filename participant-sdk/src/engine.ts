@@ -121,9 +121,13 @@ export class ParticipantEngine {
     }
   }
 
-  /** Applies commit or abort from the coordinator; throws `HandlerThrew` (nothing changed). */
-  decide (txid: string, decision: 'commit' | 'abort'): Reply {
-    const reply = this.#apply(txid, { type: decision })
+  /**
+   * Applies commit or abort from the coordinator (an HTTP callback or a RabbitMQ notice: one
+   * path); throws `HandlerThrew` (nothing changed). `observe` sees the step inside the local
+   * transaction (e.g. to tell a first application from a repeat).
+   */
+  decide (txid: string, decision: 'commit' | 'abort', observe?: (step: Step) => void): Reply {
+    const reply = this.#apply(txid, { type: decision }, observe)
     if (decision === 'commit') crashPoint('participant.after-commit-before-reply')
     return reply
   }

@@ -15,3 +15,4 @@ export {
 export { transition, recoveryDelayMs } from './state-machine.js'
 export type { RecordState, ParticipantEvent, Effect, Reply, Step, PrepareOutcome } from './state-machine.js'
 export { migrate, PARTICIPANT_LOG_TABLE, SCHEMA_VERSION_TABLE, SchemaTooNewError } from './log.js'
+export type { ParticipantAmqpOptions, ParticipantAmqpStatus } from './amqp.js'

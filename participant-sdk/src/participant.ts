@@ -13,7 +13,7 @@ import type { FastifyBaseLogger, FastifyError, FastifyInstance, FastifyPluginAsy
 import { Type } from '@sinclair/typebox'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { Database } from 'better-sqlite3'
-import { PARTICIPANT_NAME_PATTERN, SIGNATURE_HEADER, TX_ID_PATTERN, verifySignature } from '@fastify-2pc/protocol'
+import { AMQP_PREFIX_PATTERN, PARTICIPANT_NAME_PATTERN, SIGNATURE_HEADER, TX_ID_PATTERN, verifySignature } from '@fastify-2pc/protocol'
 import { createCoordinatorClient } from './client.js'
 import { HandlerThrew, ParticipantEngine } from './engine.js'
 import type { AbortHandler, CommitHandler, PrepareHandler } from './engine.js'
@@ -22,8 +22,11 @@ import {
   TxAlreadyAbortedError, TxAlreadyCommittedError, TxUnknownError
 } from './errors.js'
 import { migrate } from './log.js'
+import { applyDecision } from './decision.js'
 import { InDoubtRecovery } from './recovery.js'
 import type { InDoubtTransaction, RecoveryReport } from './recovery.js'
+import { DecisionReceiver } from './amqp.js'
+import type { ParticipantAmqpOptions, ParticipantAmqpStatus } from './amqp.js'
 import type { RecordState, Reply } from './state-machine.js'
 
 export interface TwoPhaseParticipantOptions {
@@ -53,6 +56,16 @@ export interface TwoPhaseParticipantOptions {
   retentionMs?: number
   /** Largest callback body in bytes (default 1 MiB). */
   bodyLimit?: number
+  /**
+   * RabbitMQ (`amqp://` or `amqps://`). Set: the participant also consumes its decision queue
+   * `<amqpPrefix>.participant.<name>`, acks to `<amqpPrefix>.acks` and re-checks in-doubt
+   * transactions on `coordinator.started`. Unset: HTTP callbacks and in-doubt recovery only.
+   */
+  amqpUrl?: string
+  /** Prefix of every exchange and queue name (the coordinator's `TWOPC_AMQP_PREFIX`; default `twopc`). */
+  amqpPrefix?: string
+  /** Tuning of the RabbitMQ link: `prefetch` (default 16), heartbeat, reconnect backoff, timeouts. */
+  amqpOptions?: ParticipantAmqpOptions
   /** Defaults to a child of the app's logger. */
   logger?: FastifyBaseLogger
 }
@@ -67,6 +80,8 @@ export interface TwoPhaseParticipantApi {
   recover (): Promise<RecoveryReport>
   /** The participant-log state of one transaction (`none` when there is no record). */
   stateOf (txid: string): RecordState
+  /** The RabbitMQ link and its counters; undefined without `amqpUrl`. */
+  amqpStatus (): ParticipantAmqpStatus | undefined
 }
 
 declare module 'fastify' {
@@ -121,6 +136,12 @@ function checkOptions (options: TwoPhaseParticipantOptions): void {
   }
   if (options.prefix !== undefined && !/^\/[A-Za-z0-9/_.-]*[A-Za-z0-9_.-]$/.test(options.prefix)) {
     throw new InvalidOptionError('prefix must start with / and not end with /')
+  }
+  if (options.amqpUrl !== undefined && (typeof options.amqpUrl !== 'string' || !/^amqps?:\/\//.test(options.amqpUrl) || !URL.canParse(options.amqpUrl))) {
+    throw new InvalidOptionError('amqpUrl must be an amqp:// or amqps:// URL')
+  }
+  if (options.amqpPrefix !== undefined && (typeof options.amqpPrefix !== 'string' || !new RegExp(AMQP_PREFIX_PATTERN).test(options.amqpPrefix))) {
+    throw new InvalidOptionError(`amqpPrefix must match ${AMQP_PREFIX_PATTERN}`)
   }
 }
 
@@ -208,13 +229,13 @@ const callbackRoutes: FastifyPluginAsync<RouteOptions> = async (instance, { engi
       checkParticipant(request.body.participant)
       let reply: Reply
       try {
-        reply = engine.decide(request.body.txid, decision)
+        // The same path as a decision notice over RabbitMQ (amqp.ts).
+        reply = applyDecision(engine, recovery, request.body.txid, decision).reply
       } catch (err) {
         // Not swallowed: logged by the error handler with its cause; 5xx tells the coordinator to retry.
         if (err instanceof HandlerThrew) throw new HandlerFailedError(decision, { cause: err.cause })
         throw err
       }
-      recovery.forget(request.body.txid)
       return answer(reply) as { ok: true }
     })
   }
@@ -241,13 +262,27 @@ const plugin: FastifyPluginAsync<TwoPhaseParticipantOptions> = async (fastify: F
   if (options.coordinatorToken !== undefined) clientOptions.token = options.coordinatorToken
   const client = createCoordinatorClient(clientOptions)
   const recovery = new InDoubtRecovery(engine, client, logger, recoveryOptions)
+  let receiver: DecisionReceiver | undefined
+  if (options.amqpUrl !== undefined) {
+    receiver = new DecisionReceiver({
+      url: options.amqpUrl,
+      prefix: options.amqpPrefix ?? 'twopc',
+      engine,
+      recovery,
+      logger,
+      ...(options.amqpOptions !== undefined ? { link: options.amqpOptions } : {})
+    })
+  } else {
+    logger.info('amqpUrl is not set: running WITHOUT RabbitMQ — decisions arrive over HTTP callbacks and in-doubt recovery only')
+  }
 
   fastify.decorate('twoPhase', {
     name: options.name,
     prefix,
     inDoubt: ({ limit = 1000 }: { limit?: number } = {}) => recovery.inDoubt(Math.min(Math.max(1, limit), MAX_IN_DOUBT_LIST)),
     recover: async () => await recovery.recover(),
-    stateOf: (txid: string) => engine.log.stateOf(txid)
+    stateOf: (txid: string) => engine.log.stateOf(txid),
+    amqpStatus: () => receiver?.status()
   } satisfies TwoPhaseParticipantApi)
 
   await fastify.register(callbackRoutes, { prefix, engine, recovery, secret: options.secret, bodyLimit, logger })
@@ -256,8 +291,15 @@ const plugin: FastifyPluginAsync<TwoPhaseParticipantOptions> = async (fastify: F
   // coordinator pushes while recovery runs is applied by whichever comes first (both go through
   // the same state machine, so the second is a no-op); and a process that never listens
   // (inject-only tests, scripts) does not call out on its own.
-  fastify.addHook('onListen', async () => { recovery.start() })
+  // The RabbitMQ link starts there too, without waiting for the broker (a broker that is down
+  // never blocks start-up; the link keeps reconnecting).
+  fastify.addHook('onListen', async () => {
+    recovery.start()
+    receiver?.start()
+  })
   fastify.addHook('onClose', async () => {
+    // First the link: it stops consuming and lets a notice being applied finish (bounded).
+    await receiver?.close()
     await recovery.stop()
     await client.close()
   })
