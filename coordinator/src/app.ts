@@ -110,7 +110,7 @@ export const coordinatorPlugin = fp<{ options: ResolvedOptions }>(async (app, { 
       await amqp.consumeAcks(async (msg) => {
         const ack = parseAckNotice(msg.content)
         if (ack === undefined) throw new PoisonMessageError('not an ack notice')
-        if (!closing) engine.acknowledge(ack.txid, ack.participant, ack.decision)
+        if (!closing) await engine.acknowledge(ack.txid, ack.participant, ack.decision)
       }).catch((err: unknown) => { app.log.warn({ err }, 'acks consumer not started yet; the link retries on reconnect') })
     }
     void engine.recover().then(() => {

@@ -37,6 +37,11 @@ export interface EngineOptions {
   onOutboxWrite?: () => void
 }
 
+interface Waiter {
+  resolve: (o: Outcome) => void
+  reject: (err: Error) => void
+}
+
 export class Rejected extends Error {
   constructor (readonly code: RejectCode, readonly tx: Transaction) {
     super(code)
@@ -47,7 +52,7 @@ export class Rejected extends Error {
 const PAGE = 200
 
 export class Engine {
-  private readonly waiters = new Map<string, Array<(o: Outcome) => void>>()
+  private readonly waiters = new Map<string, Waiter[]>()
   private readonly timers = new Map<string, NodeJS.Timeout>()
   private readonly inflight = new Set<Promise<void>>()
   private readonly phase2Queue: Array<() => Promise<void>> = []
@@ -73,9 +78,11 @@ export class Engine {
 
   // ---- requests ---------------------------------------------------------------------------
 
-  /** Begins a transaction; with `participants` enlists them in the same forced write. */
-  begin (timeoutMs: number, metadata: unknown, participants: NewParticipant[] = [], messages: TxMessage[] = []): Transaction {
-    return this.start(timeoutMs, metadata, participants, messages, false).tx
+  /** Begins a transaction; with `participants` enlists them in the same forced write. Resolves once it is durable. */
+  async begin (timeoutMs: number, metadata: unknown, participants: NewParticipant[] = [], messages: TxMessage[] = []): Promise<Transaction> {
+    const started = this.start(timeoutMs, metadata, participants, messages, false)
+    await started.durable
+    return started.tx
   }
 
   /**
@@ -83,10 +90,13 @@ export class Engine {
    * forced write; resolves once the decision is durable.
    */
   async beginAndCommit (timeoutMs: number, metadata: unknown, participants: NewParticipant[], messages: TxMessage[] = []): Promise<Outcome> {
-    return await (this.start(timeoutMs, metadata, participants, messages, true).decided as Promise<Outcome>)
+    const started = this.start(timeoutMs, metadata, participants, messages, true)
+    started.durable.catch(() => {}) // a failed write rejects `decided` too
+    return await (started.decided as Promise<Outcome>)
   }
 
-  private start (timeoutMs: number, metadata: unknown, participants: NewParticipant[], messages: TxMessage[], commit: boolean): { tx: Transaction, decided?: Promise<Outcome> } {
+  private start (timeoutMs: number, metadata: unknown, participants: NewParticipant[], messages: TxMessage[], commit: boolean):
+  { tx: Transaction, durable: Promise<void>, decided?: Promise<Outcome> } {
     const now = this.now()
     const initial = newTransaction(newTransactionId(this.options.coordinatorId, now), now, now + timeoutMs, metadata ?? null)
     const events: Event[] = participants.map(p => ({ type: 'enlist', participant: p, now }))
@@ -94,44 +104,54 @@ export class Engine {
     if (commit) events.push({ type: 'commit-requested', now })
     const result = this.fold(initial, events)
     if (!result.ok) throw new Rejected(result.code, result.tx)
-    // Registered before the effects run: an empty transaction is decided within persist().
+    // Registered before the effects run: an empty transaction is decided as soon as it is durable.
     const waiter = commit ? this.waitForDecision(initial.id) : undefined
-    try {
-      this.persist(null, result.tx, result.effects)
-    } catch (err) {
-      waiter?.cancel()
-      throw err
-    }
-    this.crash('coordinator.after-begin')
-    this.logger.info({ txid: initial.id, participants: participants.length, commit }, 'transaction begun')
-    return waiter === undefined ? { tx: result.tx } : { tx: result.tx, decided: waiter.decided }
+    const durable = this.persist(null, result.tx, result.effects, () => {
+      this.crash('coordinator.after-begin')
+      this.logger.info({ txid: initial.id, participants: participants.length, commit }, 'transaction begun')
+    })
+    return waiter === undefined ? { tx: result.tx, durable } : { tx: result.tx, durable, decided: waiter.decided }
   }
 
   /** Registers a waiter for the decision; `cancel` removes this waiter only. */
   private waitForDecision (id: string): { decided: Promise<Outcome>, cancel: () => void } {
-    let resolver: (o: Outcome) => void = () => {}
-    const decided = new Promise<Outcome>(resolve => { resolver = resolve })
+    let waiter: Waiter = { resolve: () => {}, reject: () => {} }
+    const decided = new Promise<Outcome>((resolve, reject) => { waiter = { resolve, reject } })
     const list = this.waiters.get(id) ?? []
-    list.push(resolver)
+    list.push(waiter)
     this.waiters.set(id, list)
     const cancel = (): void => {
-      const rest = (this.waiters.get(id) ?? []).filter(r => r !== resolver)
+      const rest = (this.waiters.get(id) ?? []).filter(w => w !== waiter)
       if (rest.length === 0) this.waiters.delete(id)
       else this.waiters.set(id, rest)
     }
     return { decided, cancel }
   }
 
-  enlist (id: string, participant: NewParticipant): Transaction {
-    const result = this.apply(id, { type: 'enlist', participant, now: this.now() })
+  /** Applies a request's event; resolves with the new record once it is durable. */
+  private async request (id: string, event: Event): Promise<Transaction> {
+    const result = this.apply(id, event)
     if (!result.ok) throw new Rejected(result.code, result.tx)
+    await result.durable
     return result.tx
+  }
+
+  async enlist (id: string, participant: NewParticipant): Promise<Transaction> {
+    return await this.request(id, { type: 'enlist', participant, now: this.now() })
+  }
+
+  async addMessage (id: string, message: TxMessage): Promise<Transaction> {
+    return await this.request(id, { type: 'add-message', message, now: this.now() })
+  }
+
+  async abort (id: string): Promise<Transaction> {
+    return await this.request(id, { type: 'abort-requested', now: this.now() })
   }
 
   /** Phase 1 and the decision; resolves once the decision is durable. */
   async commit (id: string): Promise<Outcome> {
     const waiter = this.waitForDecision(id)
-    let result: StepResult
+    let result: ReturnType<Engine['apply']>
     try {
       result = this.apply(id, { type: 'commit-requested', now: this.now() })
     } catch (err) {
@@ -142,45 +162,40 @@ export class Engine {
       waiter.cancel()
       throw new Rejected(result.code, result.tx)
     }
+    result.durable?.catch(() => {}) // a failed write rejects the waiter too
     return await waiter.decided
   }
 
-  addMessage (id: string, message: TxMessage): Transaction {
-    const result = this.apply(id, { type: 'add-message', message, now: this.now() })
-    if (!result.ok) throw new Rejected(result.code, result.tx)
-    return result.tx
-  }
-
-  /** A participant's ack that came over RabbitMQ: the same event as an HTTP ack. */
-  acknowledge (id: string, participant: string, decision: Decision): 'applied' | 'ignored' {
-    const tx = this.log.load(id)
+  /** A participant's ack that came over RabbitMQ: the same event as an HTTP ack. Resolves once durable. */
+  async acknowledge (id: string, participant: string, decision: Decision): Promise<'applied' | 'ignored'> {
+    const tx = this.log.loadLatest(id)
     if (tx === undefined || decisionOf(tx) !== decision) {
       this.logger.warn({ txid: id, participant, decision, state: tx?.state }, 'ack over RabbitMQ does not match the log; ignored')
       return 'ignored'
     }
     const result = this.apply(id, { type: 'phase2-acked', participant, now: this.now() })
-    if (result.ok && result.changed) this.logger.info({ txid: id, participant, decision }, 'phase 2 acked over RabbitMQ')
+    if (result.ok) {
+      await result.durable
+      if (result.changed) this.logger.info({ txid: id, participant, decision }, 'phase 2 acked over RabbitMQ')
+    }
     return 'applied'
   }
 
-  abort (id: string): Transaction {
-    const result = this.apply(id, { type: 'abort-requested', now: this.now() })
-    if (!result.ok) throw new Rejected(result.code, result.tx)
-    return result.tx
-  }
-
-  /** Loads, steps and saves one event; then carries out its effects. Throws TX_NOT_FOUND-style errors to callers via undefined. */
-  apply (id: string, event: Event): StepResult {
-    const prev = this.log.load(id)
+  /**
+   * Loads the newest record, steps, and saves; the effects run once the save is durable.
+   * Load-step-save is synchronous, so events for one transaction never interleave.
+   */
+  apply (id: string, event: Event): StepResult & { durable?: Promise<void> } {
+    const prev = this.log.loadLatest(id)
     if (prev === undefined) throw new NotFound(id)
     const result = step(prev, event, this.options.policy)
-    if (!result.ok || !result.changed) {
-      if (result.ok) this.run(result.tx, result.effects)
-      return result
+    if (!result.ok) return result
+    if (!result.changed) {
+      this.run(result.tx, result.effects)
+      return { ...result, durable: Promise.resolve() }
     }
     if (event.type === 'vote' && !isDecided(prev) && isDecided(result.tx)) this.crash('coordinator.after-votes-before-decision')
-    this.persist(prev, result.tx, result.effects)
-    return result
+    return { ...result, durable: this.persist(prev, result.tx, result.effects) }
   }
 
   private fold (start: Transaction, events: Event[]): StepResult {
@@ -195,14 +210,36 @@ export class Engine {
     return { ok: true, tx, effects, changed: true }
   }
 
-  private persist (prev: Transaction | null, next: Transaction, effects: Effect[]): void {
+  /**
+   * Saves a step (group-committed with the others of this event-loop turn) and, once it is on
+   * disk, carries out its effects. Resolves when durable; rejects — and fails whoever waits for
+   * this transaction's decision — when the log cannot be written.
+   */
+  private async persist (prev: Transaction | null, next: Transaction, effects: Effect[], onDurable?: () => void): Promise<void> {
     const writes: StepWrites = { attention: [], messages: [], notices: [] }
     for (const e of effects) {
       if (e.type === 'record-attention') writes.attention.push({ participant: e.participant, kind: e.kind, detail: e.detail })
       else if (e.type === 'record-message') writes.messages.push({ position: e.position, message: e.message })
       else if (e.type === 'notify') writes.notices.push({ participant: e.participant, decision: e.decision })
     }
-    this.log.save(prev, next, writes, next.updatedAt)
+    await new Promise<void>((resolve, reject) => {
+      this.log.save(prev, next, writes, next.updatedAt, (err) => {
+        if (err !== undefined) {
+          this.logger.error({ txid: next.id, err }, 'could not write the log')
+          const list = this.waiters.get(next.id)
+          this.waiters.delete(next.id)
+          for (const w of list ?? []) w.reject(err)
+          reject(err)
+          return
+        }
+        onDurable?.()
+        this.afterDurable(prev, next, writes, effects)
+        resolve()
+      })
+    })
+  }
+
+  private afterDurable (prev: Transaction | null, next: Transaction, writes: StepWrites, effects: Effect[]): void {
     const newlyDecided = (prev === null || !isDecided(prev)) && isDecided(next)
     if (newlyDecided) {
       this.logger.info({ txid: next.id, decision: next.state, reason: next.reason }, 'decision logged')
@@ -222,13 +259,15 @@ export class Engine {
 
   private run (tx: Transaction, effects: Effect[]): void {
     for (const effect of effects) {
+      // Stopping: answer whoever waits, start nothing new (the restart's recovery resumes it).
+      if (this.stopped && effect.type !== 'decided') continue
       switch (effect.type) {
         case 'decided': {
           const outcome: Outcome = { id: tx.id, state: effect.decision === 'commit' ? 'committed' : 'aborted' }
           if (effect.reason !== null) outcome.reason = effect.reason
           const list = this.waiters.get(tx.id)
           this.waiters.delete(tx.id)
-          for (const resolve of list ?? []) resolve(outcome)
+          for (const w of list ?? []) w.resolve(outcome)
           break
         }
         case 'send-prepare':
@@ -257,7 +296,8 @@ export class Engine {
   private feed (id: string, event: Event): void {
     if (this.stopped) return
     try {
-      this.apply(id, event)
+      // A failed write is logged by persist(); recovery after a restart redoes the step.
+      this.apply(id, event).durable?.catch(() => {})
     } catch (err) {
       this.logger.error({ txid: id, err, event: event.type }, 'could not apply an event')
     }
@@ -364,6 +404,7 @@ export class Engine {
   /** Stops timers and new calls, then waits (bounded by the calls' own timeouts) for calls in flight. */
   async stop (): Promise<void> {
     this.stopped = true
+    this.log.flush()
     clearInterval(this.sweeper)
     for (const t of this.timers.values()) clearTimeout(t)
     this.timers.clear()

@@ -150,7 +150,7 @@ export async function transactionRoutes (fastify: FastifyInstance, deps: RouteDe
     if (messages.length > options.maxMessages) throw new Errors.TOO_MANY_MESSAGES(options.maxMessages)
     for (const m of messages) checkMessage(m)
     if (body.commit === true) return await engine.beginAndCommit(timeoutMs, body.metadata, participants, messages)
-    const tx = engine.begin(timeoutMs, body.metadata, participants, messages)
+    const tx = await engine.begin(timeoutMs, body.metadata, participants, messages)
     reply.code(201)
     return { id: tx.id, state: 'active' as const, expiresAt: new Date(tx.expiresAt).toISOString() }
   })
@@ -168,7 +168,7 @@ export async function transactionRoutes (fastify: FastifyInstance, deps: RouteDe
     checkParticipant(req.body)
     let tx: Transaction
     try {
-      tx = engine.enlist(id, req.body)
+      tx = await engine.enlist(id, req.body)
     } catch (err) {
       if (err instanceof Rejected && err.code === 'PARTICIPANT_EXISTS') throw new Errors.PARTICIPANT_EXISTS(id, req.body.name)
       rethrow(err, id)
@@ -190,7 +190,7 @@ export async function transactionRoutes (fastify: FastifyInstance, deps: RouteDe
     checkMessage(req.body)
     let tx: Transaction
     try {
-      tx = engine.addMessage(id, req.body)
+      tx = await engine.addMessage(id, req.body)
     } catch (err) { rethrow(err, id) }
     reply.code(201)
     return { id: tx.id, messageCount: tx.messageCount }
@@ -220,7 +220,7 @@ export async function transactionRoutes (fastify: FastifyInstance, deps: RouteDe
     const { id } = req.params
     checkId(id)
     try {
-      const tx = engine.abort(id)
+      const tx = await engine.abort(id)
       return { id: tx.id, state: 'aborted' as const, ...(tx.reason !== null ? { reason: tx.reason } : {}) }
     } catch (err) { rethrow(err, id) }
   })

@@ -34,6 +34,14 @@ export interface StepWrites {
   notices: Array<{ participant: string, decision: Decision }>
 }
 
+interface PendingStep {
+  prev: Transaction | null
+  next: Transaction
+  writes: StepWrites
+  now: number
+  durable: (err?: Error) => void
+}
+
 export interface OutboxRow {
   id: number
   txId: string | null
@@ -234,7 +242,18 @@ function participantParams (txId: string, position: number, p: Participant): Rec
 export class CoordinatorLog {
   readonly db: Database.Database
   private readonly stmts
-  private readonly saveTx: (prev: Transaction | null, next: Transaction, writes: StepWrites, now: number) => void
+  private readonly writeStep: (prev: Transaction | null, next: Transaction, writes: StepWrites, now: number) => void
+  private readonly writeBatch: (batch: PendingStep[]) => void
+  /** Steps saved but not yet on disk, in order; flushed together (group commit). */
+  private pending: PendingStep[] = []
+  /** The newest not-yet-durable record of each transaction with pending steps. */
+  private readonly latest = new Map<string, Transaction>()
+  private flushScheduled = false
+  readonly flushStats = { flushes: 0, steps: 0, maxBatch: 0, lastBatch: 0, lastFlushMs: 0, totalFlushMs: 0 }
+  /** Group commit: steps saved in one event-loop turn share one SQLite transaction (one fsync), up to this many. */
+  maxBatch = 256
+  /** Observer of each flush (metrics). */
+  onFlush: ((steps: number, ms: number) => void) | undefined
 
   constructor (path: string, private readonly noticeRouting: NoticeRouting | null = null) {
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true })
@@ -287,7 +306,7 @@ export class CoordinatorLog {
       setMeta: this.db.prepare('INSERT INTO coordinator_meta (key, value) VALUES (?, ?)')
     }
 
-    this.saveTx = this.db.transaction((prev: Transaction | null, next: Transaction, writes: StepWrites, now: number) => {
+    this.writeStep = (prev: Transaction | null, next: Transaction, writes: StepWrites, now: number) => {
       const params = txParams(next)
       if (prev === null) this.stmts.insertTx.run(params)
       else this.stmts.updateTx.run(params)
@@ -313,6 +332,9 @@ export class CoordinatorLog {
             `${next.id}:${n.participant}:${n.decision}`, body, null, now)
         }
       }
+    }
+    this.writeBatch = this.db.transaction((batch: PendingStep[]) => {
+      for (const step of batch) this.writeStep(step.prev, step.next, step.writes, step.now)
     })
   }
 
@@ -350,15 +372,63 @@ export class CoordinatorLog {
     return id
   }
 
+  /** The durable record: what is on disk (what the API shows, and what a decision query answers). */
   load (id: string): Transaction | undefined {
     const row = this.stmts.getTx.get(id)
     if (row === undefined) return undefined
     return toTransaction(row, this.stmts.getParticipants.all(id).map(toParticipant))
   }
 
-  /** Writes a step's outcome in one forced SQLite transaction. `prev` null: a new record. */
-  save (prev: Transaction | null, next: Transaction, writes: StepWrites, now: number): void {
-    this.saveTx(prev, next, writes, now)
+  /** The newest record, durable or not: what the next state-machine step starts from. */
+  loadLatest (id: string): Transaction | undefined {
+    return this.latest.get(id) ?? this.load(id)
+  }
+
+  /**
+   * Saves a step's outcome. Group commit: the steps saved during one event-loop turn (at most
+   * `maxBatch`) are written in ONE SQLite transaction — one fsync — and each step's `durable`
+   * callback runs only after that transaction committed. `prev` null: a new record.
+   */
+  save (prev: Transaction | null, next: Transaction, writes: StepWrites, now: number, durable: (err?: Error) => void): void {
+    this.pending.push({ prev, next, writes, now, durable })
+    this.latest.set(next.id, next)
+    if (this.pending.length >= this.maxBatch) {
+      this.flush()
+    } else if (!this.flushScheduled) {
+      this.flushScheduled = true
+      setImmediate(() => this.flush())
+    }
+  }
+
+  /** Writes every pending step in one transaction, then tells each caller. */
+  flush (): void {
+    this.flushScheduled = false
+    const batch = this.pending
+    if (batch.length === 0) return
+    this.pending = []
+    const started = performance.now()
+    let error: Error | undefined
+    try {
+      this.writeBatch(batch)
+    } catch (err) {
+      error = err as Error
+    }
+    for (const step of batch) {
+      if (this.latest.get(step.next.id) === step.next) this.latest.delete(step.next.id)
+    }
+    const ms = performance.now() - started
+    this.flushStats.flushes++
+    this.flushStats.steps += batch.length
+    this.flushStats.lastBatch = batch.length
+    this.flushStats.maxBatch = Math.max(this.flushStats.maxBatch, batch.length)
+    this.flushStats.lastFlushMs = ms
+    this.flushStats.totalFlushMs += ms
+    this.onFlush?.(batch.length, ms)
+    for (const step of batch) step.durable(error)
+  }
+
+  get pendingSteps (): number {
+    return this.pending.length
   }
 
   /** Queues a message that belongs to no transaction (e.g. `coordinator.started`). */
@@ -428,6 +498,9 @@ export class CoordinatorLog {
   }
 
   close (): void {
-    if (this.db.open) this.db.close()
+    if (this.db.open) {
+      this.flush() // nothing saved is dropped by a graceful close
+      this.db.close()
+    }
   }
 }
