@@ -71,6 +71,7 @@ type ConsumeMessage = Parameters<MessageHandler>[0]
 
 const TX_ID = new RegExp(TX_ID_PATTERN)
 const DEFAULT_PREFETCH = 16
+const ACK_CONNECT_WAIT_MS = 10_000
 
 export class DecisionReceiver {
   readonly link: AmqpLink
@@ -189,6 +190,10 @@ export class DecisionReceiver {
   async #publishAck (notice: DecisionNotice, messageId: string | undefined): Promise<void> {
     const names = this.link.names
     const ack: AckNotice = { txid: notice.txid, participant: this.#engine.name, decision: notice.decision }
+    // Consumers are subscribed while the link is still setting up a (re)connection, before it
+    // reports 'connected' and accepts publishes: a notice that was waiting in the queue can be
+    // applied in that window. Wait (bounded) for the link rather than fail the ack.
+    await this.link.waitForConnected(ACK_CONNECT_WAIT_MS).catch(() => {})
     const { failed } = await this.link.publishBatch([{
       exchange: names.acksExchange,
       routingKey: names.acksRoutingKey,
