@@ -252,3 +252,69 @@ t.test('add-message: only while active, bounded; stored as an effect with its po
   t.match(step(aborted, { type: 'add-message', message, now: 6 }, policy), { ok: false, code: 'TX_ALREADY_DECIDED' })
   t.equal(run(preparing, vote('a', 'yes'), vote('b', 'yes')).tx.messageCount, 1, 'the count survives the decision')
 })
+
+t.test('operator-retry: pending sent now, heuristic back to pending with a fresh count; the decision never changes', async t => {
+  const committed = run(twoEnlisted(), { type: 'commit-requested', now: 5 }, vote('a', 'yes'), vote('b', 'yes', 10)).tx
+  const failed = run(committed,
+    { type: 'phase2-failed', participant: 'a', error: 'ECONNREFUSED', refused: false, jitter: 0, now: 20 },
+    { type: 'phase2-failed', participant: 'b', error: 'commit answered 404: TX_UNKNOWN', refused: true, jitter: 0, now: 21 }).tx
+  t.same(failed.participants.map(p => [p.ack, p.attempts]), [['pending', 1], ['heuristic', 1]])
+  const r = run(failed, { type: 'operator-retry', actor: 'alice', now: 30 })
+  t.equal(r.tx.state, 'committed', 'decision unchanged')
+  t.equal(r.tx.decidedAt, failed.decidedAt)
+  t.same(r.tx.participants.map(p => [p.ack, p.attempts, p.nextAttemptAt]), [['pending', 1, 30], ['pending', 0, 30]])
+  t.equal(r.tx.needsAttention, true, 'attention stays until an ack completes it or an operator resolves it')
+  t.same(r.effects, [
+    { type: 'record-audit', action: 'retry', actor: 'alice', reason: null },
+    { type: 'send-decision', participant: 'a', decision: 'commit' },
+    { type: 'send-decision', participant: 'b', decision: 'commit' }
+  ])
+  // the retried heuristic participant can now ack and complete the transaction
+  const done = run(r.tx, { type: 'phase2-acked', participant: 'a', now: 31 }, { type: 'phase2-acked', participant: 'b', now: 32 })
+  t.equal(done.tx.completedAt, 32)
+  // nothing left to retry; undecided cannot be retried
+  t.match(step(done.tx, { type: 'operator-retry', actor: 'alice', now: 33 }, policy), { ok: false, code: 'NOTHING_TO_RETRY' })
+  t.match(step(twoEnlisted(), { type: 'operator-retry', actor: 'alice', now: 33 }, policy), { ok: false, code: 'TX_NOT_DECIDED' })
+  const preparing = run(twoEnlisted(), { type: 'commit-requested', now: 5 }).tx
+  t.match(step(preparing, { type: 'operator-retry', actor: 'alice', now: 33 }, policy), { ok: false, code: 'TX_NOT_DECIDED' })
+  // an aborted transaction's pending abort is retried with the abort decision
+  const aborted = run(preparing, vote('a', 'yes'), vote('b', 'no')).tx
+  t.same(run(aborted, { type: 'operator-retry', actor: 'x', now: 40 }).effects.filter(e => e.type === 'send-decision'),
+    [{ type: 'send-decision', participant: 'a', decision: 'abort' }])
+})
+
+t.test('operator-resolve: open participants resolved, attention cleared, completed; decision unchanged', async t => {
+  const committed = run(twoEnlisted(), { type: 'commit-requested', now: 5 }, vote('a', 'yes'), vote('b', 'yes', 10)).tx
+  const heuristic = run(committed,
+    { type: 'phase2-acked', participant: 'a', now: 20 },
+    { type: 'phase2-failed', participant: 'b', error: 'commit answered 409', refused: true, jitter: 0, now: 21 }).tx
+  t.equal(heuristic.completedAt, null)
+  const r = run(heuristic, { type: 'operator-resolve', actor: 'bob', reason: 'fixed by hand in the payment DB', now: 50 })
+  t.equal(r.tx.state, 'committed')
+  t.equal(r.tx.decidedAt, heuristic.decidedAt)
+  t.same(r.tx.participants.map(p => p.ack), ['acked', 'resolved'])
+  t.equal(r.tx.needsAttention, false)
+  t.equal(r.tx.completedAt, 50)
+  t.same(r.effects, [
+    { type: 'record-audit', action: 'resolve', actor: 'bob', reason: 'fixed by hand in the payment DB' },
+    { type: 'resolve-attention', resolution: 'fixed by hand in the payment DB' }
+  ])
+  // resolved participants are out of phase 2: a late ack, failure or due timer changes nothing
+  t.equal(run(r.tx, { type: 'phase2-acked', participant: 'b', now: 51 }).changed, false)
+  t.same(run(r.tx, { type: 'phase2-due', participant: 'b', now: 51 }).effects, [])
+  t.match(step(r.tx, { type: 'operator-retry', actor: 'bob', now: 52 }, policy), { ok: false, code: 'NOTHING_TO_RETRY' })
+  t.match(step(r.tx, { type: 'operator-resolve', actor: 'bob', reason: 'again', now: 52 }, policy), { ok: false, code: 'NOTHING_TO_RESOLVE' })
+  // completed but still flagged (the retry budget ran out, then it acked): resolve clears the flag, keeps completedAt
+  const fail = (now: number): Event => ({ type: 'phase2-failed', participant: 'a', error: 'down', refused: false, jitter: 0, now })
+  const late = run(committed, fail(20), fail(21), fail(22), { type: 'phase2-acked', participant: 'a', now: 23 }, { type: 'phase2-acked', participant: 'b', now: 24 }).tx
+  t.equal(late.needsAttention, true)
+  t.equal(late.completedAt, 24)
+  const cleared = run(late, { type: 'operator-resolve', actor: 'bob', reason: 'delivered', now: 60 })
+  t.equal(cleared.tx.needsAttention, false)
+  t.equal(cleared.tx.completedAt, 24)
+  t.same(cleared.tx.participants.map(p => p.ack), ['acked', 'acked'])
+  // nothing open and nothing flagged, or no decision yet: refused
+  const clean = run(committed, { type: 'phase2-acked', participant: 'a', now: 20 }, { type: 'phase2-acked', participant: 'b', now: 21 }).tx
+  t.match(step(clean, { type: 'operator-resolve', actor: 'bob', reason: 'x', now: 60 }, policy), { ok: false, code: 'NOTHING_TO_RESOLVE' })
+  t.match(step(twoEnlisted(), { type: 'operator-resolve', actor: 'bob', reason: 'x', now: 60 }, policy), { ok: false, code: 'TX_NOT_DECIDED' })
+})

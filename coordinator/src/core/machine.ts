@@ -16,8 +16,9 @@ export type TxState = 'active' | 'preparing' | 'committed' | 'aborted'
  * - `acked`: it confirmed the decision.
  * - `not-needed`: it takes no part in phase 2 (read-only, voted no, never asked to prepare).
  * - `heuristic`: it definitely refused the decision; recorded and left to an operator.
+ * - `resolved`: an operator marked it handled (`operator-resolve`) without an ack; no more deliveries.
  */
-export type AckState = 'none' | 'pending' | 'acked' | 'not-needed' | 'heuristic'
+export type AckState = 'none' | 'pending' | 'acked' | 'not-needed' | 'heuristic' | 'resolved'
 
 export interface Participant {
   name: string
@@ -93,6 +94,18 @@ export type Event =
   | { type: 'phase2-due', participant: string, now: number }
   /** The coordinator restarted and found this record in its log. */
   | { type: 'recovered', now: number }
+  /**
+   * An operator asks to deliver the decision now: `pending` participants are sent it at once
+   * (the engine cancels their backoff timer), `heuristic` ones go back to `pending` with a fresh
+   * attempt count. The decision itself never changes.
+   */
+  | { type: 'operator-retry', actor: string, now: number }
+  /**
+   * An operator marks the transaction handled: `pending`/`heuristic` participants become
+   * `resolved`, open attention entries get the resolution, `needsAttention` clears and the
+   * transaction is completed. The decision itself never changes.
+   */
+  | { type: 'operator-resolve', actor: string, reason: string, now: number }
 
 export type Effect =
   | { type: 'send-prepare', participant: string, onePhase: boolean }
@@ -109,6 +122,12 @@ export type Effect =
    * transaction: the path that still reaches it when HTTP does not.
    */
   | { type: 'notify', participant: string, decision: Decision }
+  /** An operator action, written to the audit table in the same SQLite transaction as the record. */
+  | { type: 'record-audit', action: AuditAction, actor: string, reason: string | null }
+  /** Marks the transaction's open attention entries resolved, in the same SQLite transaction. */
+  | { type: 'resolve-attention', resolution: string }
+
+export type AuditAction = 'retry' | 'resolve'
 
 export type AttentionKind = 'heuristic' | 'retry-budget'
 
@@ -118,6 +137,9 @@ export type RejectCode =
   | 'PARTICIPANT_EXISTS'
   | 'TOO_MANY_PARTICIPANTS'
   | 'TOO_MANY_MESSAGES'
+  | 'TX_NOT_DECIDED'
+  | 'NOTHING_TO_RETRY'
+  | 'NOTHING_TO_RESOLVE'
 
 export type StepResult =
   | { ok: true, tx: Transaction, effects: Effect[], changed: boolean }
@@ -353,6 +375,49 @@ export function step (tx: Transaction, event: Event, policy: Policy): StepResult
         .filter(p => p.ack === 'pending')
         .map(p => ({ type: 'send-decision', participant: p.name, decision }))
       return { ok: true, tx, effects, changed: false }
+    }
+
+    case 'operator-retry': {
+      const decision = decisionOf(tx)
+      if (decision === null) return reject(tx, 'TX_NOT_DECIDED')
+      const targets = tx.participants.filter(p => p.ack === 'pending' || p.ack === 'heuristic')
+      if (targets.length === 0) return reject(tx, 'NOTHING_TO_RETRY')
+      const names = new Set(targets.map(p => p.name))
+      const next: Transaction = {
+        ...tx,
+        updatedAt: now,
+        participants: tx.participants.map(p => {
+          if (!names.has(p.name)) return p
+          // A heuristic one starts over (a fresh retry budget); a pending one keeps its count.
+          return { ...p, ack: 'pending', attempts: p.ack === 'heuristic' ? 0 : p.attempts, nextAttemptAt: now }
+        })
+      }
+      const effects: Effect[] = [{ type: 'record-audit', action: 'retry', actor: event.actor, reason: null }]
+      for (const p of targets) effects.push({ type: 'send-decision', participant: p.name, decision })
+      return { ok: true, tx: next, effects, changed: true }
+    }
+
+    case 'operator-resolve': {
+      if (!isDecided(tx)) return reject(tx, 'TX_NOT_DECIDED')
+      const open = tx.participants.some(p => p.ack === 'pending' || p.ack === 'heuristic')
+      if (!open && !tx.needsAttention) return reject(tx, 'NOTHING_TO_RESOLVE')
+      const next: Transaction = {
+        ...tx,
+        updatedAt: now,
+        needsAttention: false,
+        completedAt: tx.completedAt ?? now,
+        participants: tx.participants.map(p =>
+          p.ack === 'pending' || p.ack === 'heuristic' ? { ...p, ack: 'resolved', nextAttemptAt: null } : p)
+      }
+      return {
+        ok: true,
+        tx: next,
+        effects: [
+          { type: 'record-audit', action: 'resolve', actor: event.actor, reason: event.reason },
+          { type: 'resolve-attention', resolution: event.reason }
+        ],
+        changed: true
+      }
     }
   }
 }
