@@ -16,6 +16,9 @@ import { Errors, FRAMEWORK_CODES } from './errors.js'
 import { transactionRoutes } from './routes.js'
 import { OutboxPublisher } from './outbox.js'
 import { AmqpLink, PoisonMessageError } from '@fastify-2pc/protocol/amqp'
+import swagger from '@fastify/swagger'
+import swaggerUi from '@fastify/swagger-ui'
+import { createMetrics, type CoordinatorMetrics } from './metrics.js'
 import { amqpNames, parseAckNotice } from '@fastify-2pc/protocol'
 
 export interface Coordinator {
@@ -26,6 +29,7 @@ export interface Coordinator {
   /** The RabbitMQ link; undefined without `amqpUrl`. */
   amqp: AmqpLink | undefined
   outbox: OutboxPublisher | undefined
+  metrics: CoordinatorMetrics
 }
 
 declare module 'fastify' {
@@ -65,6 +69,12 @@ export const coordinatorPlugin = fp<{ options: ResolvedOptions }>(async (app, { 
   } else {
     app.log.warn('AMQP_URL is not set: running WITHOUT RabbitMQ — undelivered decisions are retried over HTTP only, transactional messages are refused')
   }
+  const metrics = createMetrics(log, () => outbox !== undefined)
+  if (outbox !== undefined) outbox.onPublished = (n) => metrics.outboxPublished.inc(n)
+  log.onFlush = (steps, ms) => {
+    metrics.flushBatch.observe(steps)
+    metrics.flushSeconds.observe(ms / 1000)
+  }
   const engine = new Engine(log, driver, {
     coordinatorId,
     policy: {
@@ -79,9 +89,30 @@ export const coordinatorPlugin = fp<{ options: ResolvedOptions }>(async (app, { 
     sweepIntervalMs: options.sweepIntervalMs,
     maxConcurrentPhase2: 256,
     logger: app.log,
+    observer: {
+      begun: () => metrics.begun.inc(),
+      decided: (decision, reason, phase1Ms) => {
+        if (decision === 'commit') metrics.committed.inc()
+        else metrics.aborted.inc({ reason: reason ?? 'unknown' })
+        if (phase1Ms !== null) metrics.phase1.observe(phase1Ms / 1000)
+      },
+      completed: (phase2Ms) => metrics.phase2.observe(phase2Ms / 1000),
+      retry: () => metrics.retries.inc(),
+      attention: (kind) => metrics.heuristics.inc({ kind })
+    },
     ...(outbox !== undefined ? { onOutboxWrite: () => outbox.kick() } : {})
   })
-  app.decorate('coordinator', { id: coordinatorId, engine, log, options, amqp: link, outbox })
+  app.decorate('coordinator', { id: coordinatorId, engine, log, options, amqp: link, outbox, metrics })
+
+  app.addHook('onResponse', async (req, reply) => {
+    const route = req.routeOptions.url ?? 'unmatched'
+    metrics.httpRequests.inc({ method: req.method, route, status: String(reply.statusCode) })
+    metrics.httpSeconds.observe({ method: req.method, route }, reply.elapsedTime / 1000)
+  })
+  app.get('/metrics', { schema: { hide: true } as object }, async (_req, reply) => {
+    reply.type(metrics.registry.contentType)
+    return await metrics.registry.metrics()
+  })
 
   let closing = false
   // Fastify closes the server (waiting for every open connection) before onClose hooks run, and
@@ -197,6 +228,19 @@ export async function buildCoordinator (input: CoordinatorOptions): Promise<Fast
     void reply.code(404).send({ statusCode: 404, code: 'ROUTE_NOT_FOUND', error: 'Not Found', message: `no route ${req.method} ${req.url.split('?')[0]}` })
   })
 
+  // OpenAPI from the routes' TypeBox schemas; Swagger UI at /docs.
+  await app.register(swagger, {
+    openapi: {
+      info: {
+        title: 'fastify-2pc coordinator',
+        description: 'Two-phase-commit coordinator: begin, enlist, commit, abort, inspect. See the README.',
+        version: '0.1.0'
+      },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+      security: options.apiToken !== undefined ? [{ bearer: [] }] : []
+    }
+  })
+  await app.register(swaggerUi, { routePrefix: '/docs' })
   await app.register(coordinatorPlugin, { options })
   return app
 }

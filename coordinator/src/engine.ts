@@ -35,6 +35,16 @@ export interface EngineOptions {
   crashPoint?: CrashPoint
   /** Called after a step wrote to the outbox, so the publisher can flush soon. */
   onOutboxWrite?: () => void
+  observer?: EngineObserver
+}
+
+/** What the engine reports as it goes (metrics); called only for durable steps. */
+export interface EngineObserver {
+  begun: () => void
+  decided: (decision: Decision, reason: string | null, phase1Ms: number | null) => void
+  completed: (phase2Ms: number) => void
+  retry: () => void
+  attention: (kind: string) => void
 }
 
 interface Waiter {
@@ -53,6 +63,8 @@ const PAGE = 200
 
 export class Engine {
   private readonly waiters = new Map<string, Waiter[]>()
+  /** When each transaction in phase 1 started preparing (for the phase-1 latency metric). */
+  private readonly preparingSince = new Map<string, number>()
   private readonly timers = new Map<string, NodeJS.Timeout>()
   private readonly inflight = new Set<Promise<void>>()
   private readonly phase2Queue: Array<() => Promise<void>> = []
@@ -241,10 +253,18 @@ export class Engine {
 
   private afterDurable (prev: Transaction | null, next: Transaction, writes: StepWrites, effects: Effect[]): void {
     const newlyDecided = (prev === null || !isDecided(prev)) && isDecided(next)
+    const observer = this.options.observer
+    if (prev === null) observer?.begun()
+    if (next.state === 'preparing' && prev?.state !== 'preparing') this.preparingSince.set(next.id, next.updatedAt)
     if (newlyDecided) {
       this.logger.info({ txid: next.id, decision: next.state, reason: next.reason }, 'decision logged')
+      const since = this.preparingSince.get(next.id)
+      this.preparingSince.delete(next.id)
+      observer?.decided(next.state === 'committed' ? 'commit' : 'abort', next.reason, since === undefined ? null : (next.decidedAt ?? 0) - since)
       this.crash('coordinator.after-decision-before-phase2')
     }
+    if (next.completedAt !== null && prev?.completedAt == null && next.decidedAt !== null) observer?.completed(next.completedAt - next.decidedAt)
+    for (const a of writes.attention) observer?.attention(a.kind)
     for (const a of writes.attention) {
       this.logger.warn({ txid: next.id, participant: a.participant, kind: a.kind, detail: a.detail }, 'transaction needs attention')
     }
@@ -342,6 +362,7 @@ export class Engine {
       this.crash('coordinator.mid-phase2')
     } else {
       this.logger.warn({ txid: id, participant: name, decision, error: outcome.error, refused: outcome.refused }, 'phase 2 delivery failed')
+      if (!outcome.refused) this.options.observer?.retry()
       this.feed(id, { type: 'phase2-failed', participant: name, error: outcome.error, refused: outcome.refused, jitter: this.random(), now: this.now() })
     }
   }

@@ -32,6 +32,8 @@ export class OutboxPublisher {
   private lastError: string | undefined
   private published = 0
   private readonly now: () => number
+  /** Observer of confirmed rows (metrics). */
+  onPublished: ((count: number) => void) | undefined
 
   constructor (
     private readonly log: CoordinatorLog,
@@ -71,6 +73,7 @@ export class OutboxPublisher {
       const failed = result.failed.map(f => ({ id: f.item.rowId, error: `${f.error.code}: ${f.error.message}`, permanent: f.error.permanent }))
       this.log.settleOutbox(result.confirmed.map(c => c.rowId), failed, this.now())
       this.published += result.confirmed.length
+      if (result.confirmed.length > 0) this.onPublished?.(result.confirmed.length)
       for (const f of result.failed.filter(x => x.error.permanent)) {
         this.options.logger.error({ txid: rows.find(r => r.id === f.item.rowId)?.txId, messageId: f.item.messageId, exchange: f.item.exchange, code: f.error.code },
           'outbox message parked: it can never be published as it is')
