@@ -19,6 +19,7 @@ import { AmqpLink, PoisonMessageError } from '@fastify-2pc/protocol/amqp'
 import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
 import { createMetrics, type CoordinatorMetrics } from './metrics.js'
+import { RetentionPruner } from './retention.js'
 import { amqpNames, parseAckNotice } from '@fastify-2pc/protocol'
 
 export interface Coordinator {
@@ -30,6 +31,7 @@ export interface Coordinator {
   amqp: AmqpLink | undefined
   outbox: OutboxPublisher | undefined
   metrics: CoordinatorMetrics
+  pruner: RetentionPruner
 }
 
 declare module 'fastify' {
@@ -102,7 +104,14 @@ export const coordinatorPlugin = fp<{ options: ResolvedOptions }>(async (app, { 
     },
     ...(outbox !== undefined ? { onOutboxWrite: () => outbox.kick() } : {})
   })
-  app.decorate('coordinator', { id: coordinatorId, engine, log, options, amqp: link, outbox, metrics })
+  const pruner = new RetentionPruner(log, {
+    retentionMs: options.retentionMs,
+    intervalMs: options.pruneIntervalMs,
+    batchSize: 500,
+    maxBatchesPerRun: 20,
+    logger: app.log.child({ component: 'retention' })
+  })
+  app.decorate('coordinator', { id: coordinatorId, engine, log, options, amqp: link, outbox, metrics, pruner })
 
   app.addHook('onResponse', async (req, reply) => {
     const route = req.routeOptions.url ?? 'unmatched'
@@ -124,6 +133,7 @@ export const coordinatorPlugin = fp<{ options: ResolvedOptions }>(async (app, { 
   })
   app.addHook('onClose', async () => {
     closing = true
+    pruner.stop()
     await engine.stop()
     await outbox?.stop()
     await link?.close()
@@ -146,6 +156,7 @@ export const coordinatorPlugin = fp<{ options: ResolvedOptions }>(async (app, { 
     }
     void engine.recover().then(() => {
       engine.startSweeper()
+      pruner.start()
       if (outbox !== undefined) {
         const at = Date.now()
         // Participants re-check what they hold in doubt when they hear this.

@@ -42,6 +42,10 @@ export interface CoordinatorOptions {
   maxResponseBytes?: number
   /** Open connections per participant origin. */
   connectionsPerOrigin?: number
+  /** Completed transactions older than this are pruned (TWOPC_RETENTION). */
+  retentionMs?: number
+  /** How often the retention pruner runs. */
+  pruneIntervalMs?: number
   logger?: boolean | { level?: string }
 }
 
@@ -65,6 +69,8 @@ export const defaults = {
   sweepIntervalMs: 1_000,
   maxResponseBytes: 64 * 1024,
   connectionsPerOrigin: 64,
+  retentionMs: 7 * 86_400_000,
+  pruneIntervalMs: 60_000,
   logger: false as boolean | { level?: string }
 }
 
@@ -77,7 +83,7 @@ export function resolveOptions (options: CoordinatorOptions): ResolvedOptions {
   if (typeof resolved.dbPath !== 'string' || resolved.dbPath === '') throw new Error('dbPath is required')
   for (const key of ['defaultTimeoutMs', 'minTimeoutMs', 'maxTimeoutMs', 'prepareTimeoutMs', 'phase2TimeoutMs', 'maxParticipants', 'maxMessages',
     'maxPayloadBytes', 'bodyLimitBytes', 'retryBaseMs', 'retryMaxMs', 'retryBudget', 'sweepIntervalMs', 'maxResponseBytes',
-    'connectionsPerOrigin'] as const) {
+    'connectionsPerOrigin', 'retentionMs', 'pruneIntervalMs'] as const) {
     positiveInt(key, resolved[key])
   }
   if (resolved.minTimeoutMs > resolved.maxTimeoutMs) throw new Error('minTimeoutMs must not exceed maxTimeoutMs')
@@ -182,6 +188,7 @@ export function configFromEnv (env: NodeJS.ProcessEnv = process.env): ServerConf
     maxMessages: e.TWOPC_MAX_MESSAGES,
     amqpUrl: e.AMQP_URL,
     amqpPrefix: e.TWOPC_AMQP_PREFIX,
+    retentionMs: parseDuration(e.TWOPC_RETENTION),
     maxPayloadBytes: e.TWOPC_MAX_PAYLOAD_BYTES,
     bodyLimitBytes: e.TWOPC_BODY_LIMIT_BYTES,
     retryBaseMs: e.TWOPC_RETRY_BASE_MS,

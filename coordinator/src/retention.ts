@@ -1,0 +1,64 @@
+/**
+ * Retention: completed transactions older than TWOPC_RETENTION are deleted in bounded batches,
+ * with their participants, decision, attention entries, messages and published outbox rows.
+ * Never an undecided transaction, never one with a participant still unacked, never one that
+ * needs attention: `completed_at` is set only when every participant acked (or took no part).
+ *
+ * A pruned id answers `abort` at the decision endpoint (presumed abort) — safe because only a
+ * participant that is still in doubt asks, and a completed transaction has none.
+ */
+import type { FastifyBaseLogger } from 'fastify'
+import type { CoordinatorLog } from './log/store.js'
+
+export interface RetentionOptions {
+  retentionMs: number
+  intervalMs: number
+  /** Transactions deleted per batch; batches per run are bounded too. */
+  batchSize: number
+  maxBatchesPerRun: number
+  logger: FastifyBaseLogger
+  now?: () => number
+}
+
+export class RetentionPruner {
+  private timer: NodeJS.Timeout | undefined
+  private readonly deleteTransactions
+  private readonly deleteOutbox
+  private readonly now: () => number
+  pruned = 0
+
+  constructor (private readonly log: CoordinatorLog, private readonly options: RetentionOptions) {
+    this.now = options.now ?? Date.now
+    this.deleteTransactions = log.db.prepare(`DELETE FROM transactions WHERE id IN (
+      SELECT id FROM transactions WHERE completed_at IS NOT NULL AND completed_at < ? AND needs_attention = 0
+      ORDER BY completed_at LIMIT ?)`)
+    // Published rows only: an unpublished or parked row is still work or evidence.
+    this.deleteOutbox = log.db.prepare(`DELETE FROM outbox WHERE id IN (
+      SELECT id FROM outbox WHERE published_at IS NOT NULL AND published_at < ? ORDER BY id LIMIT ?)`)
+  }
+
+  start (): void {
+    this.timer = setInterval(() => this.run(), this.options.intervalMs)
+    this.timer.unref()
+  }
+
+  /** One bounded run; returns how many transactions it deleted. */
+  run (): number {
+    if (!this.log.db.open) return 0
+    const before = this.now() - this.options.retentionMs
+    let deleted = 0
+    for (let i = 0; i < this.options.maxBatchesPerRun; i++) {
+      const n = this.deleteTransactions.run(before, this.options.batchSize).changes
+      const m = this.deleteOutbox.run(before, this.options.batchSize).changes
+      deleted += n
+      if (n < this.options.batchSize && m < this.options.batchSize) break
+    }
+    if (deleted > 0) this.options.logger.info({ deleted, olderThan: new Date(before).toISOString() }, 'retention: completed transactions pruned')
+    this.pruned += deleted
+    return deleted
+  }
+
+  stop (): void {
+    clearInterval(this.timer)
+  }
+}

@@ -1,0 +1,29 @@
+import t from 'tap'
+import Database from 'better-sqlite3'
+import { startCoordinator, startParticipant, waitFor } from './support/participant.js'
+
+t.test('retention prunes completed transactions only, in bounded batches', async t => {
+  const c = await startCoordinator(t, { retentionMs: 50, pruneIntervalMs: 3_600_000 })
+  const ok = await startParticipant(t)
+  const stuck = await startParticipant(t, { phase2Failure: { status: 503, times: Infinity } })
+  const done = (await c.api.post('/v1/transactions', { participants: [{ name: 'ok', url: ok.url }], commit: true })).body
+  const unacked = (await c.api.post('/v1/transactions', { participants: [{ name: 'ok', url: ok.url }, { name: 'stuck', url: stuck.url }], commit: true })).body
+  const active = (await c.api.post('/v1/transactions', { timeoutMs: 60_000 })).body
+  t.equal(done.state, 'committed')
+  t.equal(unacked.state, 'committed')
+  await waitFor(async () => (await c.api.get(`/v1/transactions/${done.id as string}`)).body.completed === true)
+
+  const pruner = c.app.coordinator.pruner
+  const deleted = await waitFor(() => pruner.run(), 5000, 'the completed transaction ages past the retention')
+  t.equal(deleted, 1, 'only the completed one')
+  t.equal((await c.api.get(`/v1/transactions/${done.id as string}`)).status, 404)
+  t.same((await c.api.get(`/v1/transactions/${done.id as string}/decision`)).body, { decision: 'abort' }, 'presumed abort for a pruned id: nobody is in doubt about it')
+  t.equal((await c.api.get(`/v1/transactions/${unacked.id as string}`)).body.completed, false, 'unacked: kept')
+  t.equal((await c.api.get(`/v1/transactions/${active.id as string}`)).body.state, 'active', 'undecided: kept')
+  t.equal(pruner.run(), 0)
+
+  const db = new Database(c.dbPath, { readonly: true })
+  t.teardown(() => db.close())
+  t.equal(db.prepare<[string], { n: number }>('SELECT count(*) AS n FROM participants WHERE tx_id = ?').get(done.id)?.n, 0, 'its rows went with it')
+  t.equal(db.prepare<[string], { n: number }>('SELECT count(*) AS n FROM decisions WHERE tx_id = ?').get(done.id)?.n, 0)
+})
