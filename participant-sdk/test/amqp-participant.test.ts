@@ -90,8 +90,8 @@ t.test('without amqpUrl: HTTP only, said once at start', async t => {
 })
 
 t.test('a bad amqpUrl or amqpPrefix is refused at register', async t => {
-  await t.rejects(buildInventory(t.testdir(), { amqpUrl: 'http://127.0.0.1:5672' }), { code: 'INVALID_OPTION' })
-  await t.rejects(buildInventory(t.testdir(), { amqpUrl: amqpUrl(), amqpPrefix: 'bad prefix' }), { code: 'INVALID_OPTION' })
+  await t.rejects(buildInventory(t.testdir(), { amqpUrl: 'http://127.0.0.1:5672' }), { code: 'TWOPC_INVALID_OPTION' })
+  await t.rejects(buildInventory(t.testdir(), { amqpUrl: amqpUrl(), amqpPrefix: 'bad prefix' }), { code: 'TWOPC_INVALID_OPTION' })
 })
 
 t.test('decision notices: applied once, acked to the coordinator; poison and heuristic ones dead-lettered once', async t => {
