@@ -276,7 +276,8 @@ t.test('transactional messages: committed transactions publish exactly their mes
   for (const m of received) {
     const txid = m.messageId.replace(/:m\d+$/, '')
     const k = Number(m.messageId.slice(txid.length + 2))
-    const tag = committed.get(txid) as string
+    const tag = committed.get(txid)
+    if (tag === undefined) continue // counted as a failure above
     if (!(m.persistent && m.contentType === 'application/json' && m.headers['x-twopc-txid'] === txid && m.headers['x-k'] === String(k) &&
       m.routingKey === `shop.${tag}.${k}` && m.exchange === userX)) {
       t.fail(`message ${m.messageId} has the wrong properties: ${JSON.stringify({ ...m, raw: undefined })}`)
