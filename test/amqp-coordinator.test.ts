@@ -348,6 +348,38 @@ t.test('an ack over RabbitMQ marks a participant acked; malformed and mismatched
   t.ok(p.callsTo('commit').length <= calls + 1, 'at most the call already in flight after the ack')
 })
 
+t.test('an ack that arrives while the coordinator is closing is left on the queue, and applied by the next start', async t => {
+  const broker = await setup(t)
+  if (broker === undefined) return
+  const { names, prefix } = broker
+  broker.participants.add('p')
+  broker.participants.add('slow')
+  const p = await startParticipant(t, { phase2Failure: { status: 503, times: Infinity } })
+  const slow = await startParticipant(t, { prepareDelayMs: 1500 })
+  const dbPath = tempDbPath(t)
+  const c1 = await startCoordinator(t, { amqpUrl: amqpUrl(), amqpPrefix: prefix, dbPath, retryBudget: 1000 })
+  const res = await c1.api.post('/v1/transactions', { participants: [{ name: 'p', url: p.url }], commit: true })
+  const txid = res.body.id as string
+  await waitFor(async () => (await broker.count(names.participantQueue('p'))) === 1, 10_000, 'p has its notice: the transaction waits for p\'s ack')
+
+  // A commit in flight keeps the closing coordinator open (it answers before it closes its log).
+  const inflight = c1.api.post('/v1/transactions', { participants: [{ name: 'slow', url: slow.url }], commit: true })
+  await waitFor(() => slow.callsTo('prepare').length === 1, 5000, 'slow prepare in flight')
+  const closed = c1.close()
+  await waitFor(async () => (await c1.api.get('/readyz').then(r => r.status, () => 0)) !== 200, 5000, 'the coordinator is closing')
+  await broker.publish(names.acksExchange, names.acksRoutingKey, JSON.stringify({ txid, participant: 'p', decision: 'commit' }), { messageId: 'late-ack' })
+  t.equal((await inflight).body.state, 'committed', 'the request in flight is answered')
+  await closed
+  t.equal(await broker.count(names.acksQueue), 1, 'the ack is back on the queue, not consumed and dropped')
+
+  const c2 = await startCoordinator(t, { amqpUrl: amqpUrl(), amqpPrefix: prefix, dbPath, retryBudget: 1000 })
+  const view = await waitFor(async () => {
+    const v = (await c2.api.get(`/v1/transactions/${txid}`)).body
+    return v.completed === true ? v : undefined
+  }, 10_000, 'the ack applied after the restart')
+  t.equal(view.participants[0].ack, 'acked')
+})
+
 t.test('coordinator.started is published to the events fanout after recovery, on every start', async t => {
   const broker = await setup(t)
   if (broker === undefined) return

@@ -151,7 +151,10 @@ export const coordinatorPlugin = fp<{ options: ResolvedOptions }>(async (app, { 
       await amqp.consumeAcks(async (msg) => {
         const ack = parseAckNotice(msg.content)
         if (ack === undefined) throw new PoisonMessageError('not an ack notice')
-        if (!closing) await engine.acknowledge(ack.txid, ack.participant, ack.decision)
+        // Closing: fail the delivery so the broker keeps the ack for the next start — returning
+        // here would ack the message and lose it (the participant sends its ack once).
+        if (closing) throw new Error('the coordinator is closing: the ack stays on the queue for the next start')
+        await engine.acknowledge(ack.txid, ack.participant, ack.decision)
       }).catch((err: unknown) => { app.log.warn({ err }, 'acks consumer not started yet; the link retries on reconnect') })
     }
     void engine.recover().then(() => {
