@@ -14,6 +14,8 @@ import { parseAllowlist } from './allowlist.js'
 import { newCoordinatorId } from './ids.js'
 import { Errors, FRAMEWORK_CODES } from './errors.js'
 import { transactionRoutes } from './routes.js'
+import { operatorRoutes } from './admin/api.js'
+import { adminConsole } from './admin/console.js'
 import { OutboxPublisher } from './outbox.js'
 import { AmqpLink, PoisonMessageError } from '@fastify-2pc/protocol/amqp'
 import swagger from '@fastify/swagger'
@@ -202,7 +204,10 @@ export const coordinatorPlugin = fp<{ options: ResolvedOptions }>(async (app, { 
       })
     }
     await transactionRoutes(v1, { engine, log, allowlist, options, coordinatorId })
+    await operatorRoutes(v1, { engine, log })
   })
+  // The admin console: its own scope (form bodies, cookie or bearer token); see admin/console.ts.
+  await app.register(async (admin) => { await adminConsole(admin, { engine, log, apiToken: options.apiToken, coordinatorId }) })
 }, { name: '@fastify-2pc/coordinator', fastify: '5.x' })
 
 /** Builds the coordinator app (not yet listening). */

@@ -178,6 +178,38 @@ export class Engine {
     return await waiter.decided
   }
 
+  /**
+   * Operator: deliver the decision now to every pending or heuristic participant (cancels their
+   * backoff timers; a heuristic one restarts as pending). Resolves with the record once durable.
+   */
+  async operatorRetry (id: string, actor: string): Promise<Transaction> {
+    const result = this.apply(id, { type: 'operator-retry', actor, now: this.now() })
+    if (!result.ok) throw new Rejected(result.code, result.tx)
+    // Synchronously, before a timer could fire: the send is already queued by the step.
+    for (const p of result.tx.participants) {
+      const key = `${id}\u0000${p.name}`
+      clearTimeout(this.timers.get(key))
+      this.timers.delete(key)
+    }
+    await result.durable
+    this.logger.warn({ txid: id, actor }, 'operator retry')
+    return result.tx
+  }
+
+  /** Operator: mark a decided transaction handled (see the machine's `operator-resolve`). */
+  async operatorResolve (id: string, reason: string, actor: string): Promise<Transaction> {
+    const result = this.apply(id, { type: 'operator-resolve', actor, reason, now: this.now() })
+    if (!result.ok) throw new Rejected(result.code, result.tx)
+    for (const p of result.tx.participants) {
+      const key = `${id}\u0000${p.name}`
+      clearTimeout(this.timers.get(key))
+      this.timers.delete(key)
+    }
+    await result.durable
+    this.logger.warn({ txid: id, actor, reason }, 'operator resolved a transaction')
+    return result.tx
+  }
+
   /** A participant's ack that came over RabbitMQ: the same event as an HTTP ack. Resolves once durable. */
   async acknowledge (id: string, participant: string, decision: Decision): Promise<'applied' | 'ignored'> {
     const tx = this.log.loadLatest(id)
@@ -233,6 +265,8 @@ export class Engine {
       if (e.type === 'record-attention') writes.attention.push({ participant: e.participant, kind: e.kind, detail: e.detail })
       else if (e.type === 'record-message') writes.messages.push({ position: e.position, message: e.message })
       else if (e.type === 'notify') writes.notices.push({ participant: e.participant, decision: e.decision })
+      else if (e.type === 'record-audit') (writes.audit ??= []).push({ action: e.action, actor: e.actor, reason: e.reason })
+      else if (e.type === 'resolve-attention') writes.resolveAttention = e.resolution
     }
     await new Promise<void>((resolve, reject) => {
       this.log.save(prev, next, writes, next.updatedAt, (err) => {
@@ -302,6 +336,8 @@ export class Engine {
         case 'record-attention':
         case 'record-message':
         case 'notify':
+        case 'record-audit':
+        case 'resolve-attention':
           break // written by persist, in the same SQLite transaction as the record
       }
     }

@@ -7,6 +7,7 @@ import type { Transaction } from './core/machine.js'
 import { decisionOf } from './core/machine.js'
 import { Engine, NotFound, Rejected } from './engine.js'
 import type { CoordinatorLog, AttentionEntry, OutboxRow } from './log/store.js'
+import type { AuditEntry } from './log/operator-tables.js'
 import type { Allowlist } from './allowlist.js'
 import type { ResolvedOptions } from './config.js'
 import { Errors } from './errors.js'
@@ -26,8 +27,9 @@ export interface RouteDeps {
 
 const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString())
 
-function view (tx: Transaction, attention: AttentionEntry[] = [], outbox: OutboxRow[] = []): Static<typeof TransactionView> {
+export function view (tx: Transaction, attention: AttentionEntry[] = [], outbox: OutboxRow[] = [], audit?: AuditEntry[]): Static<typeof TransactionView> {
   return {
+    ...(audit !== undefined ? { audit: audit.map(a => ({ action: a.action, reason: a.reason, actor: a.actor, at: iso(a.at) as string })) } : {}),
     id: tx.id,
     state: tx.state,
     decision: decisionOf(tx),
@@ -233,7 +235,7 @@ export async function transactionRoutes (fastify: FastifyInstance, deps: RouteDe
     }
   }, async (req) => {
     const tx = load(req.params.id)
-    return view(tx, log.attention(tx.id), log.outboxFor(tx.id))
+    return view(tx, log.attention(tx.id), log.outboxFor(tx.id), log.operator.audit(tx.id))
   })
 
   app.get('/v1/transactions/:id/decision', {

@@ -98,6 +98,23 @@ export const OutboxView = Type.Object({
   deadAt: NullableString
 })
 
+export const AuditView = Type.Object({
+  action: Type.String(),
+  reason: NullableString,
+  actor: Type.String(),
+  at: Type.String()
+})
+
+/** Operator headers: who acts (recorded in the audit table; default 'api'). */
+export const ActorHeaders = Type.Object({
+  'x-twopc-actor': Type.Optional(Type.String({ minLength: 1, maxLength: 128, pattern: '^[\\x20-\\x7e]+$' }))
+})
+
+export const ResolveBody = Type.Object({
+  reason: Type.String({ minLength: 1, maxLength: 2000, description: 'why it is handled; recorded in the audit table and on the attention entries' })
+}, { additionalProperties: false })
+export type ResolveBody = Static<typeof ResolveBody>
+
 export const TransactionView = Type.Object({
   id: Type.String(),
   state: Type.String(),
@@ -115,7 +132,9 @@ export const TransactionView = Type.Object({
   participants: Type.Array(ParticipantView),
   messageCount: Type.Integer(),
   heuristics: Type.Array(AttentionView),
-  outbox: Type.Array(OutboxView)
+  outbox: Type.Array(OutboxView),
+  /** Operator actions on it (retry, resolve), oldest first. */
+  audit: Type.Optional(Type.Array(AuditView))
 })
 
 export const ListReply = Type.Object({

@@ -126,5 +126,59 @@ export const migrations: readonly Migration[] = [
       CREATE INDEX outbox_unpublished ON outbox (id) WHERE published_at IS NULL AND dead_at IS NULL;
       CREATE INDEX outbox_by_tx ON outbox (tx_id);
     `
+  },
+  {
+    version: 3,
+    name: 'operator actions: audit, timeline events, the resolved ack state',
+    sql: `
+      -- The 'resolved' ack state (an operator marked the participant handled): SQLite cannot alter
+      -- a CHECK constraint, so the table is rebuilt. Nothing references participants.
+      CREATE TABLE participants_v3 (
+        tx_id           TEXT NOT NULL REFERENCES transactions (id) ON DELETE CASCADE,
+        position        INTEGER NOT NULL,
+        name            TEXT NOT NULL,
+        url             TEXT NOT NULL,
+        payload         TEXT,
+        one_phase       INTEGER NOT NULL DEFAULT 0,
+        vote            TEXT CHECK (vote IN ('yes', 'no', 'read-only')),
+        vote_reason     TEXT,
+        ack             TEXT NOT NULL CHECK (ack IN ('none', 'pending', 'acked', 'not-needed', 'heuristic', 'resolved')),
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        last_error      TEXT,
+        next_attempt_at INTEGER,
+        PRIMARY KEY (tx_id, name)
+      ) STRICT;
+      INSERT INTO participants_v3 SELECT tx_id, position, name, url, payload, one_phase, vote, vote_reason, ack,
+        attempts, last_error, next_attempt_at FROM participants;
+      DROP TABLE participants;
+      ALTER TABLE participants_v3 RENAME TO participants;
+      -- Small partial indexes for the console's views and counters (only the rare rows are indexed).
+      CREATE INDEX participants_heuristic ON participants (tx_id) WHERE ack = 'heuristic';
+      CREATE INDEX transactions_attention ON transactions (created_at) WHERE needs_attention = 1;
+
+      -- Operator actions (retry, resolve), written in the same SQLite transaction as the change.
+      -- No foreign key: the trail outlives the transaction's retention.
+      CREATE TABLE audit (
+        id     INTEGER PRIMARY KEY AUTOINCREMENT,
+        tx_id  TEXT NOT NULL,
+        action TEXT NOT NULL,
+        reason TEXT,
+        actor  TEXT NOT NULL,
+        at     INTEGER NOT NULL
+      ) STRICT;
+      CREATE INDEX audit_by_tx ON audit (tx_id);
+
+      -- A transaction's timeline (begin, enlist, votes, decision, phase-2 failures and acks, …),
+      -- derived from each step's before/after and written in the step's own SQLite transaction.
+      CREATE TABLE tx_events (
+        id          INTEGER PRIMARY KEY,
+        tx_id       TEXT NOT NULL REFERENCES transactions (id) ON DELETE CASCADE,
+        at          INTEGER NOT NULL,
+        kind        TEXT NOT NULL,
+        participant TEXT,
+        detail      TEXT
+      ) STRICT;
+      CREATE INDEX tx_events_by_tx ON tx_events (tx_id, id);
+    `
   }
 ]

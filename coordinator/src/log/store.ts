@@ -9,6 +9,7 @@ import { dirname } from 'node:path'
 import type { Decision } from '@fastify-2pc/protocol'
 import { migrations } from './migrations.js'
 import type { AttentionKind, Participant, Transaction, TxMessage, TxState } from '../core/machine.js'
+import { OperatorTables, type NewAudit } from './operator-tables.js'
 
 export interface AttentionEntry {
   id: number
@@ -32,6 +33,10 @@ export interface StepWrites {
   attention: NewAttention[]
   messages: Array<{ position: number, message: TxMessage }>
   notices: Array<{ participant: string, decision: Decision }>
+  /** Operator actions (audit table). */
+  audit?: NewAudit[]
+  /** Marks the transaction's open attention entries resolved with this resolution. */
+  resolveAttention?: string
 }
 
 interface PendingStep {
@@ -241,6 +246,8 @@ function participantParams (txId: string, position: number, p: Participant): Rec
 
 export class CoordinatorLog {
   readonly db: Database.Database
+  /** Timeline events, the audit trail and attention resolutions (migration 3). */
+  readonly operator: OperatorTables
   private readonly stmts
   private readonly writeStep: (prev: Transaction | null, next: Transaction, writes: StepWrites, now: number) => void
   private readonly writeBatch: (batch: PendingStep[]) => void
@@ -306,6 +313,7 @@ export class CoordinatorLog {
       setMeta: this.db.prepare('INSERT INTO coordinator_meta (key, value) VALUES (?, ?)')
     }
 
+    this.operator = new OperatorTables(this.db)
     this.writeStep = (prev: Transaction | null, next: Transaction, writes: StepWrites, now: number) => {
       const params = txParams(next)
       if (prev === null) this.stmts.insertTx.run(params)
@@ -332,6 +340,7 @@ export class CoordinatorLog {
             `${next.id}:${n.participant}:${n.decision}`, body, null, now)
         }
       }
+      this.operator.write(prev, next, writes.audit, writes.resolveAttention, now)
     }
     this.writeBatch = this.db.transaction((batch: PendingStep[]) => {
       for (const step of batch) this.writeStep(step.prev, step.next, step.writes, step.now)

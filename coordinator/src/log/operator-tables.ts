@@ -1,0 +1,120 @@
+/**
+ * The operator side of the log (migration 3): the `tx_events` timeline, the `audit` trail and
+ * attention resolutions. `write` runs inside the step's own SQLite transaction (called by
+ * CoordinatorLog's writeStep), so a timeline entry or an audit row exists exactly when the
+ * change it describes does. The timeline is derived from the step's before/after records
+ * (`timelineOf`, pure): the machine copies only what it changes, so the diff is a few reference
+ * comparisons and usually one insert.
+ */
+import type Database from 'better-sqlite3'
+import type { AuditAction, Participant, Transaction } from '../core/machine.js'
+
+export interface NewAudit {
+  action: AuditAction
+  actor: string
+  reason: string | null
+}
+
+export interface AuditEntry {
+  id: number
+  txId: string
+  action: string
+  reason: string | null
+  actor: string
+  at: number
+}
+
+export interface TimelineEvent {
+  kind: TimelineKind
+  participant: string | null
+  detail: string | null
+}
+
+export type TimelineKind =
+  | 'begin' | 'enlist' | 'message' | 'prepare' | 'vote' | 'prepare-failed' | 'decision'
+  | 'phase2-failed' | 'acked' | 'heuristic' | 'retry' | 'resolved' | 'completed' | 'attention-cleared'
+
+export interface StoredTimelineEvent extends TimelineEvent {
+  id: number
+  txId: string
+  at: number
+}
+
+function participantEvents (before: Participant | undefined, p: Participant, decided: boolean, out: TimelineEvent[]): void {
+  if (before === undefined) {
+    out.push({ kind: 'enlist', participant: p.name, detail: p.url })
+    return
+  }
+  if (before === p) return
+  if (before.vote === null && p.vote !== null) {
+    out.push({ kind: 'vote', participant: p.name, detail: p.voteReason === null ? p.vote : `${p.vote}: ${p.voteReason}` })
+  }
+  if (!decided && p.vote === null && p.lastError !== before.lastError && p.lastError !== null) {
+    out.push({ kind: 'prepare-failed', participant: p.name, detail: p.lastError })
+  }
+  if (p.attempts > before.attempts) {
+    const next = p.nextAttemptAt === null ? '' : `; next attempt at ${new Date(p.nextAttemptAt).toISOString()}`
+    out.push({ kind: 'phase2-failed', participant: p.name, detail: `attempt ${p.attempts}: ${p.lastError ?? 'failed'}${next}` })
+  }
+  if (before.ack !== p.ack) {
+    if (p.ack === 'acked') out.push({ kind: 'acked', participant: p.name, detail: null })
+    else if (p.ack === 'heuristic') out.push({ kind: 'heuristic', participant: p.name, detail: p.lastError })
+    else if (p.ack === 'resolved') out.push({ kind: 'resolved', participant: p.name, detail: `was ${before.ack}` })
+    else if (p.ack === 'pending' && before.ack === 'heuristic') out.push({ kind: 'retry', participant: p.name, detail: 'heuristic participant back to pending' })
+  } else if (p.ack === 'pending' && p.attempts === before.attempts && p.nextAttemptAt !== before.nextAttemptAt && p.nextAttemptAt !== null && decided) {
+    out.push({ kind: 'retry', participant: p.name, detail: 'sent now' })
+  }
+}
+
+/** What one step did, for the timeline. Pure. */
+export function timelineOf (prev: Transaction | null, next: Transaction): TimelineEvent[] {
+  const out: TimelineEvent[] = []
+  if (prev === null) {
+    out.push({ kind: 'begin', participant: null, detail: `expires ${new Date(next.expiresAt).toISOString()}` })
+  }
+  const decidedBefore = prev !== null && prev.decidedAt !== null
+  const decidedNow = next.decidedAt !== null
+  next.participants.forEach((p, i) => participantEvents(prev?.participants[i], p, decidedBefore, out))
+  const messagesBefore = prev?.messageCount ?? 0
+  for (let n = messagesBefore; n < next.messageCount; n++) out.push({ kind: 'message', participant: null, detail: `message #${n + 1} enlisted` })
+  if (next.state !== 'active' && (prev === null || prev.state === 'active') && (next.state === 'preparing' || next.participants.some(p => p.vote !== null))) {
+    out.push({ kind: 'prepare', participant: null, detail: next.onePhase ? 'one-phase commit' : `${next.participants.length} participant(s) asked to prepare` })
+  }
+  if (decidedNow && !decidedBefore) {
+    out.push({ kind: 'decision', participant: null, detail: next.reason === null ? next.state : `${next.state} (${next.reason})` })
+  }
+  if (next.completedAt !== null && (prev === null || prev.completedAt === null)) out.push({ kind: 'completed', participant: null, detail: null })
+  if (prev !== null && prev.needsAttention && !next.needsAttention) out.push({ kind: 'attention-cleared', participant: null, detail: null })
+  return out
+}
+
+export class OperatorTables {
+  private readonly stmts
+
+  constructor (private readonly db: Database.Database) {
+    this.stmts = {
+      insertEvent: db.prepare('INSERT INTO tx_events (tx_id, at, kind, participant, detail) VALUES (?, ?, ?, ?, ?)'),
+      insertAudit: db.prepare('INSERT INTO audit (tx_id, action, reason, actor, at) VALUES (?, ?, ?, ?, ?)'),
+      resolveAttention: db.prepare('UPDATE attention SET resolved_at = ?, resolution = ? WHERE tx_id = ? AND resolved_at IS NULL'),
+      auditFor: db.prepare<[string], { id: number, tx_id: string, action: string, reason: string | null, actor: string, at: number }>(
+        'SELECT * FROM audit WHERE tx_id = ? ORDER BY id'),
+      eventsFor: db.prepare<[string], { id: number, tx_id: string, at: number, kind: TimelineKind, participant: string | null, detail: string | null }>(
+        'SELECT * FROM tx_events WHERE tx_id = ? ORDER BY id')
+    }
+  }
+
+  /** Inside the step's SQLite transaction: its timeline events, audit rows and attention resolution. */
+  write (prev: Transaction | null, next: Transaction, audit: NewAudit[] | undefined, resolution: string | undefined, now: number): void {
+    for (const e of timelineOf(prev, next)) this.stmts.insertEvent.run(next.id, now, e.kind, e.participant, e.detail)
+    for (const a of audit ?? []) this.stmts.insertAudit.run(next.id, a.action, a.reason, a.actor, now)
+    if (resolution !== undefined) this.stmts.resolveAttention.run(now, resolution, next.id)
+  }
+
+  audit (txId: string): AuditEntry[] {
+    return this.stmts.auditFor.all(txId).map(r => ({ id: r.id, txId: r.tx_id, action: r.action, reason: r.reason, actor: r.actor, at: r.at }))
+  }
+
+  timeline (txId: string): StoredTimelineEvent[] {
+    return this.stmts.eventsFor.all(txId).map(r => ({ id: r.id, txId: r.tx_id, at: r.at, kind: r.kind, participant: r.participant, detail: r.detail }))
+  }
+}

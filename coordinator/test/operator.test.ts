@@ -1,0 +1,221 @@
+/**
+ * Operator actions through the real API: `POST /v1/transactions/:id/retry` and `/resolve`
+ * against a real coordinator (SQLite file) and real participant servers. Status codes, stable
+ * error codes, audit rows written with the change, the decision never changing, the timeline.
+ */
+import t from 'tap'
+import Database from 'better-sqlite3'
+import { startCoordinator, startParticipant, waitFor, tempDbPath, type HttpClient, type TestCoordinator } from './support/participant.js'
+import { migrations } from '../src/log/migrations.js'
+import { CoordinatorLog } from '../src/log/store.js'
+
+interface TxView {
+  id: string
+  state: string
+  decision: string | null
+  completed: boolean
+  completedAt: string | null
+  decidedAt: string | null
+  needsAttention: boolean
+  participants: Array<{ name: string, ack: string, attempts: number, lastError: string | null, nextAttemptAt: string | null }>
+  heuristics: Array<{ participant: string | null, kind: string, resolvedAt: string | null, resolution: string | null }>
+  audit?: Array<{ action: string, reason: string | null, actor: string, at: string }>
+}
+
+async function getTx (api: HttpClient, id: string): Promise<TxView> {
+  const res = await api.get<TxView>(`/v1/transactions/${id}`)
+  if (res.status !== 200) throw new Error(`GET ${id}: ${res.status} ${res.text}`)
+  return res.body
+}
+
+/** One-shot commit with the given participants; returns the id. */
+async function commitWith (api: HttpClient, participants: Array<{ name: string, url: string }>): Promise<string> {
+  const res = await api.post<{ id: string, state: string }>('/v1/transactions', { participants, commit: true })
+  if (res.status !== 200 || res.body.state !== 'committed') throw new Error(`commit: ${res.status} ${res.text}`)
+  return res.body.id
+}
+
+function auditRows (c: TestCoordinator, id: string): Array<{ action: string, reason: string | null, actor: string }> {
+  return c.app.coordinator.log.db.prepare('SELECT action, reason, actor FROM audit WHERE tx_id = ? ORDER BY id').all(id) as any
+}
+
+function decisionRow (c: TestCoordinator, id: string): unknown {
+  return c.app.coordinator.log.db.prepare('SELECT decision, decided_at FROM decisions WHERE tx_id = ?').get(id)
+}
+
+t.test('retry: a pending participant is sent the decision now (backoff timer cancelled), audited, decision unchanged', async t => {
+  // Backoff far beyond the test's patience: only the operator's retry can deliver it.
+  const c = await startCoordinator(t, { retryBaseMs: 600_000, retryMaxMs: 600_000 })
+  const a = await startParticipant(t)
+  const b = await startParticipant(t, { phase2Failure: { status: 503, times: Infinity } })
+  const id = await commitWith(c.api, [{ name: 'a', url: a.url }, { name: 'b', url: b.url }])
+  const failed = await waitFor(async () => {
+    const tx = await getTx(c.api, id)
+    return tx.participants[0]?.ack === 'acked' && (tx.participants[1]?.attempts ?? 0) >= 1 ? tx : undefined
+  }, 5000, 'a acked, b failed once')
+  t.equal(failed.participants[1]?.ack, 'pending')
+  t.ok(Date.parse(failed.participants[1]?.nextAttemptAt ?? '') > Date.now() + 60_000, 'next automatic attempt is far away')
+  const decisionBefore = decisionRow(c, id)
+  const callsBefore = b.callsTo('commit', id).length
+
+  b.behaviour.phase2Failure = undefined // it recovers
+  const res = await c.api.post<TxView>(`/v1/transactions/${id}/retry`, undefined, { 'x-twopc-actor': 'alice' })
+  t.equal(res.status, 200, res.text)
+  t.equal(res.body.id, id)
+  t.equal(res.body.state, 'committed')
+  t.equal(res.body.decision, 'commit')
+  t.match(res.body.audit, [{ action: 'retry', actor: 'alice', reason: null }])
+  t.same(auditRows(c, id), [{ action: 'retry', reason: null, actor: 'alice' }], 'one audit row')
+
+  const done = await waitFor(async () => {
+    const tx = await getTx(c.api, id)
+    return tx.completed ? tx : undefined
+  }, 5000, 'completed after the retry')
+  t.equal(done.participants[1]?.ack, 'acked')
+  t.equal(b.state(id), 'committed')
+  t.equal(b.callsTo('commit', id).length, callsBefore + 1, 'exactly one more delivery: the operator\'s')
+  t.same(decisionRow(c, id), decisionBefore, 'the decision row never changes')
+  t.equal(done.decidedAt, failed.decidedAt)
+  t.equal((await c.api.get(`/v1/transactions/${id}/decision`)).body.decision, 'commit')
+
+  // The timeline has every step, in order.
+  const kinds = c.app.coordinator.log.operator.timeline(id).map(e => `${e.kind}${e.participant === null ? '' : ':' + e.participant}`)
+  t.same(kinds, ['begin', 'enlist:a', 'enlist:b', 'prepare', 'vote:a', 'vote:b', 'decision', 'acked:a', 'phase2-failed:b', 'retry:b', 'acked:b', 'completed'].filter(k => kinds.includes(k)))
+  for (const k of ['begin', 'enlist:a', 'vote:b', 'decision', 'phase2-failed:b', 'retry:b', 'acked:b', 'completed']) t.ok(kinds.includes(k), `timeline has ${k}`)
+  t.ok(kinds.indexOf('decision') < kinds.indexOf('phase2-failed:b') && kinds.indexOf('retry:b') < kinds.indexOf('acked:b'), 'in order')
+
+  // Nothing left to retry now: 409 with a stable code, no audit row.
+  const again = await c.api.post(`/v1/transactions/${id}/retry`)
+  t.equal(again.status, 409)
+  t.equal(again.body.code, 'NOTHING_TO_RETRY')
+  t.equal(auditRows(c, id).length, 1)
+})
+
+t.test('retry refusals: undecided, unknown, bad id; resolve refusals', async t => {
+  const c = await startCoordinator(t)
+  const begun = await c.api.post<{ id: string }>('/v1/transactions', {})
+  const id = begun.body.id
+  const r1 = await c.api.post(`/v1/transactions/${id}/retry`)
+  t.equal(r1.status, 409)
+  t.equal(r1.body.code, 'TX_NOT_DECIDED')
+  t.match(r1.body, { statusCode: 409, error: 'Conflict' })
+  const r2 = await c.api.post(`/v1/transactions/${id}/resolve`, { reason: 'x' })
+  t.equal(r2.status, 409)
+  t.equal(r2.body.code, 'TX_NOT_DECIDED')
+  const unknown = `${c.id}.${'0'.repeat(26)}`
+  const r3 = await c.api.post(`/v1/transactions/${unknown}/retry`)
+  t.equal(r3.status, 404)
+  t.equal(r3.body.code, 'TX_NOT_FOUND')
+  const r4 = await c.api.post('/v1/transactions/nope/retry')
+  t.equal(r4.status, 400)
+  t.equal(r4.body.code, 'INVALID_ID')
+  // resolve needs a reason; unknown fields are refused
+  t.equal((await c.api.post(`/v1/transactions/${id}/resolve`, {})).body.code, 'VALIDATION_FAILED')
+  t.equal((await c.api.post(`/v1/transactions/${id}/resolve`, { reason: '' })).body.code, 'VALIDATION_FAILED')
+  t.equal((await c.api.post(`/v1/transactions/${id}/resolve`, { reason: 'x', force: true })).body.code, 'VALIDATION_FAILED')
+  t.equal((await c.api.post(`/v1/transactions/${id}/retry`, undefined, { 'x-twopc-actor': 'x'.repeat(200) })).body.code, 'VALIDATION_FAILED')
+  // a clean, completed transaction: nothing to resolve
+  const empty = await c.api.post<{ id: string }>('/v1/transactions', { commit: true })
+  const r5 = await c.api.post(`/v1/transactions/${empty.body.id}/resolve`, { reason: 'x' })
+  t.equal(r5.status, 409)
+  t.equal(r5.body.code, 'NOTHING_TO_RESOLVE')
+  t.equal(c.app.coordinator.log.db.prepare('SELECT count(*) AS n FROM audit').get().n, 0, 'refused actions leave no audit row')
+  t.equal((await getTx(c.api, id)).state, 'active', 'a refused action changes nothing')
+})
+
+t.test('a heuristic participant: retry puts it back to pending and it acks; resolve then clears the attention', async t => {
+  const c = await startCoordinator(t)
+  const a = await startParticipant(t, { phase2Failure: { status: 404, times: 1, body: { code: 'TX_UNKNOWN' } } })
+  const id = await commitWith(c.api, [{ name: 'a', url: a.url }])
+  const h = await waitFor(async () => {
+    const tx = await getTx(c.api, id)
+    return tx.participants[0]?.ack === 'heuristic' ? tx : undefined
+  }, 5000, 'heuristic')
+  t.equal(h.needsAttention, true)
+  t.equal(h.completed, false)
+  const res = await c.api.post<TxView>(`/v1/transactions/${id}/retry`)
+  t.equal(res.status, 200, res.text)
+  t.match(res.body.audit, [{ action: 'retry', actor: 'api' }], 'the actor defaults to api')
+  const done = await waitFor(async () => {
+    const tx = await getTx(c.api, id)
+    return tx.completed ? tx : undefined
+  }, 5000, 'completed after retry')
+  t.equal(done.participants[0]?.ack, 'acked')
+  t.equal(a.state(id), 'committed')
+  t.equal(done.needsAttention, true, 'the flag stays until an operator resolves it')
+  t.equal(done.heuristics[0]?.resolvedAt, null)
+
+  const resolved = await c.api.post<TxView>(`/v1/transactions/${id}/resolve`, { reason: 'delivered after retry' }, { 'x-twopc-actor': 'bob' })
+  t.equal(resolved.status, 200, resolved.text)
+  t.equal(resolved.body.needsAttention, false)
+  t.equal(resolved.body.completedAt, done.completedAt, 'completion time kept')
+  t.equal(resolved.body.participants[0]?.ack, 'acked')
+  t.match(resolved.body.heuristics, [{ kind: 'heuristic', resolution: 'delivered after retry', resolvedAt: String }])
+  t.same(auditRows(c, id), [
+    { action: 'retry', reason: null, actor: 'api' },
+    { action: 'resolve', reason: 'delivered after retry', actor: 'bob' }
+  ])
+})
+
+t.test('resolve: a participant that keeps refusing is marked resolved, the transaction completed, the decision unchanged', async t => {
+  const c = await startCoordinator(t, { apiToken: 'operator-token-0123456789' })
+  const a = await startParticipant(t)
+  const b = await startParticipant(t, { phase2Failure: { status: 409, times: Infinity, body: { code: 'TX_ALREADY_ABORTED' } } })
+  const id = await commitWith(c.api, [{ name: 'a', url: a.url }, { name: 'b', url: b.url }])
+  await waitFor(async () => (await getTx(c.api, id)).participants[1]?.ack === 'heuristic', 5000, 'b heuristic')
+  const decisionBefore = decisionRow(c, id)
+
+  // behind the API token like all of /v1
+  const anonymous = await fetch(`${c.url}/v1/transactions/${id}/resolve`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"reason":"x"}' })
+  t.equal(anonymous.status, 401)
+  t.equal((await anonymous.json() as { code: string }).code, 'UNAUTHORIZED')
+  t.equal(auditRows(c, id).length, 0)
+
+  const res = await c.api.post<TxView>(`/v1/transactions/${id}/resolve`, { reason: 'payment refunded by hand (ticket 42)' })
+  t.equal(res.status, 200, res.text)
+  t.equal(res.body.state, 'committed')
+  t.equal(res.body.decision, 'commit')
+  t.equal(res.body.needsAttention, false)
+  t.equal(res.body.completed, true)
+  t.same(res.body.participants.map(p => p.ack), ['acked', 'resolved'])
+  t.equal(res.body.participants[1]?.nextAttemptAt, null)
+  t.match(res.body.heuristics, [{ participant: 'b', resolution: 'payment refunded by hand (ticket 42)', resolvedAt: String }])
+  t.same(decisionRow(c, id), decisionBefore)
+  t.same(auditRows(c, id), [{ action: 'resolve', reason: 'payment refunded by hand (ticket 42)', actor: 'api' }])
+  const row = c.app.coordinator.log.db.prepare('SELECT resolved_at, resolution FROM attention WHERE tx_id = ?').all(id) as Array<{ resolved_at: number | null }>
+  t.equal(row.length, 1)
+  t.type(row[0]?.resolved_at, 'number')
+
+  const again = await c.api.post(`/v1/transactions/${id}/resolve`, { reason: 'again' })
+  t.equal(again.status, 409)
+  t.equal(again.body.code, 'NOTHING_TO_RESOLVE')
+  const retry = await c.api.post(`/v1/transactions/${id}/retry`)
+  t.equal(retry.body.code, 'NOTHING_TO_RETRY')
+  // the list shows it completed and no longer needing attention
+  const list = await c.api.get<{ items: TxView[] }>('/v1/transactions?needsAttention=true')
+  t.equal(list.body.items.length, 0)
+})
+
+t.test('migration 3 keeps the participants of an existing log and allows the resolved state', async t => {
+  const path = tempDbPath(t)
+  const db = new Database(path)
+  db.exec('CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL) STRICT')
+  for (const m of migrations.filter(m => m.version <= 2)) {
+    db.exec(m.sql)
+    db.prepare('INSERT INTO schema_migrations VALUES (?, ?, ?)').run(m.version, m.name, 0)
+  }
+  db.prepare(`INSERT INTO transactions (id, state, created_at, updated_at, expires_at, decided_at) VALUES ('c1.X', 'committed', 1, 2, 3, 2)`).run()
+  db.prepare(`INSERT INTO participants (tx_id, position, name, url, vote, ack, attempts, last_error)
+    VALUES ('c1.X', 0, 'a', 'http://127.0.0.1:1/2pc', 'yes', 'heuristic', 2, 'refused')`).run()
+  t.throws(() => db.prepare(`UPDATE participants SET ack = 'resolved'`).run(), /CHECK/, 'v2 refuses the new state')
+  db.close()
+
+  const log = new CoordinatorLog(path)
+  t.teardown(() => log.close())
+  const tx = log.load('c1.X')
+  t.match(tx?.participants, [{ name: 'a', vote: 'yes', ack: 'heuristic', attempts: 2, lastError: 'refused' }])
+  log.db.prepare(`UPDATE participants SET ack = 'resolved'`).run()
+  t.equal(log.load('c1.X')?.participants[0]?.ack, 'resolved')
+  t.same(log.db.prepare('SELECT version FROM schema_migrations ORDER BY version').all().map((r: any) => r.version), migrations.map(m => m.version))
+  t.equal(log.db.pragma('foreign_key_check').length, 0)
+})
