@@ -24,6 +24,10 @@ import { buildService, readService } from './fixtures/sdk-services.js'
 import { amqpUrl, cleanupPrefix, listBrokerNames, requireRabbit, testPrefix } from './support/rabbit.js'
 import { startTcpProxy } from './support/tcp-proxy.js'
 
+// Two child processes that load TypeScript (slow, much slower on a loaded machine): more than
+// the default per-file timeout of .taprc.
+t.setTimeout(360_000)
+
 const SECRET = 'sdk-amqp-phase2-secret-0123'
 const ROOT = dirname(dirname(fileURLToPath(import.meta.url)))
 const FIXTURE = join(ROOT, 'test', 'fixtures', 'sdk-participant.ts')
@@ -217,7 +221,7 @@ async function startChild (env: Record<string, string>): Promise<Child> {
   })
   const port = await new Promise<number>((resolve, reject) => {
     let stdout = ''
-    const timer = setTimeout(() => reject(new Error(`participant did not start: ${stderr}`)), 30_000)
+    const timer = setTimeout(() => reject(new Error(`participant did not start: ${stderr}`)), 120_000)
     child.stdout?.on('data', chunk => {
       stdout += String(chunk)
       const match = /LISTENING (\d+)/.exec(stdout)
