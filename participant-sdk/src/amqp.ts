@@ -193,7 +193,7 @@ export class DecisionReceiver {
     // Consumers are subscribed while the link is still setting up a (re)connection, before it
     // reports 'connected' and accepts publishes: a notice that was waiting in the queue can be
     // applied in that window. Wait (bounded) for the link rather than fail the ack.
-    await this.link.waitForConnected(ACK_CONNECT_WAIT_MS).catch(() => {})
+    if (!this.#closed) await this.link.waitForConnected(ACK_CONNECT_WAIT_MS).catch(() => {})
     const { failed } = await this.link.publishBatch([{
       exchange: names.acksExchange,
       routingKey: names.acksRoutingKey,
