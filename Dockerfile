@@ -1,0 +1,49 @@
+# syntax=docker/dockerfile:1
+# One image for the coordinator and the three demo services (docker-compose.yml picks the
+# command). Multi-stage: `build` compiles TypeScript with the dev dependencies, `deps` installs
+# the production dependencies only (npm ci --omit=dev) and compiles better-sqlite3, `runtime`
+# gets both results and runs as the non-root `node` user.
+ARG NODE_IMAGE=node:20-bookworm-slim
+
+FROM ${NODE_IMAGE} AS toolchain
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 make g++ ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+
+FROM toolchain AS build
+COPY . .
+# `prepare` (tsc -b) builds every workspace's dist/.
+RUN npm ci --no-audit --no-fund
+
+FROM toolchain AS deps
+COPY package.json package-lock.json ./
+COPY protocol/package.json protocol/
+COPY coordinator/package.json coordinator/
+COPY participant-sdk/package.json participant-sdk/
+COPY demo-services/package.json demo-services/
+COPY test/package.json test/
+# --ignore-scripts: the root `prepare` needs TypeScript (a dev dependency); the native module is
+# compiled explicitly instead.
+RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
+ && npm rebuild better-sqlite3 \
+ && npm cache clean --force
+
+FROM ${NODE_IMAGE} AS runtime
+ENV NODE_ENV=production
+WORKDIR /app
+COPY --from=deps /app/node_modules ./node_modules
+COPY --from=deps /app/package.json ./package.json
+COPY --from=build /app/protocol/package.json ./protocol/package.json
+COPY --from=build /app/protocol/dist ./protocol/dist
+COPY --from=build /app/coordinator/package.json ./coordinator/package.json
+COPY --from=build /app/coordinator/dist ./coordinator/dist
+COPY --from=build /app/participant-sdk/package.json ./participant-sdk/package.json
+COPY --from=build /app/participant-sdk/dist ./participant-sdk/dist
+COPY --from=build /app/demo-services/package.json ./demo-services/package.json
+COPY --from=build /app/demo-services/dist ./demo-services/dist
+# The SQLite files live in /data (a volume per service in docker-compose.yml), owned by `node`.
+RUN mkdir -p /data && chown node:node /data
+USER node
+EXPOSE 7070 3001 3002 3003
+CMD ["node", "coordinator/dist/bin.js"]
