@@ -1,0 +1,163 @@
+// Aggregation over repetitions (median, min, max) and the RESULTS.md renderer.
+
+const PROCS = ['coordinator', 'inventory', 'payment', 'fanout', 'loadgen']
+
+/** @param {number[]} xs */
+function stats (xs) {
+  const v = xs.filter(x => typeof x === 'number' && Number.isFinite(x)).sort((a, b) => a - b)
+  if (v.length === 0) return null
+  const mid = Math.floor(v.length / 2)
+  const median = v.length % 2 === 1 ? /** @type {number} */ (v[mid]) : (/** @type {number} */ (v[mid - 1]) + /** @type {number} */ (v[mid])) / 2
+  return { median, min: /** @type {number} */ (v[0]), max: /** @type {number} */ (v[v.length - 1]), n: v.length }
+}
+
+/** @param {any[]} rows @param {{ modes: string[], concurrency: number[] }} cfg */
+export function aggregate (rows, cfg) {
+  const groups = []
+  for (const concurrency of cfg.concurrency) {
+    for (const mode of cfg.modes) {
+      const rs = rows.filter(r => r.mode === mode && r.concurrency === concurrency)
+      if (rs.length === 0) continue
+      /** @type {Record<string, any>} */ const cpuPct = {}
+      /** @type {Record<string, any>} */ const cpuUsPerTx = {}
+      /** @type {Record<string, any>} */ const fsyncPerTx = {}
+      for (const p of PROCS) {
+        cpuPct[p] = stats(rs.map(r => r.cpuPct[p]))
+        cpuUsPerTx[p] = stats(rs.map(r => r.cpuUsPerTx[p]))
+      }
+      for (const p of ['coordinator', 'inventory', 'payment', 'total']) fsyncPerTx[p] = stats(rs.map(r => r.fsyncPerTx[p]))
+      groups.push({
+        mode,
+        concurrency,
+        reps: rs.length,
+        txPerSec: stats(rs.map(r => r.txPerSec)),
+        latencyMs: { p50: stats(rs.map(r => r.latencyMs.p50)), p99: stats(rs.map(r => r.latencyMs.p99)), p999: stats(rs.map(r => r.latencyMs.p999)) },
+        cpuPct,
+        cpuUsPerTx,
+        fsyncPerTx,
+        committed: rs.reduce((s, r) => s + r.committed, 0),
+        aborted: rs.reduce((s, r) => s + r.aborted, 0),
+        errors: rs.reduce((s, r) => s + r.errors, 0),
+        firstError: rs.find(r => r.firstError !== undefined)?.firstError
+      })
+    }
+  }
+  return groups
+}
+
+const n0 = (/** @type {number} */ v) => v.toFixed(0)
+const lat = (/** @type {number} */ v) => v < 10 ? v.toFixed(2) : v.toFixed(1)
+const f2 = (/** @type {number} */ v) => v.toFixed(2)
+/** median (min–max) */
+function mm (/** @type {any} */ s, f = n0, spread = true) {
+  if (s === null || s === undefined) return '–'
+  if (!spread || s.n < 2) return f(s.median)
+  return `${f(s.median)} <sub>${f(s.min)}–${f(s.max)}</sub>`
+}
+const MODE_NAMES = /** @type {Record<string, string>} */ ({ oneshot: '2PC one-shot', interactive: '2PC interactive', baseline: 'baseline fan-out' })
+
+/** @param {any} r results.json */
+export function renderMarkdown (r) {
+  const L = []
+  const m = r.machine
+  const c = r.config
+  const groups = /** @type {any[]} */ (r.groups)
+  const g = (/** @type {string} */ mode, /** @type {number} */ conc) => groups.find(x => x.mode === mode && x.concurrency === conc)
+  L.push('# fastify-2pc benchmark results', '')
+  L.push(`Run ${r.date} (until ${r.finishedAt}) with \`npm run bench\` — see [README.md](README.md) for the method.`, '')
+  L.push('| machine | |', '| --- | --- |')
+  L.push(`| CPU | ${m.cores} cores, ${m.cpuModel} |`)
+  L.push(`| memory | ${m.memoryGb} GB |`)
+  L.push(`| Node.js | ${m.node} |`)
+  if (m.git) L.push(`| code | ${m.git.commit.slice(0, 12)}${m.git.dirty ? ' + uncommitted changes in coordinator/participant-sdk/protocol' : ''} |`)
+  L.push(`| kernel | ${m.kernel} |`)
+  L.push(`| SQLite files on | ${m.dataDirFs} |`)
+  L.push(`| load average before / after (1, 5, 15 min) | ${m.loadBefore.map(f2).join(' ')} / ${(m.loadAfter ?? []).map(f2).join(' ')} |`)
+  L.push('')
+  L.push(`Settings: ${c.reps} windows × ${c.durationS} s after a ${c.warmupS} s warm-up, per mode and concurrency; ` +
+    `signatures ${c.secret ? 'on (TWOPC_SECRET: every callback HMAC-signed and checked)' : 'off'}; LOG_LEVEL=${c.logLevel}; ` +
+    `fsyncs ${c.strace ? 'counted with strace (seccomp-bpf filter: one ptrace stop per fsync)' : 'not counted'}. ` +
+    'Figures are the median over the windows, with min–max in small print.', '')
+
+  L.push('## Throughput and latency', '')
+  L.push('| path | clients | committed tx/s | p50 ms | p99 ms | p99.9 ms | aborted | errors |', '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
+  for (const x of groups) {
+    L.push(`| ${MODE_NAMES[x.mode]} | ${x.concurrency} | ${mm(x.txPerSec)} | ${mm(x.latencyMs.p50, lat)} | ${mm(x.latencyMs.p99, lat)} | ${mm(x.latencyMs.p999, lat)} | ${x.aborted} | ${x.errors}${x.firstError ? ` (${String(x.firstError).slice(0, 80).replace(/\|/g, '/')})` : ''} |`)
+  }
+  L.push('')
+
+  L.push('## 2PC against the baseline', '')
+  L.push('Ratio of the median throughputs measured in this run.', '')
+  L.push('| clients | one-shot tx/s | interactive tx/s | baseline req/s | one-shot / baseline | interactive / baseline | interactive / one-shot |', '| ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
+  for (const conc of c.concurrency) {
+    const o = g('oneshot', conc)?.txPerSec?.median
+    const i = g('interactive', conc)?.txPerSec?.median
+    const b = g('baseline', conc)?.txPerSec?.median
+    const ratio = (/** @type {number | undefined} */ a, /** @type {number | undefined} */ d) => a !== undefined && d !== undefined && d > 0 ? f2(a / d) : '–'
+    L.push(`| ${conc} | ${o === undefined ? '–' : n0(o)} | ${i === undefined ? '–' : n0(i)} | ${b === undefined ? '–' : n0(b)} | ${ratio(o, b)} | ${ratio(i, b)} | ${ratio(i, o)} |`)
+  }
+  L.push('')
+
+  L.push('## CPU per process', '')
+  L.push('Percent of one core over the window (utime+stime from /proc, all threads), and CPU µs per committed transaction.', '')
+  L.push('| path | clients | coordinator % | inventory % | payment % | fan-out % | load gen % | CPU µs/tx coordinator | participants (sum) | all processes |', '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
+  for (const x of groups) {
+    const us = (/** @type {string} */ p) => x.cpuUsPerTx[p]?.median ?? 0
+    const parts = us('inventory') + us('payment')
+    const all = PROCS.reduce((s, p) => s + us(p), 0)
+    L.push(`| ${MODE_NAMES[x.mode]} | ${x.concurrency} | ${mm(x.cpuPct.coordinator)} | ${mm(x.cpuPct.inventory)} | ${mm(x.cpuPct.payment)} | ${mm(x.cpuPct.fanout)} | ${mm(x.cpuPct.loadgen)} | ${x.mode === 'baseline' ? '–' : n0(us('coordinator'))} | ${n0(parts)} | ${n0(all)} |`)
+  }
+  L.push('')
+
+  if (c.strace) {
+    L.push('## Log flushes (fsync + fdatasync) per committed transaction', '')
+    L.push('| path | clients | coordinator | inventory | payment | total |', '| --- | ---: | ---: | ---: | ---: | ---: |')
+    for (const x of groups) {
+      L.push(`| ${MODE_NAMES[x.mode]} | ${x.concurrency} | ${mm(x.fsyncPerTx.coordinator, f2)} | ${mm(x.fsyncPerTx.inventory, f2)} | ${mm(x.fsyncPerTx.payment, f2)} | ${mm(x.fsyncPerTx.total, f2)} |`)
+    }
+    L.push('')
+  }
+
+  L.push('## Targets (issue 7; measured, not asserted)', '')
+  L.push('| target | measured | met |', '| --- | --- | :---: |')
+  const maxC = Math.max(...c.concurrency)
+  const o64 = g('oneshot', 64)
+  const b64 = g('baseline', 64)
+  const o1 = g('oneshot', 1)
+  const yes = (/** @type {boolean} */ ok) => ok ? 'yes' : '**no**'
+  if (o64) {
+    L.push(`| one-shot, 64 clients: ≥ 3,000 committed tx/s | ${n0(o64.txPerSec.median)} tx/s | ${yes(o64.txPerSec.median >= 3000)} |`)
+    if (b64) L.push(`| one-shot, 64 clients: ≥ 0.35 of the baseline | ${f2(o64.txPerSec.median / b64.txPerSec.median)} | ${yes(o64.txPerSec.median / b64.txPerSec.median >= 0.35)} |`)
+    L.push(`| one-shot, 64 clients: p99 ≤ 50 ms | ${lat(o64.latencyMs.p99.median)} ms | ${yes(o64.latencyMs.p99.median <= 50)} |`)
+  }
+  if (o1) L.push(`| one-shot, 1 client: p50 ≤ 2 ms | ${lat(o1.latencyMs.p50.median)} ms | ${yes(o1.latencyMs.p50.median <= 2)} |`)
+  if (r.rss) L.push(`| coordinator RSS ≤ 150 MB after 100,000 transactions | ${n0(r.rss.maxMb)} MB max over ${r.rss.transactions} tx | ${r.rss.transactions >= 100000 ? yes(r.rss.maxMb <= 150) : 'n/a (fewer tx)'} |`)
+  else L.push('| coordinator RSS ≤ 150 MB after 100,000 transactions | not run (`--rss 100000`) | – |')
+  if (maxC !== 64) L.push('', `(the run's highest concurrency was ${maxC})`)
+  L.push('')
+
+  if (r.rss) {
+    L.push('## Coordinator RSS', '')
+    L.push(`${r.rss.transactions} one-shot transactions at ${r.rss.concurrency} clients (${r.rss.run.seconds.toFixed(0)} s, ${r.rss.run.errors} errors); fresh coordinator and log. Retention pruning is not built yet (issue 8): completed transactions stay in the log.`, '')
+    L.push('| transactions | RSS MB | at s |', '| ---: | ---: | ---: |')
+    for (const s of r.rss.samples) L.push(`| ${s.transactions} | ${s.rssMb.toFixed(1)} | ${s.seconds.toFixed(0)} |`)
+    L.push(`| after phase 2 drained (+2 s) | ${r.rss.afterDrainMb.toFixed(1)} | |`, '')
+  }
+
+  if (r.profile) {
+    const p = r.profile
+    L.push('## Where the coordinator\'s time goes (`node --cpu-prof`)', '')
+    L.push(`One-shot path, ${p.concurrency} clients, ${p.seconds} s (${p.txPerSec === undefined ? '?' : n0(p.txPerSec)} tx/s under the profiler; signatures ${c.secret ? 'on' : 'off'}). ` +
+      `Profile: \`${p.file}\` (not committed). Measured window only (${p.wallMs} ms; start-up, warm-up and shutdown left out): ${p.sampledMs} ms sampled, idle ${p.idleMs} ms, busy ${p.busyMs} ms; percentages are of busy time. ` +
+      'Native time inside a binding (better-sqlite3\'s `run`, including the fsync it waits for) is charged to that binding\'s frame.', '')
+    L.push('Self time by module:', '')
+    L.push('| module | ms | % busy |', '| --- | ---: | ---: |')
+    for (const x of p.topModules) L.push(`| ${x.name} | ${x.ms} | ${x.pctOfBusy} |`)
+    L.push('', 'Top functions by self time:', '')
+    L.push('| function | ms | % busy |', '| --- | ---: | ---: |')
+    for (const x of p.topFunctions) L.push(`| \`${x.name}\` | ${x.ms} | ${x.pctOfBusy} |`)
+    L.push('')
+    L.push('<!-- analysis -->', '')
+  }
+  return L.join('\n')
+}

@@ -1,0 +1,377 @@
+#!/usr/bin/env node
+// `npm run bench [-- flags]`: the fastify-2pc benchmark. See bench/README.md.
+import { fork, execFileSync } from 'node:child_process'
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync, readdirSync, readFileSync } from 'node:fs'
+import { cpus, tmpdir, release, loadavg, totalmem } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { parseArgs } from 'node:util'
+import { ServerProcess, freePort, rssMb, started, straceAvailable } from './lib/cluster.mjs'
+import { summarizeProfile } from './lib/profile.mjs'
+import { renderMarkdown, aggregate } from './lib/report.mjs'
+
+const HERE = fileURLToPath(new URL('.', import.meta.url))
+const ROOT = join(HERE, '..')
+
+const { values: flags } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    duration: { type: 'string' },
+    warmup: { type: 'string' },
+    reps: { type: 'string' },
+    concurrency: { type: 'string' },
+    modes: { type: 'string' },
+    rss: { type: 'string' },
+    'rss-concurrency': { type: 'string', default: '64' },
+    profile: { type: 'string' },
+    strace: { type: 'boolean', default: true },
+    'no-strace': { type: 'boolean', default: false },
+    secret: { type: 'boolean', default: true },
+    'no-secret': { type: 'boolean', default: false },
+    'log-level': { type: 'string', default: 'warn' },
+    'data-dir': { type: 'string' },
+    out: { type: 'string' },
+    help: { type: 'boolean', default: false }
+  }
+})
+
+if (flags.help) {
+  process.stdout.write(`npm run bench -- [flags]
+  --quick                smoke run: 2 s windows, 0.5 s warm-up, 1 rep, 3 s profile; writes to bench/.out/
+  --duration <s>         length of one measured window (10)
+  --warmup <s>           warm-up before the windows of each mode × concurrency (3)
+  --reps <n>             measured windows per mode × concurrency (3)
+  --concurrency <list>   closed-loop clients (1,16,64)
+  --modes <list>         oneshot,interactive,baseline
+  --profile <s>          coordinator --cpu-prof run, one-shot at the highest concurrency (10; 0 = skip)
+  --rss <n>              also: one-shot run of n transactions, coordinator RSS every 10% (0 = skip)
+  --rss-concurrency <c>  concurrency of the RSS run (64)
+  --no-strace            do not count fsyncs (strace adds a ptrace stop per fsync)
+  --no-secret            unsigned callbacks (default: TWOPC_SECRET set, every callback HMAC-signed)
+  --log-level <lvl>      coordinator and participants LOG_LEVEL (warn: no per-request logs)
+  --data-dir <dir>       where the SQLite files go (default: a new dir under the OS temp dir)
+  --out <dir>            where RESULTS.md and results.json go (bench/, or bench/.out/ with --quick)
+`)
+  process.exit(0)
+}
+
+const quick = flags.quick
+const num = (/** @type {string | undefined} */ v, /** @type {number} */ d) => v === undefined ? d : Number(v)
+const cfg = {
+  quick,
+  durationS: num(flags.duration, quick ? 2 : 10),
+  warmupS: num(flags.warmup, quick ? 0.5 : 3),
+  reps: num(flags.reps, quick ? 1 : 3),
+  concurrency: (flags.concurrency ?? '1,16,64').split(',').map(Number),
+  modes: (flags.modes ?? 'oneshot,interactive,baseline').split(','),
+  profileS: num(flags.profile, quick ? 3 : 10),
+  rss: num(flags.rss, 0),
+  rssConcurrency: Number(flags['rss-concurrency']),
+  strace: flags.strace && !flags['no-strace'],
+  secret: flags.secret && !flags['no-secret'],
+  logLevel: flags['log-level'] ?? 'warn'
+}
+for (const [k, v] of Object.entries(cfg)) {
+  if (typeof v === 'number' && !(v >= 0)) throw new Error(`bad --${k}: ${v}`)
+}
+if (cfg.concurrency.some(c => !Number.isInteger(c) || c < 1)) throw new Error('bad --concurrency')
+for (const m of cfg.modes) if (!['oneshot', 'interactive', 'baseline'].includes(m)) throw new Error(`bad mode ${m}`)
+if (cfg.strace && !straceAvailable()) {
+  process.stderr.write('bench: strace (with --seccomp-bpf) is not available: fsyncs are not counted (apt-get install strace)\n')
+  cfg.strace = false
+}
+
+const outDir = flags.out ?? (quick ? join(HERE, '.out') : HERE)
+mkdirSync(outDir, { recursive: true })
+const dataDir = flags['data-dir'] ?? mkdtempSync(join(tmpdir(), 'fastify-2pc-bench-'))
+mkdirSync(dataDir, { recursive: true })
+const ownDataDir = flags['data-dir'] === undefined
+const log = (/** @type {string} */ s) => process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${s}\n`)
+
+// ---- cleanup: whatever happens, no process outlives the bench -------------------------------
+function killAll () { for (const p of started) p.kill() }
+process.on('exit', () => {
+  killAll()
+  if (ownDataDir) { try { rmSync(dataDir, { recursive: true, force: true }) } catch {} }
+})
+for (const signal of /** @type {const} */ (['SIGINT', 'SIGTERM', 'SIGHUP'])) {
+  process.once(signal, () => { log(`${signal}: stopping`); killAll(); process.exit(130) })
+}
+
+// ---- the processes ---------------------------------------------------------------------------
+const SECRET = 'bench-secret-0123456789abcdef'
+let clusterNo = 0
+
+/**
+ * @param {{ strace: boolean, coordinatorNodeArgs?: string[] }} o
+ */
+async function startCluster (o) {
+  const n = ++clusterNo
+  const dir = join(dataDir, `run${n}`)
+  mkdirSync(dir, { recursive: true })
+  const [cPort, iPort, pPort, fPort] = [await freePort(), await freePort(), await freePort(), await freePort()]
+  const coordinatorUrl = `http://127.0.0.1:${cPort}`
+  const secretEnv = cfg.secret ? { TWOPC_SECRET: SECRET } : {}
+  const coordinator = new ServerProcess({
+    name: 'coordinator',
+    script: 'coordinator-entry.mjs',
+    nodeArgs: o.coordinatorNodeArgs ?? [],
+    ...(o.strace ? { strace: join(dir, 'coordinator.strace') } : {}),
+    cwd: dir,
+    env: { PORT: String(cPort), HOST: '127.0.0.1', TWOPC_DB: join(dir, 'coordinator.db'), LOG_LEVEL: cfg.logLevel, TWOPC_COORDINATOR_ID: 'bench', ...secretEnv }
+  })
+  started.add(coordinator)
+  const participant = (/** @type {string} */ name, /** @type {number} */ port) => {
+    const p = new ServerProcess({
+      name,
+      script: 'participant.mjs',
+      ...(o.strace ? { strace: join(dir, `${name}.strace`) } : {}),
+      env: { NAME: name, PORT: String(port), DB_PATH: join(dir, `${name}.db`), COORDINATOR_URL: coordinatorUrl, LOG_LEVEL: cfg.logLevel, ...secretEnv }
+    })
+    started.add(p)
+    return p
+  }
+  const inventory = participant('inventory', iPort)
+  const payment = participant('payment', pPort)
+  const fanout = new ServerProcess({
+    name: 'fanout',
+    script: 'fanout.mjs',
+    env: { PORT: String(fPort), TARGETS: JSON.stringify([`http://127.0.0.1:${iPort}`, `http://127.0.0.1:${pPort}`]), CONNECTIONS: '64' }
+  })
+  started.add(fanout)
+  await Promise.all([
+    coordinator.ready(`${coordinatorUrl}/readyz`),
+    inventory.ready(`http://127.0.0.1:${iPort}/healthz`),
+    payment.ready(`http://127.0.0.1:${pPort}/healthz`),
+    fanout.ready(`http://127.0.0.1:${fPort}/healthz`)
+  ])
+  const loadgen = fork(join(HERE, 'lib', 'loadgen.mjs'), [], { env: { ...process.env, BENCH_PARENT_PID: String(process.pid) }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+  const loadgenHandle = { kill () { try { loadgen.kill('SIGKILL') } catch {} } }
+  started.add(loadgenHandle)
+  const servers = { coordinator, inventory, payment, fanout }
+  return {
+    dir,
+    strace: o.strace,
+    servers,
+    loadgen,
+    coordinatorUrl,
+    fanoutUrl: `http://127.0.0.1:${fPort}`,
+    participants: [{ name: 'inventory', url: `http://127.0.0.1:${iPort}/2pc` }, { name: 'payment', url: `http://127.0.0.1:${pPort}/2pc` }],
+    async stop () {
+      loadgen.disconnect()
+      await Promise.all(Object.values(servers).map(s => s.stop()))
+      started.delete(loadgenHandle)
+      for (const s of Object.values(servers)) started.delete(s)
+    }
+  }
+}
+
+/** @typedef {Awaited<ReturnType<typeof startCluster>>} Cluster */
+
+function snapshot (/** @type {Cluster} */ cluster) {
+  const at = performance.now()
+  /** @type {Record<string, { cpu: number, fsync: number | null }>} */
+  const procs = {}
+  for (const [name, s] of Object.entries(cluster.servers)) procs[name] = s.sample()
+  return { at, procs }
+}
+
+/**
+ * Runs one mode at one concurrency: warm-up, then `reps` windows; per window the load
+ * generator's figures plus CPU and fsyncs of every server process over the same window.
+ * @param {Cluster} cluster @param {string} mode @param {number} concurrency
+ * @param {{ warmupMs: number, durationMs: number, reps: number }} t
+ */
+async function runLoad (cluster, mode, concurrency, t) {
+  const origin = mode === 'baseline' ? cluster.fanoutUrl : cluster.coordinatorUrl
+  /** @type {any[]} */
+  const reps = []
+  /** @type {ReturnType<typeof snapshot> | undefined} */
+  let before
+  await new Promise((resolve, reject) => {
+    const onMessage = (/** @type {any} */ msg) => {
+      if (msg.type === 'mark') before = snapshot(cluster)
+      else if (msg.type === 'rep') {
+        const after = snapshot(cluster)
+        const b = /** @type {ReturnType<typeof snapshot>} */ (before)
+        const seconds = (after.at - b.at) / 1000
+        const f = msg.figures
+        /** @type {Record<string, number>} */ const cpuPct = {}
+        /** @type {Record<string, number>} */ const cpuUsPerTx = {}
+        /** @type {Record<string, number | null>} */ const fsyncPerTx = {}
+        let fsyncTotal = 0
+        for (const name of Object.keys(after.procs)) {
+          const a = /** @type {{ cpu: number, fsync: number | null }} */ (after.procs[name])
+          const bb = /** @type {{ cpu: number, fsync: number | null }} */ (b.procs[name])
+          const cpu = a.cpu - bb.cpu
+          cpuPct[name] = 100 * cpu / seconds
+          cpuUsPerTx[name] = f.committed > 0 ? 1e6 * cpu / (f.txPerSec * seconds) : NaN
+          if (a.fsync !== null && bb.fsync !== null) {
+            const d = a.fsync - bb.fsync
+            fsyncTotal += d
+            fsyncPerTx[name] = f.committed > 0 ? d / (f.txPerSec * seconds) : null
+          } else fsyncPerTx[name] = null
+        }
+        cpuPct.loadgen = 100 * (f.loadgenCpuMs / 1000) / f.seconds
+        cpuUsPerTx.loadgen = f.committed > 0 ? 1000 * f.loadgenCpuMs / f.committed : NaN
+        fsyncPerTx.total = cluster.strace && f.committed > 0 ? fsyncTotal / (f.txPerSec * seconds) : null
+        const row = { mode, concurrency, rep: msg.rep, ...f, cpuPct, cpuUsPerTx, fsyncPerTx }
+        reps.push(row)
+        log(`${mode.padEnd(11)} c=${String(concurrency).padEnd(3)} rep ${msg.rep + 1}/${t.reps}: ${f.txPerSec.toFixed(0)} tx/s, p50 ${fmt(f.latencyMs.p50)} p99 ${fmt(f.latencyMs.p99)} ms, ` +
+          `cpu% c/i/p/f/l ${['coordinator', 'inventory', 'payment', 'fanout', 'loadgen'].map(n => (cpuPct[n] ?? 0).toFixed(0)).join('/')}, ` +
+          `fsync/tx ${fsyncPerTx.total?.toFixed(2) ?? '-'}${f.errors > 0 ? `, ${f.errors} errors (${f.firstError})` : ''}${f.aborted > 0 ? `, ${f.aborted} aborted` : ''}`)
+      } else if (msg.type === 'done') { cluster.loadgen.off('message', onMessage); resolve(undefined) } else if (msg.type === 'error') { cluster.loadgen.off('message', onMessage); reject(new Error(msg.message)) }
+    }
+    cluster.loadgen.on('message', onMessage)
+    cluster.loadgen.send({ type: 'run', mode, concurrency, origin, participants: cluster.participants, ...t })
+  })
+  return reps
+}
+
+const fmt = (/** @type {number | null} */ v) => v === null ? '-' : v < 10 ? v.toFixed(2) : v.toFixed(1)
+const sleep = (/** @type {number} */ ms) => new Promise(resolve => setTimeout(resolve, ms))
+
+/** Waits until phase 2 of everything committed so far is applied (no reservation left 'reserved'). */
+async function drainPhase2 (/** @type {Cluster} */ cluster, timeoutMs = 30_000) {
+  const deadline = Date.now() + timeoutMs
+  while (Date.now() < deadline) {
+    let pending = 0
+    for (const p of cluster.participants) {
+      const res = await fetch(p.url.replace(/\/2pc$/, '/bench/counts'))
+      pending += /** @type {{ reserved: number }} */ (await res.json()).reserved
+    }
+    if (pending === 0) return
+    await sleep(100)
+  }
+  log('phase 2 not drained after 30 s')
+}
+
+// ---- the run ---------------------------------------------------------------------------------
+const machine = {
+  cores: cpus().length,
+  cpuModel: cpus()[0]?.model ?? 'unknown',
+  memoryGb: Math.round(totalmem() / 2 ** 30),
+  node: process.version,
+  kernel: release(),
+  dataDirFs: fsTypeOf(dataDir),
+  git: gitState(),
+  loadBefore: loadavg()
+}
+function gitState () {
+  try {
+    const commit = execFileSync('git', ['rev-parse', 'HEAD'], { cwd: ROOT }).toString().trim()
+    const dirty = execFileSync('git', ['status', '--porcelain', '--', 'coordinator/src', 'participant-sdk/src', 'protocol/src'], { cwd: ROOT }).toString().trim() !== ''
+    return { commit, dirty }
+  } catch { return undefined }
+}
+function fsTypeOf (/** @type {string} */ path) {
+  // The longest mount point that is a prefix of the path.
+  let best = { mount: '', type: 'unknown' }
+  try {
+    for (const line of readFileSync('/proc/mounts', 'utf8').split('\n')) {
+      const [, mount, type] = line.split(' ')
+      if (mount !== undefined && type !== undefined && (path === mount || path.startsWith(mount.endsWith('/') ? mount : mount + '/')) && mount.length >= best.mount.length) best = { mount, type }
+    }
+  } catch {}
+  return best.type
+}
+
+const startedAt = new Date()
+log(`data in ${dataDir} (${machine.dataDirFs}); ${machine.cores} cores, ${machine.cpuModel}, node ${machine.node}; load ${machine.loadBefore.map(l => l.toFixed(2)).join(' ')}`)
+log(`windows ${cfg.reps} × ${cfg.durationS} s after ${cfg.warmupS} s warm-up; concurrency ${cfg.concurrency.join(',')}; modes ${cfg.modes.join(',')}; fsync counting ${cfg.strace ? 'on (strace)' : 'off'}; signatures ${cfg.secret ? 'on' : 'off'}`)
+
+/** @type {any[]} */
+const rows = []
+{
+  const cluster = await startCluster({ strace: cfg.strace })
+  try {
+    for (const concurrency of cfg.concurrency) {
+      for (const mode of cfg.modes) {
+        rows.push(...await runLoad(cluster, mode, concurrency, { warmupMs: cfg.warmupS * 1000, durationMs: cfg.durationS * 1000, reps: cfg.reps }))
+        if (mode !== 'baseline') await drainPhase2(cluster)
+      }
+    }
+  } finally {
+    await cluster.stop()
+  }
+}
+
+/** @type {any} */
+let profile = null
+if (cfg.profileS > 0) {
+  const profDir = join(outDir === HERE ? join(HERE, '.out') : outDir, 'profile')
+  rmSync(profDir, { recursive: true, force: true })
+  mkdirSync(profDir, { recursive: true })
+  const concurrency = Math.max(...cfg.concurrency)
+  log(`profile: coordinator under --cpu-prof, one-shot, c=${concurrency}, ${cfg.profileS} s`)
+  const cluster = await startCluster({ strace: false, coordinatorNodeArgs: ['--cpu-prof', '--cpu-prof-dir', profDir] })
+  let figures
+  /** @type {{ start: number, end: number }} */
+  const window = { start: 0, end: 0 }
+  const mark = (/** @type {any} */ msg) => {
+    if (msg.type === 'mark') window.start = Date.now()
+    else if (msg.type === 'rep') window.end = Date.now()
+  }
+  cluster.loadgen.on('message', mark)
+  let exitedAt = 0
+  try {
+    figures = await runLoad(cluster, 'oneshot', concurrency, { warmupMs: cfg.quick ? 1000 : 3000, durationMs: cfg.profileS * 1000, reps: 1 })
+  } finally {
+    cluster.loadgen.off('message', mark)
+    void cluster.servers.coordinator.exit.then(() => { exitedAt = Date.now() })
+    await cluster.stop()
+  }
+  const file = readdirSync(profDir).find(f => f.endsWith('.cpuprofile'))
+  if (file === undefined) log('profile: no .cpuprofile written')
+  else {
+    // Only the samples of the measured window: the profile ends when the process exits, so the
+    // window is located by its distance from the exit (start-up, warm-up and shutdown left out).
+    const windowFromEndUs = { from: (exitedAt - window.start) * 1000, to: (exitedAt - window.end) * 1000 }
+    profile = { file: join(profDir, file).replace(ROOT + '/', ''), concurrency, seconds: cfg.profileS, txPerSec: figures[0]?.txPerSec, ...summarizeProfile(join(profDir, file), ROOT, windowFromEndUs) }
+  }
+}
+
+/** @type {any} */
+let rss = null
+if (cfg.rss > 0) {
+  log(`rss: ${cfg.rss} one-shot transactions at c=${cfg.rssConcurrency}`)
+  const cluster = await startCluster({ strace: false })
+  try {
+    const pid = /** @type {number} */ (cluster.servers.coordinator.pid)
+    const samples = [{ transactions: 0, rssMb: rssMb(pid), seconds: 0 }]
+    const every = Math.max(1, Math.round(cfg.rss / 10))
+    const done = await new Promise((resolve, reject) => {
+      cluster.loadgen.on('message', (/** @type {any} */ msg) => {
+        if (msg.type === 'progress') {
+          samples.push({ transactions: msg.committed, rssMb: rssMb(pid), seconds: msg.seconds })
+          log(`rss: ${msg.committed} tx, coordinator RSS ${rssMb(pid).toFixed(1)} MB`)
+        } else if (msg.type === 'done') resolve(msg)
+        else if (msg.type === 'error') reject(new Error(msg.message))
+      })
+      cluster.loadgen.send({ type: 'count', mode: 'oneshot', concurrency: cfg.rssConcurrency, origin: cluster.coordinatorUrl, participants: cluster.participants, total: cfg.rss, progressEvery: every })
+    })
+    await drainPhase2(cluster)
+    await sleep(2000)
+    const settled = rssMb(pid)
+    rss = { transactions: cfg.rss, concurrency: cfg.rssConcurrency, samples, afterDrainMb: settled, maxMb: Math.max(settled, ...samples.map(s => s.rssMb)), run: done }
+    log(`rss: after drain ${settled.toFixed(1)} MB`)
+  } finally {
+    await cluster.stop()
+  }
+}
+
+machine.loadAfter = loadavg()
+const results = {
+  date: startedAt.toISOString(),
+  finishedAt: new Date().toISOString(),
+  machine,
+  config: cfg,
+  groups: aggregate(rows, cfg),
+  reps: rows,
+  profile,
+  rss
+}
+writeFileSync(join(outDir, 'results.json'), JSON.stringify(results, null, 2) + '\n')
+writeFileSync(join(outDir, 'RESULTS.md'), renderMarkdown(results))
+log(`wrote ${join(outDir, 'RESULTS.md')} and results.json`)
+process.exit(0)
