@@ -434,7 +434,17 @@ export class Engine {
     let after = ''
     for (;;) {
       const ids = page(after)
-      for (const id of ids) this.feed(id, { type: 'recovered', now: this.now() })
+      const durable: Array<Promise<void>> = []
+      for (const id of ids) {
+        try {
+          const r = this.apply(id, { type: 'recovered', now: this.now() })
+          if (r.ok && r.durable !== undefined) durable.push(r.durable.catch(() => {}))
+        } catch (err) {
+          this.logger.error({ txid: id, err }, 'could not recover a transaction')
+        }
+      }
+      // Readiness and `coordinator.started` come after recovery's own decisions are on disk.
+      await Promise.all(durable)
       count += ids.length
       if (ids.length < PAGE) return count
       after = ids[ids.length - 1] as string

@@ -157,12 +157,12 @@ t.test('a participant that does not answer prepare in time aborts the transactio
 t.test('a transaction never committed is aborted by the sweeper when it expires', async t => {
   const c = await startCoordinator(t)
   const p = await startParticipant(t)
-  const id = await begin(c.api, [['p', p]], 300)
+  const id = await begin(c.api, [['p', p]], 1500)
   t.equal((await getTx(c.api, id)).state, 'active')
   const tx = await waitFor(async () => {
     const x = await getTx(c.api, id)
     return x.state === 'aborted' ? x : undefined
-  }, 3000, 'expiry abort')
+  }, 8000, 'expiry abort')
   t.equal(tx.reason, 'timeout')
   t.equal(tx.decision, 'abort')
   t.equal(tx.completed, true, 'never asked to prepare: nobody to tell')
