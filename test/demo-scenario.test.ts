@@ -76,5 +76,5 @@ t.test('npm start: the scenario ends consistent, before and after payment is SIG
   t.equal(report.kill?.service, 'payment', 'payment was killed')
   t.ok(report.kill?.restartedPid !== undefined, 'and restarted')
   t.ok(report.results.slice(-2).every(r => r.state === 'committed'), 'orders placed after the restart succeed')
-  t.ok(report.results.slice(-4, -2).every(r => r.state === 'aborted' && /payment unreachable/.test(r.rejected ?? '')), 'orders while payment is down are rejected, saying why')
+  t.ok(report.results.slice(-4, -2).every(r => r.state === 'aborted' && /payment unreachable|prepare-failed/.test(r.rejected ?? '')), 'orders while payment is down are rejected, saying why')
 })
