@@ -49,7 +49,7 @@ t.test('npm start: the scenario ends consistent, before and after payment is SIG
   t.teardown(() => { rmSync(dir, { recursive: true, force: true }) })
   const reportFile = join(dir, 'report.json')
 
-  const run = await runDemo(['--data-dir', join(dir, 'data'), '--report', reportFile], 100_000)
+  const run = await runDemo(['--data-dir', join(dir, 'data'), '--report', reportFile], 110_000)
   t.comment(run.stdout.trimEnd().split('\n').slice(-12).join('\n'))
   t.equal(run.code, 0, `run-demo exits 0 (it exits 1 when inconsistent)\n${run.stdout}\n${run.stderr}`)
   t.match(run.stdout, /== CONSISTENT: /, 'prints the final verdict')

@@ -254,7 +254,7 @@ export class DemoStack {
     let exited: string | undefined
     child.once('exit', (code, signal) => { exited = `exited (${signal ?? code})` })
     const readyPath = name === 'coordinator' ? '/readyz' : name === 'order' ? '/orders' : '/healthz'
-    await until(`${name} ready`, 20_000, async () => {
+    await until(`${name} ready`, 60_000, async () => {
       if (exited !== undefined) throw new Error(`${name} ${exited}; see ${this.logFile(name)}:\n${this.tail(name)}`)
       const r = await http<{ messages?: { exchangeReady?: boolean } }>('GET', this.url(name) + readyPath, undefined, {}, 2000)
       if (r.status !== 200) return undefined
