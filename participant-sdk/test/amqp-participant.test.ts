@@ -28,7 +28,7 @@ async function waitFor (what: string, check: () => boolean | Promise<boolean>, t
   }
 }
 
-const LINK = { heartbeat: 5, connectTimeoutMs: 1000, setupTimeoutMs: 3000, publishTimeoutMs: 3000, reconnectInitialDelayMs: 50, reconnectMaxDelayMs: 300, retryDelayMs: 50 }
+const LINK = { heartbeat: 5, connectTimeoutMs: 3000, setupTimeoutMs: 10_000, publishTimeoutMs: 5000, reconnectInitialDelayMs: 50, reconnectMaxDelayMs: 300, retryDelayMs: 50 }
 
 /** A broker connection of the test's own (to publish notices and inspect queues); deletes the prefix's topology at the end. */
 async function brokerFor (t: Teardown, prefix: string) {
