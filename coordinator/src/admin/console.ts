@@ -35,7 +35,8 @@ const SECURITY_HEADERS: Record<string, string> = {
   'content-security-policy': "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
   'x-content-type-options': 'nosniff',
   'x-frame-options': 'DENY',
-  'referrer-policy': 'no-referrer',
+  // Not no-referrer: with it, browsers send `Origin: null` on the console's own form posts.
+  'referrer-policy': 'same-origin',
   'cache-control': 'no-store'
 }
 
@@ -145,13 +146,16 @@ export async function adminConsole (app: FastifyInstance, deps: ConsoleDeps): Pr
 
   app.addHook('onRequest', async (req, reply) => {
     const path = req.url.split('?')[0] as string
-    // Cross-site form posts are refused (the console has no reason to accept them).
+    // Cross-site form posts are refused (the console has no reason to accept them): a browser
+    // says where a request comes from in Sec-Fetch-Site, or else in Origin; curl sends neither.
     if (req.method === 'POST') {
       const site = req.headers['sec-fetch-site']
       const origin = req.headers.origin
-      const crossSite = (typeof site === 'string' && site !== 'same-origin' && site !== 'none') ||
-        (typeof origin === 'string' && origin !== 'null' && (() => { try { return new URL(origin).host !== req.headers.host } catch { return true } })()) ||
-        origin === 'null'
+      let crossSite: boolean
+      if (typeof site === 'string') crossSite = site !== 'same-origin' && site !== 'none'
+      else if (typeof origin === 'string') {
+        try { crossSite = new URL(origin).host !== req.headers.host } catch { crossSite = true } // 'null' included
+      } else crossSite = false
       if (crossSite) return await send(reply, 403, errorPage(403, 'CROSS_SITE', 'cross-site form posts are refused', false))
     }
     if (expected === undefined || path === '/admin/login') return

@@ -61,6 +61,7 @@ header nav { display: flex; gap: 16px; flex: 1; }
 header form { margin: 0; }
 main { padding: 16px 24px 40px; max-width: 1400px; }
 h1 { font-size: 20px; margin: 8px 0 12px; }
+h1 .mono { font-size: 17px; }
 h2 { font-size: 16px; margin: 24px 0 8px; }
 table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid var(--line); vertical-align: top; }
