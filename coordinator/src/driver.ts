@@ -35,9 +35,10 @@ export class ParticipantDriver {
     })
   }
 
-  private async post (baseUrl: string, path: string, body: unknown, timeoutMs: number): Promise<{ status: number, text: string }> {
+  private async post (baseUrl: string, path: string, body: unknown, timeoutMs: number, traceparent: string | undefined): Promise<{ status: number, text: string }> {
     const raw = JSON.stringify(body)
     const headers: Record<string, string> = { 'content-type': 'application/json' }
+    if (traceparent !== undefined) headers.traceparent = traceparent
     if (this.options.secret !== undefined) headers[SIGNATURE_HEADER] = signBody(this.options.secret, raw)
     const res = await request(joinUrl(baseUrl, path), {
       method: 'POST',
@@ -49,9 +50,9 @@ export class ParticipantDriver {
     return { status: res.statusCode, text: await readBounded(res.body, this.options.maxResponseBytes) }
   }
 
-  async prepare (baseUrl: string, body: PrepareRequest, timeoutMs: number): Promise<PrepareOutcome> {
+  async prepare (baseUrl: string, body: PrepareRequest, timeoutMs: number, traceparent?: string): Promise<PrepareOutcome> {
     try {
-      const res = await this.post(baseUrl, CallbackPath.prepare, body, timeoutMs)
+      const res = await this.post(baseUrl, CallbackPath.prepare, body, timeoutMs, traceparent)
       if (res.status !== 200) return { ok: false, error: `prepare answered ${res.status}: ${res.text.slice(0, 500)}` }
       const answer = parseObject(res.text)
       const vote = answer?.vote
@@ -65,10 +66,10 @@ export class ParticipantDriver {
     }
   }
 
-  async decide (baseUrl: string, decision: Decision, txid: string, participant: string, timeoutMs: number): Promise<DecisionOutcome> {
+  async decide (baseUrl: string, decision: Decision, txid: string, participant: string, timeoutMs: number, traceparent?: string): Promise<DecisionOutcome> {
     const path = decision === 'commit' ? CallbackPath.commit : CallbackPath.abort
     try {
-      const res = await this.post(baseUrl, path, { txid, participant }, timeoutMs)
+      const res = await this.post(baseUrl, path, { txid, participant }, timeoutMs, traceparent)
       if (res.status >= 200 && res.status < 300) return { ok: true }
       const refused = res.status >= 400 && res.status < 500 && !RETRYABLE_4XX.has(res.status)
       return { ok: false, refused, error: `${decision} answered ${res.status}: ${res.text.slice(0, 1000)}` }

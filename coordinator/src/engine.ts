@@ -14,6 +14,7 @@ import {
 import type { CoordinatorLog, StepWrites } from './log/store.js'
 import type { ParticipantDriver } from './driver.js'
 import { newTransactionId } from './ids.js'
+import { childTraceparent, traceIdOf } from './trace.js'
 
 export interface Outcome {
   id: string
@@ -91,8 +92,8 @@ export class Engine {
   // ---- requests ---------------------------------------------------------------------------
 
   /** Begins a transaction; with `participants` enlists them in the same forced write. Resolves once it is durable. */
-  async begin (timeoutMs: number, metadata: unknown, participants: NewParticipant[] = [], messages: TxMessage[] = []): Promise<Transaction> {
-    const started = this.start(timeoutMs, metadata, participants, messages, false)
+  async begin (timeoutMs: number, metadata: unknown, participants: NewParticipant[] = [], messages: TxMessage[] = [], traceparent: string | null = null): Promise<Transaction> {
+    const started = this.start(timeoutMs, metadata, participants, messages, false, traceparent)
     await started.durable
     return started.tx
   }
@@ -101,16 +102,16 @@ export class Engine {
    * The one-shot form: begin, enlist and commit-requested folded into one step, saved with one
    * forced write; resolves once the decision is durable.
    */
-  async beginAndCommit (timeoutMs: number, metadata: unknown, participants: NewParticipant[], messages: TxMessage[] = []): Promise<Outcome> {
-    const started = this.start(timeoutMs, metadata, participants, messages, true)
+  async beginAndCommit (timeoutMs: number, metadata: unknown, participants: NewParticipant[], messages: TxMessage[] = [], traceparent: string | null = null): Promise<Outcome> {
+    const started = this.start(timeoutMs, metadata, participants, messages, true, traceparent)
     started.durable.catch(() => {}) // a failed write rejects `decided` too
     return await (started.decided as Promise<Outcome>)
   }
 
-  private start (timeoutMs: number, metadata: unknown, participants: NewParticipant[], messages: TxMessage[], commit: boolean):
+  private start (timeoutMs: number, metadata: unknown, participants: NewParticipant[], messages: TxMessage[], commit: boolean, traceparent: string | null):
   { tx: Transaction, durable: Promise<void>, decided?: Promise<Outcome> } {
     const now = this.now()
-    const initial = newTransaction(newTransactionId(this.options.coordinatorId, now), now, now + timeoutMs, metadata ?? null)
+    const initial = newTransaction(newTransactionId(this.options.coordinatorId, now), now, now + timeoutMs, metadata ?? null, traceparent)
     const events: Event[] = participants.map(p => ({ type: 'enlist', participant: p, now }))
     for (const message of messages) events.push({ type: 'add-message', message, now })
     if (commit) events.push({ type: 'commit-requested', now })
@@ -120,7 +121,7 @@ export class Engine {
     const waiter = commit ? this.waitForDecision(initial.id) : undefined
     const durable = this.persist(null, result.tx, result.effects, () => {
       this.crash('coordinator.after-begin')
-      this.logger.info({ txid: initial.id, participants: participants.length, commit }, 'transaction begun')
+      this.logger.info({ txid: initial.id, traceId: traceIdOf(traceparent), participants: participants.length, commit }, 'transaction begun')
     })
     return waiter === undefined ? { tx: result.tx, durable } : { tx: result.tx, durable, decided: waiter.decided }
   }
@@ -328,7 +329,7 @@ export class Engine {
           this.track(this.sendPrepare(tx, effect.participant, effect.onePhase))
           break
         case 'send-decision':
-          this.enqueuePhase2(tx.id, effect.participant, effect.decision, participantUrl(tx, effect.participant))
+          this.enqueuePhase2(tx.id, effect.participant, effect.decision, participantUrl(tx, effect.participant), tx.traceparent)
           break
         case 'schedule-phase2':
           this.schedule(tx.id, effect.participant, effect.at)
@@ -364,7 +365,7 @@ export class Engine {
     if (p === undefined) return
     const timeoutMs = Math.max(1, Math.min(this.options.prepareTimeoutMs, tx.expiresAt - this.now()))
     const body = { txid: tx.id, participant: name, payload: p.payload ?? undefined, deadline: tx.expiresAt, ...(onePhase ? { onePhase: true } : {}) }
-    const outcome = await this.driver.prepare(p.url, body, timeoutMs)
+    const outcome = await this.driver.prepare(p.url, body, timeoutMs, childTraceparent(tx.traceparent))
     if (outcome.ok) {
       this.logger.debug({ txid: tx.id, participant: name, vote: outcome.vote }, 'vote received')
       this.feed(tx.id, { type: 'vote', participant: name, vote: outcome.vote, ...(outcome.reason !== undefined ? { reason: outcome.reason } : {}), now: this.now() })
@@ -374,8 +375,8 @@ export class Engine {
     }
   }
 
-  private enqueuePhase2 (id: string, name: string, decision: Decision, url: string): void {
-    this.phase2Queue.push(async () => await this.sendDecision(id, name, decision, url))
+  private enqueuePhase2 (id: string, name: string, decision: Decision, url: string, traceparent: string | null): void {
+    this.phase2Queue.push(async () => await this.sendDecision(id, name, decision, url, traceparent))
     this.drainPhase2()
   }
 
@@ -390,8 +391,8 @@ export class Engine {
     }
   }
 
-  private async sendDecision (id: string, name: string, decision: Decision, url: string): Promise<void> {
-    const outcome = await this.driver.decide(url, decision, id, name, this.options.phase2TimeoutMs)
+  private async sendDecision (id: string, name: string, decision: Decision, url: string, traceparent: string | null): Promise<void> {
+    const outcome = await this.driver.decide(url, decision, id, name, this.options.phase2TimeoutMs, childTraceparent(traceparent))
     if (outcome.ok) {
       this.logger.debug({ txid: id, participant: name, decision }, 'phase 2 acked')
       this.feed(id, { type: 'phase2-acked', participant: name, now: this.now() })

@@ -12,6 +12,7 @@ import type { Allowlist } from './allowlist.js'
 import type { ResolvedOptions } from './config.js'
 import { Errors } from './errors.js'
 import { txIdRegExp } from './ids.js'
+import { newTraceparent, parseTraceparent } from './trace.js'
 import {
   BeginBody, BeginReply, DecisionReply, ErrorReply, ListQuery, ListReply, MessageInput, MessageReply, OutcomeReply, ParticipantInput,
   TransactionView, TxParams
@@ -43,6 +44,7 @@ export function view (tx: Transaction, attention: AttentionEntry[] = [], outbox:
     needsAttention: tx.needsAttention,
     onePhase: tx.onePhase,
     metadata: tx.metadata,
+    traceparent: tx.traceparent,
     participants: tx.participants.map(p => ({
       name: p.name,
       url: p.url,
@@ -151,8 +153,9 @@ export async function transactionRoutes (fastify: FastifyInstance, deps: RouteDe
     const messages = body.messages ?? []
     if (messages.length > options.maxMessages) throw new Errors.TOO_MANY_MESSAGES(options.maxMessages)
     for (const m of messages) checkMessage(m)
-    if (body.commit === true) return await engine.beginAndCommit(timeoutMs, body.metadata, participants, messages)
-    const tx = await engine.begin(timeoutMs, body.metadata, participants, messages)
+    const traceparent = parseTraceparent(req.headers.traceparent) ?? newTraceparent()
+    if (body.commit === true) return await engine.beginAndCommit(timeoutMs, body.metadata, participants, messages, traceparent)
+    const tx = await engine.begin(timeoutMs, body.metadata, participants, messages, traceparent)
     reply.code(201)
     return { id: tx.id, state: 'active' as const, expiresAt: new Date(tx.expiresAt).toISOString() }
   })

@@ -129,6 +129,7 @@ export const TransactionView = Type.Object({
   needsAttention: Type.Boolean(),
   onePhase: Type.Boolean(),
   metadata: Type.Unknown(),
+  traceparent: NullableString,
   participants: Type.Array(ParticipantView),
   messageCount: Type.Integer(),
   heuristics: Type.Array(AttentionView),

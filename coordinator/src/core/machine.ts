@@ -54,6 +54,8 @@ export interface Transaction {
   participants: Participant[]
   /** Transactional messages enlisted (kept in their own table; published only on commit). */
   messageCount: number
+  /** W3C trace context of the request that began it, passed on to the participants' callbacks. */
+  traceparent: string | null
 }
 
 export interface Policy {
@@ -145,7 +147,7 @@ export type StepResult =
   | { ok: true, tx: Transaction, effects: Effect[], changed: boolean }
   | { ok: false, code: RejectCode, tx: Transaction }
 
-export function newTransaction (id: string, now: number, expiresAt: number, metadata: unknown = null): Transaction {
+export function newTransaction (id: string, now: number, expiresAt: number, metadata: unknown = null, traceparent: string | null = null): Transaction {
   return {
     id,
     state: 'active',
@@ -159,7 +161,8 @@ export function newTransaction (id: string, now: number, expiresAt: number, meta
     onePhase: false,
     metadata,
     participants: [],
-    messageCount: 0
+    messageCount: 0,
+    traceparent
   }
 }
 

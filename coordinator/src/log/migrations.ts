@@ -180,5 +180,14 @@ export const migrations: readonly Migration[] = [
       ) STRICT;
       CREATE INDEX tx_events_by_tx ON tx_events (tx_id, id);
     `
+  },
+  {
+    version: 4,
+    name: 'trace context of a transaction; index for retention',
+    sql: `
+      -- W3C traceparent of the request that began the transaction: passed on to every callback.
+      ALTER TABLE transactions ADD COLUMN traceparent TEXT;
+      CREATE INDEX transactions_completed ON transactions (completed_at) WHERE completed_at IS NOT NULL;
+    `
   }
 ]

@@ -98,6 +98,7 @@ interface TxRow {
   one_phase: number
   metadata: string | null
   message_count: number
+  traceparent: string | null
 }
 
 interface ParticipantRow {
@@ -193,7 +194,8 @@ function toTransaction (row: TxRow, participants: Participant[]): Transaction {
     onePhase: row.one_phase === 1,
     metadata: parseJson(row.metadata),
     participants,
-    messageCount: row.message_count
+    messageCount: row.message_count,
+    traceparent: row.traceparent
   }
 }
 
@@ -223,7 +225,8 @@ function txParams (tx: Transaction): Record<string, unknown> {
     needs_attention: tx.needsAttention ? 1 : 0,
     one_phase: tx.onePhase ? 1 : 0,
     metadata: tx.metadata === null || tx.metadata === undefined ? null : JSON.stringify(tx.metadata),
-    message_count: tx.messageCount
+    message_count: tx.messageCount,
+    traceparent: tx.traceparent
   }
 }
 
@@ -276,8 +279,8 @@ export class CoordinatorLog {
       getTx: this.db.prepare<[string], TxRow>('SELECT * FROM transactions WHERE id = ?'),
       getParticipants: this.db.prepare<[string], ParticipantRow>('SELECT * FROM participants WHERE tx_id = ? ORDER BY position'),
       insertTx: this.db.prepare(`INSERT INTO transactions
-        (id, state, created_at, updated_at, expires_at, decided_at, completed_at, reason, needs_attention, one_phase, metadata, message_count)
-        VALUES (@id, @state, @created_at, @updated_at, @expires_at, @decided_at, @completed_at, @reason, @needs_attention, @one_phase, @metadata, @message_count)`),
+        (id, state, created_at, updated_at, expires_at, decided_at, completed_at, reason, needs_attention, one_phase, metadata, message_count, traceparent)
+        VALUES (@id, @state, @created_at, @updated_at, @expires_at, @decided_at, @completed_at, @reason, @needs_attention, @one_phase, @metadata, @message_count, @traceparent)`),
       updateTx: this.db.prepare(`UPDATE transactions SET state = @state, updated_at = @updated_at, expires_at = @expires_at,
         decided_at = @decided_at, completed_at = @completed_at, reason = @reason, needs_attention = @needs_attention,
         one_phase = @one_phase, metadata = @metadata, message_count = @message_count WHERE id = @id`),
