@@ -224,7 +224,8 @@ t.test('an exhausted retry budget flags the transaction while retries go on', as
   const tx = await completed(c.api, id)
   t.equal(p.state(id), 'committed')
   t.equal(part(tx, 'p').ack, 'acked')
-  t.equal(tx.needsAttention, true, 'the flag stays for an operator to see')
+  t.equal(tx.needsAttention, false, 'delivered at last: nothing left for an operator')
+  t.match(tx.heuristics.filter(h => h.kind === 'retry-budget')[0], { resolvedAt: String, resolution: /delivered/ }, 'the entry stays, resolved')
 })
 
 t.test('a definite refusal (409) is recorded as a heuristic and not retried blindly', async t => {

@@ -164,6 +164,10 @@ t.test('phase-2 failures back off, exhaust the budget into needs-attention, and 
   t.equal(due.changed, false)
   // the fourth failure records no second attention entry
   t.same(run(f3.tx, fail(900)).effects.map(e => e.type), ['schedule-phase2'])
+  // delivered at last: completed, and nobody's attention is needed anymore
+  const late = run(f3.tx, { type: 'phase2-acked', participant: 'a', now: 950 }, { type: 'phase2-acked', participant: 'b', now: 960 })
+  t.not(late.tx.completedAt, null)
+  t.equal(late.tx.needsAttention, false)
   // an acked participant is not due anymore
   const acked = run(committed, { type: 'phase2-acked', participant: 'a', now: 30 })
   t.same(run(acked.tx, { type: 'phase2-due', participant: 'a', now: 40 }).effects, [])
@@ -304,14 +308,22 @@ t.test('operator-resolve: open participants resolved, attention cleared, complet
   t.same(run(r.tx, { type: 'phase2-due', participant: 'b', now: 51 }).effects, [])
   t.match(step(r.tx, { type: 'operator-retry', actor: 'bob', now: 52 }, policy), { ok: false, code: 'NOTHING_TO_RETRY' })
   t.match(step(r.tx, { type: 'operator-resolve', actor: 'bob', reason: 'again', now: 52 }, policy), { ok: false, code: 'NOTHING_TO_RESOLVE' })
-  // completed but still flagged (the retry budget ran out, then it acked): resolve clears the flag, keeps completedAt
+  // the retry budget ran out, then it acked: completed, the flag cleared by itself — nothing to resolve
   const fail = (now: number): Event => ({ type: 'phase2-failed', participant: 'a', error: 'down', refused: false, jitter: 0, now })
   const late = run(committed, fail(20), fail(21), fail(22), { type: 'phase2-acked', participant: 'a', now: 23 }, { type: 'phase2-acked', participant: 'b', now: 24 }).tx
-  t.equal(late.needsAttention, true)
+  t.equal(late.needsAttention, false)
   t.equal(late.completedAt, 24)
-  const cleared = run(late, { type: 'operator-resolve', actor: 'bob', reason: 'delivered', now: 60 })
+  t.match(step(late, { type: 'operator-resolve', actor: 'bob', reason: 'delivered', now: 60 }, policy), { ok: false, code: 'NOTHING_TO_RESOLVE' })
+  // a heuristic that a retry then delivered: completed, but flagged until an operator resolves it
+  const refusedThenAcked = run(committed,
+    { type: 'phase2-failed', participant: 'a', error: 'commit answered 404', refused: true, jitter: 0, now: 20 },
+    { type: 'operator-retry', actor: 'bob', now: 21 },
+    { type: 'phase2-acked', participant: 'a', now: 22 }, { type: 'phase2-acked', participant: 'b', now: 23 }).tx
+  t.equal(refusedThenAcked.completedAt, 23)
+  t.equal(refusedThenAcked.needsAttention, true)
+  const cleared = run(refusedThenAcked, { type: 'operator-resolve', actor: 'bob', reason: 'checked the payment DB', now: 60 })
   t.equal(cleared.tx.needsAttention, false)
-  t.equal(cleared.tx.completedAt, 24)
+  t.equal(cleared.tx.completedAt, 23)
   t.same(cleared.tx.participants.map(p => p.ack), ['acked', 'acked'])
   // nothing open and nothing flagged, or no decision yet: refused
   const clean = run(committed, { type: 'phase2-acked', participant: 'a', now: 20 }, { type: 'phase2-acked', participant: 'b', now: 21 }).tx

@@ -56,6 +56,8 @@ export interface Transaction {
   messageCount: number
   /** W3C trace context of the request that began it, passed on to the participants' callbacks. */
   traceparent: string | null
+  /** A participant definitely refused the decision at some point: only an operator clears the flag then. */
+  heuristic: boolean
 }
 
 export interface Policy {
@@ -162,7 +164,8 @@ export function newTransaction (id: string, now: number, expiresAt: number, meta
     metadata,
     participants: [],
     messageCount: 0,
-    traceparent
+    traceparent,
+    heuristic: false
   }
 }
 
@@ -229,7 +232,9 @@ function decide (tx: Transaction, decision: Decision, reason: string | null, now
 function completeIfDone (tx: Transaction, now: number): Transaction {
   if (!isDecided(tx) || tx.completedAt !== null) return tx
   const done = tx.participants.every(p => p.ack === 'acked' || p.ack === 'not-needed')
-  return done ? { ...tx, completedAt: now } : tx
+  // Delivered at last: an exhausted retry budget alone needs nobody anymore (the log resolves its
+  // entry); a heuristic outcome stays flagged until an operator resolves it.
+  return done ? { ...tx, completedAt: now, needsAttention: tx.heuristic ? tx.needsAttention : false } : tx
 }
 
 function withParticipant (tx: Transaction, name: string, change: (p: Participant) => Participant, now: number): Transaction {
@@ -338,7 +343,7 @@ export function step (tx: Transaction, event: Event, policy: Policy): StepResult
         const next = withParticipant(tx, p.name, x => ({ ...x, ack: 'heuristic', attempts, lastError: event.error, nextAttemptAt: null }), now)
         return {
           ok: true,
-          tx: { ...next, needsAttention: true },
+          tx: { ...next, needsAttention: true, heuristic: true },
           effects: [{ type: 'record-attention', participant: p.name, kind: 'heuristic', detail: event.error }],
           changed: true
         }

@@ -183,10 +183,12 @@ export const migrations: readonly Migration[] = [
   },
   {
     version: 4,
-    name: 'trace context of a transaction; index for retention',
+    name: 'trace context of a transaction; heuristic flag; index for retention',
     sql: `
       -- W3C traceparent of the request that began the transaction: passed on to every callback.
       ALTER TABLE transactions ADD COLUMN traceparent TEXT;
+      -- A participant refused the decision at some point: needs_attention then stays for an operator.
+      ALTER TABLE transactions ADD COLUMN heuristic INTEGER NOT NULL DEFAULT 0;
       CREATE INDEX transactions_completed ON transactions (completed_at) WHERE completed_at IS NOT NULL;
     `
   }

@@ -99,6 +99,7 @@ interface TxRow {
   metadata: string | null
   message_count: number
   traceparent: string | null
+  heuristic: number
 }
 
 interface ParticipantRow {
@@ -195,7 +196,8 @@ function toTransaction (row: TxRow, participants: Participant[]): Transaction {
     metadata: parseJson(row.metadata),
     participants,
     messageCount: row.message_count,
-    traceparent: row.traceparent
+    traceparent: row.traceparent,
+    heuristic: row.heuristic === 1
   }
 }
 
@@ -226,7 +228,8 @@ function txParams (tx: Transaction): Record<string, unknown> {
     one_phase: tx.onePhase ? 1 : 0,
     metadata: tx.metadata === null || tx.metadata === undefined ? null : JSON.stringify(tx.metadata),
     message_count: tx.messageCount,
-    traceparent: tx.traceparent
+    traceparent: tx.traceparent,
+    heuristic: tx.heuristic ? 1 : 0
   }
 }
 
@@ -279,11 +282,11 @@ export class CoordinatorLog {
       getTx: this.db.prepare<[string], TxRow>('SELECT * FROM transactions WHERE id = ?'),
       getParticipants: this.db.prepare<[string], ParticipantRow>('SELECT * FROM participants WHERE tx_id = ? ORDER BY position'),
       insertTx: this.db.prepare(`INSERT INTO transactions
-        (id, state, created_at, updated_at, expires_at, decided_at, completed_at, reason, needs_attention, one_phase, metadata, message_count, traceparent)
-        VALUES (@id, @state, @created_at, @updated_at, @expires_at, @decided_at, @completed_at, @reason, @needs_attention, @one_phase, @metadata, @message_count, @traceparent)`),
+        (id, state, created_at, updated_at, expires_at, decided_at, completed_at, reason, needs_attention, one_phase, metadata, message_count, traceparent, heuristic)
+        VALUES (@id, @state, @created_at, @updated_at, @expires_at, @decided_at, @completed_at, @reason, @needs_attention, @one_phase, @metadata, @message_count, @traceparent, @heuristic)`),
       updateTx: this.db.prepare(`UPDATE transactions SET state = @state, updated_at = @updated_at, expires_at = @expires_at,
         decided_at = @decided_at, completed_at = @completed_at, reason = @reason, needs_attention = @needs_attention,
-        one_phase = @one_phase, metadata = @metadata, message_count = @message_count WHERE id = @id`),
+        one_phase = @one_phase, metadata = @metadata, message_count = @message_count, heuristic = @heuristic WHERE id = @id`),
       upsertParticipant: this.db.prepare(`INSERT INTO participants
         (tx_id, position, name, url, payload, one_phase, vote, vote_reason, ack, attempts, last_error, next_attempt_at)
         VALUES (@tx_id, @position, @name, @url, @payload, @one_phase, @vote, @vote_reason, @ack, @attempts, @last_error, @next_attempt_at)
@@ -298,6 +301,8 @@ export class CoordinatorLog {
         `SELECT id FROM transactions WHERE state IN ('active', 'preparing') AND id > ? ORDER BY id LIMIT ?`),
       unfinishedIds: this.db.prepare<[string, number], { id: string }>(
         `SELECT id FROM transactions WHERE completed_at IS NULL AND state IN ('committed', 'aborted') AND id > ? ORDER BY id LIMIT ?`),
+      resolveRetryBudget: this.db.prepare(`UPDATE attention SET resolved_at = ?, resolution = 'delivered: every participant acked'
+        WHERE tx_id = ? AND kind = 'retry-budget' AND resolved_at IS NULL`),
       insertMessage: this.db.prepare('INSERT INTO tx_messages (tx_id, position, exchange, routing_key, body, headers) VALUES (?, ?, ?, ?, ?, ?)'),
       releaseMessages: this.db.prepare(`INSERT INTO outbox (tx_id, kind, exchange, routing_key, message_id, body, headers, created_at)
         SELECT tx_id, 'message', exchange, routing_key, tx_id || ':m' || position, body, headers, ? FROM tx_messages WHERE tx_id = ? ORDER BY position`),
@@ -336,6 +341,7 @@ export class CoordinatorLog {
         if (next.state === 'committed' && next.messageCount > 0) this.stmts.releaseMessages.run(now, next.id)
       }
       for (const a of writes.attention) this.stmts.insertAttention.run(next.id, a.participant, a.kind, a.detail, now)
+      if (next.completedAt !== null && prev !== null && prev.completedAt === null) this.stmts.resolveRetryBudget.run(now, next.id)
       if (this.noticeRouting !== null) {
         for (const n of writes.notices) {
           const body = JSON.stringify({ txid: next.id, participant: n.participant, decision: n.decision })
