@@ -20,7 +20,7 @@ if (!existsSync(CHROMIUM)) {
     t.fail(`${CHROMIUM} is missing: the admin console test needs Debian's chromium (apt-get install -y chromium)`)
   } else {
     process.stderr.write(`\n*** SKIPPING the admin console browser test: ${CHROMIUM} is missing (apt-get install -y chromium). Under CI=true this fails. ***\n\n`)
-    t.skip(`${CHROMIUM} missing: apt-get install -y chromium`)
+    t.test('admin console in headless Chromium', { skip: `${CHROMIUM} missing: apt-get install -y chromium` }, async () => {})
   }
 } else {
   t.test('admin console in headless Chromium: list, timeline, retry', async t => {

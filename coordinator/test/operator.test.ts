@@ -119,7 +119,7 @@ t.test('retry refusals: undecided, unknown, bad id; resolve refusals', async t =
   const r5 = await c.api.post(`/v1/transactions/${empty.body.id}/resolve`, { reason: 'x' })
   t.equal(r5.status, 409)
   t.equal(r5.body.code, 'NOTHING_TO_RESOLVE')
-  t.equal(c.app.coordinator.log.db.prepare('SELECT count(*) AS n FROM audit').get().n, 0, 'refused actions leave no audit row')
+  t.equal((c.app.coordinator.log.db.prepare('SELECT count(*) AS n FROM audit').get() as { n: number }).n, 0, 'refused actions leave no audit row')
   t.equal((await getTx(c.api, id)).state, 'active', 'a refused action changes nothing')
 })
 
@@ -217,5 +217,5 @@ t.test('migration 3 keeps the participants of an existing log and allows the res
   log.db.prepare(`UPDATE participants SET ack = 'resolved'`).run()
   t.equal(log.load('c1.X')?.participants[0]?.ack, 'resolved')
   t.same(log.db.prepare('SELECT version FROM schema_migrations ORDER BY version').all().map((r: any) => r.version), migrations.map(m => m.version))
-  t.equal(log.db.pragma('foreign_key_check').length, 0)
+  t.equal((log.db.pragma('foreign_key_check') as unknown[]).length, 0)
 })
