@@ -674,8 +674,10 @@ export class AmqpLink extends EventEmitter<AmqpLinkEvents> {
       return r
     }
     if (items.length === 0) return result()
+    // `this.conn` is set once the channels exist, before the consumers restart: a consumer's
+    // handler may publish (an ack) while the setup is still finishing.
     const conn = this.conn
-    if (conn === undefined || conn.closed || !this.connected) {
+    if (conn === undefined || conn.closed) {
       outcome.fill(new AmqpPublishError('NOT_CONNECTED', 'not connected to RabbitMQ'))
       return result()
     }
