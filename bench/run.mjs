@@ -31,9 +31,17 @@ const { values: flags } = parseArgs({
     'log-level': { type: 'string', default: 'warn' },
     'data-dir': { type: 'string' },
     out: { type: 'string' },
+    render: { type: 'string' },
     help: { type: 'boolean', default: false }
   }
 })
+
+if (flags.render !== undefined) {
+  // Re-renders RESULTS.md next to a results.json (after a change to the report's layout).
+  const results = JSON.parse(readFileSync(flags.render, 'utf8'))
+  writeFileSync(join(flags.render, '..', 'RESULTS.md'), renderMarkdown(results))
+  process.exit(0)
+}
 
 if (flags.help) {
   process.stdout.write(`npm run bench -- [flags]
@@ -51,6 +59,7 @@ if (flags.help) {
   --log-level <lvl>      coordinator and participants LOG_LEVEL (warn: no per-request logs)
   --data-dir <dir>       where the SQLite files go (default: a new dir under the OS temp dir)
   --out <dir>            where RESULTS.md and results.json go (bench/, or bench/.out/ with --quick)
+  --render <json>        only re-render RESULTS.md from a results.json
 `)
   process.exit(0)
 }
@@ -255,7 +264,8 @@ const machine = {
   kernel: release(),
   dataDirFs: fsTypeOf(dataDir),
   git: gitState(),
-  loadBefore: loadavg()
+  loadBefore: loadavg(),
+  loadAfter: /** @type {number[]} */ ([])
 }
 function gitState () {
   try {

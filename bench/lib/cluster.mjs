@@ -80,7 +80,7 @@ class FsyncCounter {
  */
 export class ServerProcess {
   /**
-   * @param {{ name: string, script: string, env: Record<string, string>, nodeArgs?: string[], strace?: string, cwd?: string }} o
+   * @param {{ name: string, script: string, env: Record<string, string | undefined>, nodeArgs?: string[], strace?: string, cwd?: string }} o
    */
   constructor (o) {
     this.name = o.name

@@ -4,6 +4,7 @@ import { readFileSync } from 'node:fs'
 /** @param {string} url @param {string} root */
 export function moduleOf (url, root) {
   if (url === '') return '(native / V8 builtins)'
+  if (url.startsWith('wasm://')) return 'wasm (undici\'s llhttp parser)'
   if (url.startsWith('node:')) return 'node:' + url.slice(5).split('/').slice(0, 2).join('/')
   const path = url.replace(/^file:\/\//, '')
   const nm = path.lastIndexOf('/node_modules/')

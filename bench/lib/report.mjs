@@ -149,7 +149,9 @@ export function renderMarkdown (r) {
     L.push('## Where the coordinator\'s time goes (`node --cpu-prof`)', '')
     L.push(`One-shot path, ${p.concurrency} clients, ${p.seconds} s (${p.txPerSec === undefined ? '?' : n0(p.txPerSec)} tx/s under the profiler; signatures ${c.secret ? 'on' : 'off'}). ` +
       `Profile: \`${p.file}\` (not committed). Measured window only (${p.wallMs} ms; start-up, warm-up and shutdown left out): ${p.sampledMs} ms sampled, idle ${p.idleMs} ms, busy ${p.busyMs} ms; percentages are of busy time. ` +
-      'Native time inside a binding (better-sqlite3\'s `run`, including the fsync it waits for) is charged to that binding\'s frame.', '')
+      'The profiler samples wall-clock time of the main thread: native time inside a binding (better-sqlite3 statements, ' +
+      'including the fsync a commit waits for) is charged to the JS function that called it, and on a loaded machine the time the ' +
+      'thread waited for a core is charged to whatever it was running.', '')
     L.push('Self time by module:', '')
     L.push('| module | ms | % busy |', '| --- | ---: | ---: |')
     for (const x of p.topModules) L.push(`| ${x.name} | ${x.ms} | ${x.pctOfBusy} |`)
