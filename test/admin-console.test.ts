@@ -23,6 +23,8 @@ if (!existsSync(CHROMIUM)) {
     t.test('admin console in headless Chromium', { skip: `${CHROMIUM} missing: apt-get install -y chromium` }, async () => {})
   }
 } else {
+  // A browser start-up on a loaded machine can take a while; the limit still bounds it.
+  t.setTimeout(360_000)
   t.test('admin console in headless Chromium: list, timeline, retry', async t => {
     const c = await startCoordinator(t, { apiToken: TOKEN, retryBaseMs: 600_000, retryMaxMs: 600_000 })
     const inventory = await startParticipant(t)

@@ -27,6 +27,9 @@ async function twopc (args: string[], env: Record<string, string> = {}): Promise
   })
 }
 
+// Each run is a fresh Node process: give a loaded machine room (the limit still bounds it).
+t.setTimeout(360_000)
+
 t.before(() => {
   if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npx tsc -b\` first`)
 })
@@ -45,8 +48,13 @@ t.test('status, list, retry and resolve against a real coordinator', async t => 
   await c.api.post(`/v1/transactions/${aborted.body.id}/abort`)
   await waitFor(async () => (await c.api.get(`/v1/transactions/${id}`)).body.participants[1].attempts >= 1, 5000, 'payment failed once')
 
+  // Read-only runs in parallel (each is a fresh Node process).
+  const [list, json, status] = await Promise.all([
+    twopc(['list'], env),
+    twopc(['list', '--json', '--state', 'aborted', '--limit', '5'], env),
+    twopc(['status', id], env)
+  ])
   // list: a table for people
-  const list = await twopc(['list'], env)
   t.equal(list.code, 0, list.stderr)
   const lines = list.stdout.trimEnd().split('\n')
   t.match(lines[0], /^id\s+state\s+reason\s+age\s+participants\s+acks\s+attention$/)
@@ -55,14 +63,12 @@ t.test('status, list, retry and resolve against a real coordinator', async t => 
   t.ok(lines.some(l => l.startsWith(aborted.body.id) && /aborted\s+requested/.test(l)), 'the aborted one with its reason')
 
   // list --json --state: for scripts
-  const json = await twopc(['list', '--json', '--state', 'aborted', '--limit', '5'], env)
   t.equal(json.code, 0, json.stderr)
   const page = JSON.parse(json.stdout) as { items: Array<{ id: string, state: string }>, nextCursor: string | null }
   t.same(page.items.map(i => i.id), [aborted.body.id])
   t.equal(page.items[0]?.state, 'aborted')
 
   // status: facts and the participants table
-  const status = await twopc(['status', id], env)
   t.equal(status.code, 0, status.stderr)
   t.match(status.stdout, new RegExp(`^id:\\s+${id.replace('.', '\\.')}$`, 'm'))
   t.match(status.stdout, /^decision:\s+commit$/m)
@@ -96,11 +102,15 @@ t.test('resolve: needs a reason; resolves a heuristic; refusals exit 1 with the 
   const id = res.body.id
   await waitFor(async () => (await c.api.get(`/v1/transactions/${id}`)).body.participants[0].ack === 'heuristic', 5000, 'heuristic')
 
-  const attention = await twopc(['list', '--needs-attention'], env)
+  const [attention, noReason, notFound, badState] = await Promise.all([
+    twopc(['list', '--needs-attention'], env),
+    twopc(['resolve', id], env),
+    twopc(['status', `${c.id}.${'0'.repeat(26)}`], env),
+    twopc(['list', '--state', 'bogus'], env)
+  ])
   t.equal(attention.code, 0)
   t.match(attention.stdout, new RegExp(`^${id.replace('.', '\\.')}\\s+committed.*payment:heuristic\\s+NEEDS ATTENTION$`, 'm'))
 
-  const noReason = await twopc(['resolve', id], env)
   t.equal(noReason.code, 2)
   t.match(noReason.stderr, /resolve needs --reason/)
 
@@ -117,20 +127,17 @@ t.test('resolve: needs a reason; resolves a heuristic; refusals exit 1 with the 
   const empty = await twopc(['list', '--needs-attention'], env)
   t.equal(empty.stdout, 'no transactions\n')
 
-  const notFound = await twopc(['status', `${c.id}.${'0'.repeat(26)}`], env)
   t.equal(notFound.code, 1)
   t.match(notFound.stderr, /^twopc: TX_NOT_FOUND: /)
-  const badState = await twopc(['list', '--state', 'bogus'], env)
   t.equal(badState.code, 1)
   t.match(badState.stderr, /VALIDATION_FAILED/)
 })
 
 t.test('auth, unreachable coordinator and usage errors', async t => {
   const c = await startCoordinator(t, { apiToken: TOKEN })
-  const noToken = await twopc(['list'], { TWOPC_URL: c.url })
+  const [noToken, flagToken] = await Promise.all([twopc(['list'], { TWOPC_URL: c.url }), twopc(['list', '--url', c.url, '--token', TOKEN])])
   t.equal(noToken.code, 1)
   t.match(noToken.stderr, /^twopc: UNAUTHORIZED: /)
-  const flagToken = await twopc(['list', '--url', c.url, '--token', TOKEN])
   t.equal(flagToken.code, 0, flagToken.stderr)
   t.equal(flagToken.stdout, 'no transactions\n')
 
@@ -141,7 +148,7 @@ t.test('auth, unreachable coordinator and usage errors', async t => {
   t.equal(down.code, 1)
   t.match(down.stderr, /^twopc: ECONNREFUSED: cannot reach the coordinator/)
 
-  const usage = [await twopc([]), await twopc(['frobnicate']), await twopc(['status']), await twopc(['list', '--bogus'])]
+  const usage = await Promise.all([twopc([]), twopc(['frobnicate']), twopc(['status']), twopc(['list', '--bogus'])])
   t.same(usage.map(u => u.code), [2, 2, 2, 2])
   t.match(usage[1]?.stderr, /unknown command "frobnicate"/)
   const help = await twopc(['--help'])
