@@ -3,17 +3,19 @@
  * playwright-core) against a real coordinator and real participants: log in with the token,
  * the list shows a committed and an aborted transaction, the detail page shows the timeline,
  * and "Retry now" delivers a decision that a participant failed with 503 before it recovered.
- * Saves docs/admin-console.png. Without chromium: skipped loudly, or failed under CI=true.
+ * Takes a screenshot (into the test's directory; with TWOPC_UPDATE_SCREENSHOT=1 into
+ * docs/admin-console.png, the README's picture). Without chromium: skipped loudly, or failed under CI=true.
  */
 import t from 'tap'
 import { existsSync, mkdirSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
+import { join } from 'node:path'
 import { chromium, type BrowserContext, type Page } from 'playwright-core'
 import { startCoordinator, startParticipant, waitFor } from '../coordinator/test/support/participant.js'
 
 const CHROMIUM = '/usr/bin/chromium'
 const TOKEN = 'console-test-token-0123456789'
-const SCREENSHOT = fileURLToPath(new URL('../docs/admin-console.png', import.meta.url))
+const README_SCREENSHOT = fileURLToPath(new URL('../docs/admin-console.png', import.meta.url))
 
 if (!existsSync(CHROMIUM)) {
   if (process.env.CI === 'true') {
@@ -125,6 +127,7 @@ if (!existsSync(CHROMIUM)) {
     t.same(dialogs, [], 'no script ran')
 
     mkdirSync(fileURLToPath(new URL('../docs/', import.meta.url)), { recursive: true })
+    const SCREENSHOT = process.env.TWOPC_UPDATE_SCREENSHOT === '1' ? README_SCREENSHOT : join(userDataDir, 'admin-console.png')
     await page.screenshot({ path: SCREENSHOT, fullPage: true })
     t.ok(existsSync(SCREENSHOT), `screenshot at ${SCREENSHOT}`)
 
