@@ -6,7 +6,10 @@
  * - `blackhole()` keeps accepting connections but forwards nothing in either direction, and
  *                 stops forwarding on the open ones: the peer sees silence, not a reset;
  * - `restore()`   forwards again (new connections; connections held while black-holed are
- *                 destroyed, since bytes were dropped and their stream is no longer coherent).
+ *                 destroyed, since bytes were dropped and their stream is no longer coherent);
+ *                 also ends a delay;
+ * - `delay(ms)`   keeps forwarding, every chunk `ms` late (order kept, per direction): a slow
+ *                 network. `delay(0)` or `restore()` ends it.
  */
 
 import net from 'node:net'
@@ -20,6 +23,8 @@ export interface TcpProxy {
   /** `${host}:${port}` — convenient for URLs. */
   readonly address: string
   readonly mode: ProxyMode
+  /** Current added latency per chunk (ms). */
+  readonly delayMs: number
   /** Connections accepted so far (whatever the mode). */
   readonly accepted: number
   /** Connections currently open (client side). */
@@ -30,6 +35,7 @@ export interface TcpProxy {
   cut (): void
   blackhole (): void
   restore (): void
+  delay (ms: number): void
   close (): Promise<void>
 }
 
@@ -49,6 +55,7 @@ interface Pair {
 export async function startTcpProxy (opts: TcpProxyOptions): Promise<TcpProxy> {
   const host = opts.host ?? '127.0.0.1'
   let mode: ProxyMode = 'open'
+  let delayMs = 0
   let accepted = 0
   let bytesToTarget = 0
   let bytesFromTarget = 0
@@ -79,17 +86,28 @@ export async function startTcpProxy (opts: TcpProxyOptions): Promise<TcpProxy> {
     pair.upstream = upstream
     upstream.on('error', () => {})
     upstream.on('close', () => destroyPair(pair))
-    // Manual piping, so a black-hole can drop bytes on live connections.
-    client.on('data', (chunk) => {
+    // Manual piping, so a black-hole can drop bytes on live connections and a delay can hold them.
+    let dueToTarget = 0
+    let dueFromTarget = 0
+    const send = (to: net.Socket, chunk: Buffer, due: number): number => {
+      if (delayMs <= 0 && due <= Date.now()) {
+        to.write(chunk)
+        return 0
+      }
+      const at = Math.max(Date.now() + delayMs, due)
+      setTimeout(() => { if (!to.destroyed && mode === 'open' && !pair.held) to.write(chunk) }, at - Date.now())
+      return at
+    }
+    client.on('data', (chunk: Buffer) => {
       if (mode === 'open' && !pair.held) {
         bytesToTarget += chunk.length
-        upstream.write(chunk)
+        dueToTarget = send(upstream, chunk, dueToTarget)
       }
     })
-    upstream.on('data', (chunk) => {
+    upstream.on('data', (chunk: Buffer) => {
       if (mode === 'open' && !pair.held) {
         bytesFromTarget += chunk.length
-        client.write(chunk)
+        dueFromTarget = send(client, chunk, dueFromTarget)
       }
     })
   })
@@ -111,6 +129,7 @@ export async function startTcpProxy (opts: TcpProxyOptions): Promise<TcpProxy> {
     host,
     address: `${host}:${port}`,
     get mode () { return mode },
+    get delayMs () { return delayMs },
     get accepted () { return accepted },
     get openConnections () { return pairs.size },
     get bytesToTarget () { return bytesToTarget },
@@ -123,8 +142,12 @@ export async function startTcpProxy (opts: TcpProxyOptions): Promise<TcpProxy> {
       mode = 'blackhole'
       for (const p of pairs) p.held = true
     },
+    delay (ms: number) {
+      delayMs = Math.max(0, ms)
+    },
     restore () {
       mode = 'open'
+      delayMs = 0
       for (const p of [...pairs]) if (p.held) destroyPair(p)
     },
     async close () {
