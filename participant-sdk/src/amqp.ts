@@ -31,6 +31,7 @@ import { applyDecision } from './decision.js'
 import type { ParticipantEngine } from './engine.js'
 import { HandlerThrew } from './engine.js'
 import type { InDoubtRecovery } from './recovery.js'
+import { parseTraceparent } from './trace.js'
 
 /** Tuning of the RabbitMQ link (heartbeat, reconnect backoff, timeouts, prefetch ...). */
 export type ParticipantAmqpOptions = Omit<AmqpLinkOptions, 'url' | 'prefix' | 'logger'>
@@ -64,7 +65,11 @@ export interface DecisionReceiverOptions {
   recovery: InDoubtRecovery
   logger: FastifyBaseLogger
   link?: ParticipantAmqpOptions
+  /** Observer of every counter change (metrics): the counter's name. */
+  onCount?: (counter: AmqpCounter) => void
 }
+
+export type AmqpCounter = 'received' | 'applied' | 'repeated' | 'deadLettered' | 'failed' | 'acksPublished' | 'ackPublishFailures' | 'rechecks'
 
 /** amqplib's message type, without depending on amqplib directly (the link owns it). */
 type ConsumeMessage = Parameters<MessageHandler>[0]
@@ -80,6 +85,7 @@ export class DecisionReceiver {
   readonly #logger: FastifyBaseLogger
   readonly #prefetch: number
   readonly #stats = { received: 0, applied: 0, repeated: 0, deadLettered: 0, failed: 0, acksPublished: 0, ackPublishFailures: 0, rechecks: 0 }
+  readonly #onCount: ((counter: AmqpCounter) => void) | undefined
   #started = false
   #closed = false
 
@@ -89,6 +95,7 @@ export class DecisionReceiver {
     this.#recovery = options.recovery
     this.#logger = options.logger
     this.#prefetch = options.link?.prefetch ?? DEFAULT_PREFETCH
+    this.#onCount = options.onCount
     this.link = new AmqpLink({
       connectionName: `twopc-participant ${options.engine.name}`,
       ...options.link,
@@ -138,27 +145,34 @@ export class DecisionReceiver {
     await this.link.close()
   }
 
+  #count (counter: AmqpCounter): void {
+    this.#stats[counter]++
+    this.#onCount?.(counter)
+  }
+
   async #onDecision (msg: ConsumeMessage): Promise<void> {
-    this.#stats.received++
+    this.#count('received')
     const notice = parseDecisionNotice(msg.content)
     const messageId = msg.properties.messageId as string | undefined
     if (notice === undefined || !TX_ID.test(notice.txid)) {
-      this.#stats.deadLettered++
+      this.#count('deadLettered')
       this.#logger.warn({ messageId, redelivered: msg.fields.redelivered }, 'RabbitMQ: not a decision notice; dead-lettered')
       throw new PoisonMessageError('not a decision notice')
     }
     if (notice.participant !== this.#engine.name) {
-      this.#stats.deadLettered++
+      this.#count('deadLettered')
       this.#logger.warn({ messageId, txid: notice.txid, for: notice.participant }, 'RabbitMQ: decision notice for another participant (misrouted); dead-lettered')
       throw new PoisonMessageError(`notice for participant "${notice.participant}", this is "${this.#engine.name}"`)
     }
 
     let applied
     try {
-      applied = applyDecision(this.#engine, this.#recovery, notice.txid, notice.decision)
+      // A traceparent in the message headers (if the publisher set one) reaches the handlers too.
+      const traceparent = parseTraceparent((msg.properties.headers as Record<string, unknown> | undefined)?.traceparent)
+      applied = await applyDecision(this.#engine, this.#recovery, notice.txid, notice.decision, { source: 'amqp', traceparent })
     } catch (err) {
       // Nothing changed locally; requeued (the queue's delivery limit dead-letters it if it never succeeds).
-      this.#stats.failed++
+      this.#count('failed')
       const cause = err instanceof HandlerThrew ? err.cause : err
       this.#logger.error({ err: cause, txid: notice.txid, decision: notice.decision }, 'RabbitMQ: applying the decision failed; notice requeued')
       throw err
@@ -169,16 +183,16 @@ export class DecisionReceiver {
       // contradicting the one applied. Nothing was applied, nothing is acked to the coordinator;
       // retrying cannot change that, so the notice is parked in the dead-letter queue for an
       // operator instead of cycling. (Over HTTP the coordinator records it as heuristic.)
-      this.#stats.deadLettered++
+      this.#count('deadLettered')
       this.#logger.error({ txid: notice.txid, decision: notice.decision, code: reply.code, messageId },
         `RabbitMQ: heuristic outcome, ${reply.message}; notice dead-lettered, NOT applied — needs an operator`)
       throw new PoisonMessageError(`${reply.code}: ${reply.message}`)
     }
     if (applied.changed) {
-      this.#stats.applied++
+      this.#count('applied')
       this.#logger.info({ txid: notice.txid, decision: notice.decision }, 'decision applied from RabbitMQ')
     } else {
-      this.#stats.repeated++
+      this.#count('repeated')
     }
 
     // The local SQLite transaction has committed; the message is still unacked. A crash here
@@ -201,13 +215,13 @@ export class DecisionReceiver {
       messageId: `ack.${this.#engine.name}.${notice.txid}.${notice.decision}`
     }])
     if (failed.length === 0) {
-      this.#stats.acksPublished++
+      this.#count('acksPublished')
       return
     }
     // Not retried here, and the notice is still acked: the decision IS applied locally. The
     // coordinator keeps the participant pending and retries phase 2 over HTTP, which this
     // participant answers with an idempotent `{ok:true}` — so the ack is only late, not lost.
-    this.#stats.ackPublishFailures++
+    this.#count('ackPublishFailures')
     this.#logger.warn({ txid: notice.txid, messageId, err: failed[0]?.error.message },
       'RabbitMQ: could not publish the ack; the coordinator\'s HTTP retry will get an idempotent ok')
   }
@@ -221,7 +235,7 @@ export class DecisionReceiver {
   /** Starts an in-doubt pass (serialized with the others by the recovery); never throws. */
   #recheck (why: string): void {
     if (this.#closed) return
-    this.#stats.rechecks++
+    this.#count('rechecks')
     this.#logger.info({ why }, 're-checking in-doubt transactions with the coordinator')
     this.#recovery.recover().catch(err => { this.#logger.warn({ err, why }, 'in-doubt re-check failed; the periodic recovery will ask again') })
   }

@@ -12,6 +12,7 @@ import type { Dispatcher } from 'undici'
 import { PARTICIPANT_NAME_PATTERN, TX_ID_PATTERN } from '@fastify-2pc/protocol'
 import type { DecisionQueryResponse } from '@fastify-2pc/protocol'
 import { CoordinatorError } from './errors.js'
+import { parseTraceparent } from './trace.js'
 
 export interface CoordinatorClientOptions {
   /** Base URL of the coordinator, e.g. `http://127.0.0.1:7070` (a path prefix is kept). */
@@ -22,12 +23,25 @@ export interface CoordinatorClientOptions {
   connections?: number
   /** Longest wait for an answer, except commit which also waits the transaction's timeout (default 30 s). */
   requestTimeoutMs?: number
+  /**
+   * The W3C `traceparent` of the caller's current span, asked at `begin()` when
+   * `begin({ traceparent })` gives none (e.g. read from your tracer's active context). Its
+   * requests for that transaction carry it; the coordinator passes it on to every participant
+   * callback as a child span. An invalid value is ignored.
+   */
+  traceparent?: () => string | undefined
 }
 
 export interface BeginOptions {
   /** Time the coordinator gives the transaction before it aborts it (server default when unset). */
   timeoutMs?: number
   metadata?: Record<string, unknown>
+  /**
+   * W3C `traceparent` (`00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`) sent on every
+   * request of this transaction; the coordinator keeps it and passes a child span of it to every
+   * participant callback. Default: the client's `traceparent()` option, if any.
+   */
+  traceparent?: string
 }
 
 export interface EnlistParticipant {
@@ -78,6 +92,7 @@ interface RequestOptions {
   txid?: string
   /** For commit: a lost answer means the outcome is unknown, not that nothing happened. */
   outcomeMayBeApplied?: boolean
+  traceparent?: string | undefined
 }
 
 export class CoordinatorClient {
@@ -85,6 +100,7 @@ export class CoordinatorClient {
   readonly #basePath: string
   readonly #headers: Record<string, string>
   readonly #requestTimeoutMs: number
+  readonly #traceparent: (() => string | undefined) | undefined
   #closed = false
 
   constructor (options: CoordinatorClientOptions) {
@@ -105,6 +121,10 @@ export class CoordinatorClient {
     if (!Number.isInteger(this.#requestTimeoutMs) || this.#requestTimeoutMs < 1) {
       throw new CoordinatorError('CLIENT_INVALID_ARGUMENT', 'requestTimeoutMs must be a positive integer')
     }
+    if (options.traceparent !== undefined && typeof options.traceparent !== 'function') {
+      throw new CoordinatorError('CLIENT_INVALID_ARGUMENT', 'traceparent must be a function returning the current traceparent')
+    }
+    this.#traceparent = options.traceparent
     this.#basePath = base.pathname.replace(/\/+$/, '')
     this.#pool = new Pool(base.origin, { connections, keepAliveTimeout: 10_000, keepAliveMaxTimeout: 60_000 })
     this.#headers = { accept: 'application/json' }
@@ -117,7 +137,18 @@ export class CoordinatorClient {
     if (options.timeoutMs !== undefined && (!Number.isInteger(options.timeoutMs) || options.timeoutMs < 1)) {
       throw new CoordinatorError('CLIENT_INVALID_ARGUMENT', 'timeoutMs must be a positive integer')
     }
-    return new CoordinatorTransaction(this, options)
+    let traceparent: string | undefined
+    if (options.traceparent !== undefined) {
+      traceparent = parseTraceparent(options.traceparent)
+      if (traceparent === undefined) {
+        throw new CoordinatorError('CLIENT_INVALID_ARGUMENT', 'traceparent must be a W3C traceparent: 00-<32 hex>-<16 hex>-<2 hex>')
+      }
+    } else if (this.#traceparent !== undefined) {
+      let current: unknown
+      try { current = this.#traceparent() } catch { current = undefined }
+      traceparent = parseTraceparent(current)
+    }
+    return new CoordinatorTransaction(this, options, traceparent)
   }
 
   /** The coordinator's decision for a transaction, as participants ask for it. */
@@ -148,6 +179,7 @@ export class CoordinatorClient {
     const timeout = options.timeoutMs ?? this.#requestTimeoutMs
     const headers: Record<string, string> = { ...this.#headers }
     let body: string | undefined
+    if (options.traceparent !== undefined) headers.traceparent = options.traceparent
     if (options.body !== undefined) {
       body = JSON.stringify(options.body)
       headers['content-type'] = 'application/json'
@@ -226,6 +258,7 @@ function parseOutcome (answer: unknown, txid: string | undefined): CommitOutcome
 export class CoordinatorTransaction {
   readonly #client: CoordinatorClient
   readonly #options: BeginOptions
+  readonly #traceparent: string | undefined
   readonly #participants: EnlistParticipant[] = []
   readonly #messages: TransactionalMessage[] = []
   #id: string | undefined
@@ -235,10 +268,14 @@ export class CoordinatorTransaction {
   #finishing: Promise<CommitOutcome | AbortOutcome> | undefined
 
   /** @internal use `client.begin()` */
-  constructor (client: CoordinatorClient, options: BeginOptions) {
+  constructor (client: CoordinatorClient, options: BeginOptions, traceparent?: string) {
     this.#client = client
     this.#options = options
+    this.#traceparent = traceparent
   }
+
+  /** The traceparent this transaction's requests carry (undefined: none; the coordinator starts a trace). */
+  get traceparent (): string | undefined { return this.#traceparent }
 
   /** The server's transaction id: undefined until `start()` or `commit()` created it. */
   get id (): string | undefined { return this.#id }
@@ -252,7 +289,7 @@ export class CoordinatorTransaction {
       const body: Record<string, unknown> = {}
       if (this.#options.timeoutMs !== undefined) body.timeoutMs = this.#options.timeoutMs
       if (this.#options.metadata !== undefined) body.metadata = this.#options.metadata
-      const answer = await this.#client.request('POST', '/v1/transactions', { body }) as { id?: unknown } | null
+      const answer = await this.#client.request('POST', '/v1/transactions', { traceparent: this.#traceparent, body }) as { id?: unknown } | null
       if (typeof answer?.id !== 'string') {
         throw new CoordinatorError('COORDINATOR_BAD_RESPONSE', 'begin answer without an id')
       }
@@ -334,7 +371,7 @@ export class CoordinatorTransaction {
       return { id: undefined, state: 'aborted' }
     }
     const id = await this.#starting
-    await this.#client.request('POST', `/v1/transactions/${id}/abort`, { body: {}, txid: id })
+    await this.#client.request('POST', `/v1/transactions/${id}/abort`, { traceparent: this.#traceparent, body: {}, txid: id })
     this.#status = 'aborted'
     return { id, state: 'aborted' }
   }
@@ -348,7 +385,7 @@ export class CoordinatorTransaction {
         if (this.#options.timeoutMs !== undefined) body.timeoutMs = this.#options.timeoutMs
         if (this.#options.metadata !== undefined) body.metadata = this.#options.metadata
         if (this.#messages.length > 0) body.messages = this.#messages
-        const answer = await this.#client.request('POST', '/v1/transactions', { body, timeoutMs, outcomeMayBeApplied: true })
+        const answer = await this.#client.request('POST', '/v1/transactions', { traceparent: this.#traceparent, body, timeoutMs, outcomeMayBeApplied: true })
         return this.#settle(parseOutcome(answer, undefined))
       }
       const id = await this.#starting
@@ -356,17 +393,17 @@ export class CoordinatorTransaction {
       try {
         // Bounded by the caps in enlist/publish; sent in order so the coordinator sees them as given.
         for (const participant of this.#participants) {
-          await this.#client.request('POST', `/v1/transactions/${id}/participants`, { body: participant, txid: id })
+          await this.#client.request('POST', `/v1/transactions/${id}/participants`, { traceparent: this.#traceparent, body: participant, txid: id })
         }
         for (const message of this.#messages) {
-          await this.#client.request('POST', `/v1/transactions/${id}/messages`, { body: message, txid: id })
+          await this.#client.request('POST', `/v1/transactions/${id}/messages`, { traceparent: this.#traceparent, body: message, txid: id })
         }
       } catch (err) {
         // Nothing was decided yet: abort now rather than leave the coordinator to time it out.
-        await this.#client.request('POST', `/v1/transactions/${id}/abort`, { body: {}, txid: id }).catch(() => {})
+        await this.#client.request('POST', `/v1/transactions/${id}/abort`, { traceparent: this.#traceparent, body: {}, txid: id }).catch(() => {})
         throw err
       }
-      const answer = await this.#client.request('POST', `/v1/transactions/${id}/commit`, { body: {}, txid: id, timeoutMs, outcomeMayBeApplied: true })
+      const answer = await this.#client.request('POST', `/v1/transactions/${id}/commit`, { traceparent: this.#traceparent, body: {}, txid: id, timeoutMs, outcomeMayBeApplied: true })
       return this.#settle(parseOutcome(answer, id))
     } catch (err) {
       this.#status = 'failed'

@@ -1,14 +1,28 @@
 /**
- * Applies state-machine steps to the participant log and the user's handlers, each event in ONE
- * local SQLite transaction: read the record, decide, run the handlers, write the new record.
- * better-sqlite3 is synchronous, so nothing else in this process interleaves with that
- * transaction; `BEGIN IMMEDIATE` keeps other processes on the same file out as well.
+ * Applies state-machine steps to the participant log and the user's handlers. Each event (a
+ * prepare, commit or abort callback over HTTP, a RabbitMQ decision notice, a decision learned by
+ * in-doubt recovery) runs in ONE local unit: read the record, decide, run the handler, write the
+ * new record — all or nothing.
+ *
+ * Group commit (default): events are queued, and at the end of the event-loop turn
+ * (`setImmediate`, or as soon as `maxBatch` are queued) they are all run in ONE SQLite
+ * transaction (`BEGIN IMMEDIATE` ... `COMMIT`: one fsync), each event inside its own SAVEPOINT —
+ * a handler that throws rolls back its savepoint only. Every caller is answered only after the
+ * COMMIT returned; if the COMMIT (or the BEGIN) fails, the whole batch is rolled back and every
+ * caller gets `LogWriteFailed` (retryable). The transaction is opened and committed within one
+ * synchronous flush, so no other code of the process — the service's own routes on the same
+ * connection — ever runs while it is open: nothing of theirs joins a batch.
+ * With `groupCommit: false` each event is flushed alone, at once (a batch of one).
+ * better-sqlite3 is synchronous, so nothing else in this process interleaves with a flush;
+ * `BEGIN IMMEDIATE` keeps other processes on the same file out as well.
  */
 import type { Database } from 'better-sqlite3'
 import type { FastifyBaseLogger } from 'fastify'
 import { crashPoint } from '@fastify-2pc/protocol'
 import type { PrepareRequest, Vote } from '@fastify-2pc/protocol'
+import { performance } from 'node:perf_hooks'
 import { ParticipantLog } from './log.js'
+import { traceFields } from './trace.js'
 import { transition } from './state-machine.js'
 import type { PrepareOutcome, RecordState, Reply, Step } from './state-machine.js'
 
@@ -17,6 +31,12 @@ export interface TransactionContext {
   readonly id: string
   /** This participant's name. */
   readonly participant: string
+  /**
+   * The W3C `traceparent` of the callback that carries this event (the coordinator sends a child
+   * span of the initiator's trace); undefined for RabbitMQ notices, in-doubt recovery, or a
+   * callback without a valid one.
+   */
+  readonly traceparent?: string
 }
 
 export interface PrepareContext extends TransactionContext {
@@ -55,6 +75,75 @@ export class HandlerThrew extends Error {
   }
 }
 
+/**
+ * The batch's local transaction could not be written (BEGIN or COMMIT failed, the database is
+ * closed, or SQLite rolled the transaction back): nothing of the batch is visible, retry.
+ */
+export class LogWriteFailed extends Error {
+  constructor (cause: unknown) {
+    super(`the participant log could not be written: ${(cause as Error)?.message ?? String(cause)}`, { cause })
+    this.name = 'LogWriteFailed'
+  }
+}
+
+/** Where an event came from (a metrics label). */
+export type EventSource = 'http' | 'amqp' | 'recovery'
+export type EventKind = 'prepare' | 'commit' | 'abort'
+
+/** Per-event context: where it came from, its trace, the logger of its request. */
+export interface EventContext {
+  source: EventSource
+  traceparent?: string | undefined
+  /** A child logger that already carries `txid` (and `traceId`); default: the engine's, with them. */
+  logger?: FastifyBaseLogger | undefined
+}
+
+export interface FlushStats {
+  /** Local transactions committed (or attempted) for callbacks: one fsync each. */
+  flushes: number
+  /** Events written by them. */
+  events: number
+  /** Flushes whose transaction failed (every event of it got `LogWriteFailed`). */
+  failedFlushes: number
+  lastBatch: number
+  maxBatch: number
+  lastFlushMs: number
+  totalFlushMs: number
+}
+
+export interface EngineObserver {
+  /** After each flush: events in it, its duration (ms), whether it committed. */
+  onFlush?: (events: number, ms: number, ok: boolean) => void
+  /** Once per event, when its caller is answered. `outcome`: the vote, `ok`, an error code in lower case, `handler_failed`, `log_failed`. */
+  onEvent?: (kind: EventKind, source: EventSource, outcome: string) => void
+}
+
+export interface EngineOptions {
+  logger: FastifyBaseLogger
+  /** Group commit (default true). */
+  groupCommit?: boolean
+  /** Events per flush at most (default 128). */
+  maxBatch?: number
+  observer?: EngineObserver
+  now?: () => number
+}
+
+type Settled = { ok: true, value: unknown } | { ok: false, error: unknown }
+
+interface Job {
+  kind: EventKind
+  context: EventContext
+  txid: string
+  /** Runs inside the batch transaction (its own savepoint). */
+  work: () => unknown
+  /** The metrics outcome of a successful result. */
+  outcome: (value: unknown) => string
+  /** Runs after the COMMIT, before the caller is answered (crash points). */
+  afterCommit?: (() => void) | undefined
+  resolve: (value: unknown) => void
+  reject: (error: unknown) => void
+}
+
 const VOTES: ReadonlySet<unknown> = new Set(['yes', 'no', 'read-only'])
 
 function isThenable (value: unknown): boolean {
@@ -64,27 +153,53 @@ function isThenable (value: unknown): boolean {
 export class ParticipantEngine {
   readonly name: string
   readonly log: ParticipantLog
+  readonly groupCommit: boolean
+  readonly maxBatch: number
   readonly #db: Database
   readonly #handlers: Handlers
   readonly #logger: FastifyBaseLogger
   readonly #now: () => number
+  readonly #observer: EngineObserver
+  readonly #begin
+  readonly #commit
+  readonly #rollback
+  #queue: Job[] = []
+  #flushScheduled = false
+  readonly #stats: FlushStats = { flushes: 0, events: 0, failedFlushes: 0, lastBatch: 0, maxBatch: 0, lastFlushMs: 0, totalFlushMs: 0 }
 
-  constructor (db: Database, name: string, handlers: Handlers, logger: FastifyBaseLogger, now: () => number = Date.now) {
+  constructor (db: Database, name: string, handlers: Handlers, options: EngineOptions) {
     this.name = name
     this.#db = db
     this.#handlers = handlers
-    this.#logger = logger
-    this.#now = now
+    this.#logger = options.logger
+    this.#now = options.now ?? Date.now
+    this.#observer = options.observer ?? {}
+    this.groupCommit = options.groupCommit ?? true
+    this.maxBatch = options.maxBatch ?? 128
     this.log = new ParticipantLog(db, name)
+    this.#begin = db.prepare('BEGIN IMMEDIATE')
+    this.#commit = db.prepare('COMMIT')
+    this.#rollback = db.prepare('ROLLBACK')
   }
 
-  prepare (request: PrepareRequest): Reply {
+  /** A copy of the flush counters (group commit: fewer flushes than events). */
+  flushStats (): FlushStats {
+    return { ...this.#stats }
+  }
+
+  /** Events queued for the next flush. */
+  get pendingEvents (): number {
+    return this.#queue.length
+  }
+
+  /** Resolves with the vote once the record (and the handler's writes) are committed. */
+  async prepare (request: PrepareRequest, context: EventContext = { source: 'http' }): Promise<Reply> {
     const onePhase = request.onePhase === true
     const run = this.#db.transaction((): Reply => {
       const state = this.log.stateOf(request.txid)
       const first = transition(state, { type: 'prepare', now: this.#now(), deadline: request.deadline, onePhase })
       const step = first.effects.some(effect => effect.type === 'run-prepare-handler')
-        ? this.#runPrepareHandlers(state, request, onePhase)
+        ? this.#runPrepareHandlers(state, request, onePhase, context)
         : first
       if (step.next !== undefined) {
         this.log.write(request.txid, step.next as Exclude<RecordState, 'none'>, step.reply.type === 'vote' ? step.reply.reason ?? null : null, this.#now())
@@ -92,14 +207,16 @@ export class ParticipantEngine {
       crashPoint('participant.in-prepare-before-local-commit')
       return step.reply
     })
-    const reply = run.immediate()
-    crashPoint('participant.after-prepare-before-reply')
-    return reply
+    return await this.#enqueue<Reply>('prepare', request.txid, context, () => run.immediate(), replyOutcome,
+      () => { crashPoint('participant.after-prepare-before-reply') })
   }
 
   /** Runs the prepare (and for one-phase, commit) handler in a savepoint; returns the step. */
-  #runPrepareHandlers (state: RecordState, request: PrepareRequest, onePhase: boolean): Step {
-    const context: PrepareContext = Object.freeze({ id: request.txid, participant: this.name, deadline: request.deadline, onePhase })
+  #runPrepareHandlers (state: RecordState, request: PrepareRequest, onePhase: boolean, event: EventContext): Step {
+    const context: PrepareContext = Object.freeze({
+      id: request.txid, participant: this.name, deadline: request.deadline, onePhase,
+      ...(event.traceparent !== undefined ? { traceparent: event.traceparent } : {})
+    })
     const savepoint = this.#db.transaction((): Step => {
       const vote: unknown = this.#handlers.prepare(context, request.payload, this.#db)
       if (!VOTES.has(vote)) {
@@ -107,7 +224,7 @@ export class ParticipantEngine {
           ? 'prepare handler returned a Promise: it must be synchronous, it runs inside a SQLite transaction'
           : `prepare handler returned ${String(vote)}, not 'yes' | 'no' | 'read-only'`)
       }
-      if (vote === 'yes' && onePhase) this.#callDecisionHandler('commit', { id: request.txid, participant: this.name })
+      if (vote === 'yes' && onePhase) this.#callDecisionHandler('commit', context)
       const step = transition(state, { type: 'prepare-handled', outcome: vote as PrepareOutcome, onePhase })
       if (step.effects.some(effect => effect.type === 'discard-handler-writes')) throw new DiscardHandlerWrites(step)
       return step
@@ -116,33 +233,35 @@ export class ParticipantEngine {
       return savepoint()
     } catch (err) {
       if (err instanceof DiscardHandlerWrites) return err.step
-      this.#logger.error({ err, txid: request.txid }, 'prepare handler failed: voting no, its writes rolled back')
+      this.#loggerFor(request.txid, event).error({ err }, 'prepare handler failed: voting no, its writes rolled back')
       return transition(state, { type: 'prepare-handled', outcome: 'threw', onePhase })
     }
   }
 
   /**
    * Applies commit or abort from the coordinator (an HTTP callback or a RabbitMQ notice: one
-   * path); throws `HandlerThrew` (nothing changed). `observe` sees the step inside the local
-   * transaction (e.g. to tell a first application from a repeat).
+   * path); rejects with `HandlerThrew` (nothing changed) or `LogWriteFailed`. `observe` sees the
+   * step inside the local transaction (e.g. to tell a first application from a repeat).
    */
-  decide (txid: string, decision: 'commit' | 'abort', observe?: (step: Step) => void): Reply {
-    const reply = this.#apply(txid, { type: decision }, observe)
-    if (decision === 'commit') crashPoint('participant.after-commit-before-reply')
-    return reply
+  async decide (txid: string, decision: 'commit' | 'abort', observe?: (step: Step) => void, context: EventContext = { source: 'http' }): Promise<Reply> {
+    return await this.#enqueue<Reply>(decision, txid, context, () => this.#apply(txid, { type: decision }, context, observe), replyOutcome,
+      decision === 'commit' ? () => { crashPoint('participant.after-commit-before-reply') } : undefined)
   }
 
-  /** Applies a decision learned by in-doubt recovery; true when it changed the record. */
-  applyRecovered (txid: string, decision: 'commit' | 'abort' | 'pending'): boolean {
+  /** Applies a decision learned by in-doubt recovery; resolves true when it changed the record. */
+  async applyRecovered (txid: string, decision: 'commit' | 'abort'): Promise<boolean> {
     let changed = false
-    this.#apply(txid, { type: 'decision-answer', decision }, step => { changed = step.next !== undefined })
+    const context: EventContext = { source: 'recovery' }
+    await this.#enqueue<Reply>(decision, txid, context, () => this.#apply(txid, { type: 'decision-answer', decision }, context, step => { changed = step.next !== undefined }), () => 'ok')
     return changed
   }
 
-  #apply (txid: string, event: { type: 'commit' } | { type: 'abort' } | { type: 'decision-answer', decision: 'commit' | 'abort' | 'pending' }, observe?: (step: Step) => void): Reply {
+  #apply (txid: string, event: { type: 'commit' } | { type: 'abort' } | { type: 'decision-answer', decision: 'commit' | 'abort' | 'pending' }, eventContext: EventContext, observe?: (step: Step) => void): Reply {
     const run = this.#db.transaction((): Reply => {
       const step = transition(this.log.stateOf(txid), event)
-      const context: TransactionContext = Object.freeze({ id: txid, participant: this.name })
+      const context: TransactionContext = Object.freeze({
+        id: txid, participant: this.name, ...(eventContext.traceparent !== undefined ? { traceparent: eventContext.traceparent } : {})
+      })
       for (const effect of step.effects) {
         if (effect.type === 'run-commit-handler') this.#callDecisionHandler('commit', context)
         if (effect.type === 'run-abort-handler') this.#callDecisionHandler('abort', context)
@@ -164,5 +283,117 @@ export class ParticipantEngine {
     if (isThenable(result)) {
       throw new HandlerThrew(handler, new TypeError(`${handler} handler returned a Promise: it must be synchronous, it runs inside a SQLite transaction`))
     }
+  }
+
+  #loggerFor (txid: string, context: EventContext): FastifyBaseLogger {
+    return context.logger ?? this.#logger.child({ txid, ...traceFields(context.traceparent) })
+  }
+
+  async #enqueue<T> (kind: EventKind, txid: string, context: EventContext, work: () => T, outcome: (value: T) => string, afterCommit?: () => void): Promise<T> {
+    return await new Promise<T>((resolve, reject) => {
+      this.#queue.push({
+        kind, txid, context, work, afterCommit,
+        outcome: outcome as (value: unknown) => string,
+        resolve: resolve as (value: unknown) => void,
+        reject
+      })
+      if (!this.groupCommit || this.#queue.length >= this.maxBatch) {
+        this.flush()
+      } else if (!this.#flushScheduled) {
+        this.#flushScheduled = true
+        setImmediate(() => { this.flush() })
+      }
+    })
+  }
+
+  /**
+   * Runs every queued event in ONE local transaction (each in its own savepoint), commits, then
+   * answers each caller. Never throws. Called at the end of the turn, when the batch is full,
+   * and on close (nothing queued is dropped by a graceful close).
+   */
+  flush (): void {
+    this.#flushScheduled = false
+    const batch = this.#queue
+    if (batch.length === 0) return
+    this.#queue = []
+    const started = performance.now()
+    const results: Settled[] = []
+    let failure: unknown
+    try {
+      if (!this.#db.open) throw new Error('the database is closed')
+      // Only possible if code of the service holds a transaction of its own open across an
+      // await on this connection: joining it would make our records depend on its COMMIT.
+      if (this.#db.inTransaction) throw new Error('the database connection is inside a transaction the SDK did not open')
+      this.#begin.run()
+    } catch (err) {
+      failure = err
+    }
+    if (failure === undefined) {
+      for (const job of batch) {
+        // Inside the open transaction, better-sqlite3 runs each event's transaction function
+        // as a SAVEPOINT: a throw rolls back that event only.
+        try {
+          results.push({ ok: true, value: job.work() })
+        } catch (error) {
+          results.push({ ok: false, error })
+        }
+        if (!this.#db.inTransaction) {
+          failure = new Error('SQLite rolled the batch transaction back')
+          break
+        }
+      }
+      if (failure === undefined) {
+        try {
+          this.#commit.run()
+        } catch (err) {
+          failure = err
+        }
+      }
+      if (failure !== undefined && this.#db.open && this.#db.inTransaction) {
+        try { this.#rollback.run() } catch { /* the connection is unusable; the next BEGIN says so */ }
+      }
+    }
+    const ms = performance.now() - started
+    this.#stats.flushes++
+    this.#stats.events += batch.length
+    this.#stats.lastBatch = batch.length
+    this.#stats.maxBatch = Math.max(this.#stats.maxBatch, batch.length)
+    this.#stats.lastFlushMs = ms
+    this.#stats.totalFlushMs += ms
+    if (failure !== undefined) {
+      this.#stats.failedFlushes++
+      this.#logger.error({ err: failure, events: batch.length }, 'participant log flush failed: nothing of the batch was written, every caller gets a retryable error')
+    }
+    this.#observer.onFlush?.(batch.length, ms, failure === undefined)
+
+    for (let i = 0; i < batch.length; i++) {
+      const job = batch[i] as Job
+      const result = failure === undefined ? results[i] as Settled : { ok: false as const, error: new LogWriteFailed(failure) }
+      if (result.ok) {
+        job.afterCommit?.()
+        this.#settled(job, job.outcome(result.value))
+        job.resolve(result.value)
+      } else {
+        this.#settled(job, result.error instanceof HandlerThrew ? 'handler_failed' : result.error instanceof LogWriteFailed ? 'log_failed' : 'error')
+        job.reject(result.error)
+      }
+    }
+  }
+
+  #settled (job: Job, outcome: string): void {
+    this.#observer.onEvent?.(job.kind, job.context.source, outcome)
+    const level = (job.context.logger ?? this.#logger).level
+    if (level === 'debug' || level === 'trace') {
+      this.#loggerFor(job.txid, job.context).debug({ event: job.kind, source: job.context.source, outcome }, '2pc event applied')
+    }
+  }
+}
+
+/** The metrics outcome of a reply: the vote, `ok`, or the error code in lower case. */
+function replyOutcome (reply: Reply): string {
+  switch (reply.type) {
+    case 'vote': return reply.vote
+    case 'error': return reply.code.toLowerCase()
+    default: return 'ok'
   }
 }

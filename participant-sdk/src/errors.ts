@@ -17,6 +17,11 @@ export const ParticipantMismatchError = createError('PARTICIPANT_MISMATCH', 'Thi
  * `prepared`, so the coordinator's retry (5xx = retryable) or in-doubt recovery applies it later.
  */
 export const HandlerFailedError = createError('HANDLER_FAILED', 'The %s handler failed; the decision was not applied and will be retried', 500)
+/**
+ * The local transaction that carries the callback (a group-committed batch) could not be
+ * committed: nothing of it is visible, the coordinator retries (5xx).
+ */
+export const LogWriteFailedError = createError('LOG_WRITE_FAILED', 'The participant log could not be written; nothing was applied, retry', 503)
 /** Plugin options that cannot work; thrown at register time. */
 export const InvalidOptionError = createError('TWOPC_INVALID_OPTION', 'Invalid twoPhaseParticipant option: %s')
 

@@ -1,6 +1,6 @@
 export { twoPhaseParticipant } from './participant.js'
 export type { TwoPhaseParticipantOptions, TwoPhaseParticipantApi } from './participant.js'
-export type { PrepareHandler, CommitHandler, AbortHandler, TransactionContext, PrepareContext } from './engine.js'
+export type { PrepareHandler, CommitHandler, AbortHandler, TransactionContext, PrepareContext, FlushStats } from './engine.js'
 export type { InDoubtTransaction, RecoveryReport } from './recovery.js'
 export { createCoordinatorClient, CoordinatorClient, CoordinatorTransaction, MAX_PARTICIPANTS_PER_TRANSACTION, MAX_MESSAGES_PER_TRANSACTION } from './client.js'
 export type {
@@ -10,9 +10,10 @@ export type {
 export { coordinatorClientPlugin } from './client-plugin.js'
 export {
   CoordinatorError, TxUnknownError, TxAlreadyCommittedError, TxAlreadyAbortedError, BadSignatureError,
-  ParticipantMismatchError, HandlerFailedError, InvalidOptionError
+  ParticipantMismatchError, HandlerFailedError, InvalidOptionError, LogWriteFailedError
 } from './errors.js'
 export { transition, recoveryDelayMs } from './state-machine.js'
 export type { RecordState, ParticipantEvent, Effect, Reply, Step, PrepareOutcome } from './state-machine.js'
 export { migrate, PARTICIPANT_LOG_TABLE, SCHEMA_VERSION_TABLE, SchemaTooNewError } from './log.js'
 export type { ParticipantAmqpOptions, ParticipantAmqpStatus } from './amqp.js'
+export { parseTraceparent } from './trace.js'

@@ -67,6 +67,7 @@ export class ParticipantLog {
   readonly #upsert
   readonly #prepared
   readonly #prune
+  readonly #summary
 
   constructor (db: Database, participant: string) {
     this.#participant = participant
@@ -86,6 +87,14 @@ export class ParticipantLog {
                                 SELECT txid FROM ${PARTICIPANT_LOG_TABLE}
                                 WHERE participant = @participant AND state <> 'prepared' AND updated_at < @before
                                 LIMIT @limit)`)
+    this.#summary = db.prepare(`SELECT count(*) AS n, min(updated_at) AS oldest FROM ${PARTICIPANT_LOG_TABLE}
+                                WHERE participant = ? AND state = 'prepared'`)
+  }
+
+  /** How many records are prepared (in doubt until a decision arrives) and the oldest one's time. */
+  preparedSummary (): { count: number, oldestUpdatedAt: number | null } {
+    const row = this.#summary.get(this.#participant) as { n: number, oldest: number | null }
+    return { count: row.n, oldestUpdatedAt: row.oldest }
   }
 
   get (txid: string): LogRecord | undefined {

@@ -15,10 +15,12 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { Database } from 'better-sqlite3'
 import { AMQP_PREFIX_PATTERN, PARTICIPANT_NAME_PATTERN, SIGNATURE_HEADER, TX_ID_PATTERN, verifySignature } from '@fastify-2pc/protocol'
 import { createCoordinatorClient } from './client.js'
-import { HandlerThrew, ParticipantEngine } from './engine.js'
+import type { Registry } from 'prom-client'
+import { HandlerThrew, LogWriteFailed, ParticipantEngine } from './engine.js'
+import type { FlushStats } from './engine.js'
 import type { AbortHandler, CommitHandler, PrepareHandler } from './engine.js'
 import {
-  BadSignatureError, HandlerFailedError, InvalidOptionError, ParticipantMismatchError,
+  BadSignatureError, HandlerFailedError, InvalidOptionError, LogWriteFailedError, ParticipantMismatchError,
   TxAlreadyAbortedError, TxAlreadyCommittedError, TxUnknownError
 } from './errors.js'
 import { migrate } from './log.js'
@@ -28,6 +30,9 @@ import type { InDoubtTransaction, RecoveryReport } from './recovery.js'
 import { DecisionReceiver } from './amqp.js'
 import type { ParticipantAmqpOptions, ParticipantAmqpStatus } from './amqp.js'
 import type { RecordState, Reply } from './state-machine.js'
+import { createParticipantMetrics } from './metrics.js'
+import type { ParticipantMetrics } from './metrics.js'
+import { parseTraceparent, traceFields } from './trace.js'
 
 export interface TwoPhaseParticipantOptions {
   /** This participant's name, as enlisted with the coordinator. */
@@ -52,8 +57,28 @@ export interface TwoPhaseParticipantOptions {
   recoveryMaxDelayMs?: number
   /** Decision queries per recovery tick (default 100). */
   recoveryBatchSize?: number
-  /** How long settled records (and tombstones) are kept (default 7 days). */
+  /**
+   * How long settled records (committed, aborted, read-only) and tombstones are kept (default 7
+   * days), then pruned in bounded batches. Keep it well above the coordinator's longest
+   * transaction timeout (`TWOPC_MAX_TIMEOUT_MS`, 10 min) plus clock skew: a tombstone must
+   * outlive any late prepare for its transaction.
+   */
   retentionMs?: number
+  /**
+   * Group commit (default true): callbacks arriving in one event-loop turn share one local
+   * SQLite transaction (one fsync), each in its own savepoint; each is answered after the
+   * COMMIT. `false`: one transaction per callback.
+   */
+  groupCommit?: boolean
+  /** Callbacks per group-committed transaction at most (default 128). */
+  groupCommitMaxBatch?: number
+  /** Prometheus metrics in `app.twoPhase.metrics`, a prom-client Registry of its own (default true). */
+  metrics?: boolean
+  /**
+   * Also serve the registry: `true` mounts `GET {prefix}/metrics`, a string mounts that path
+   * (default false: merge `app.twoPhase.metrics` into the service's own `/metrics`).
+   */
+  metricsRoute?: boolean | string
   /** Largest callback body in bytes (default 1 MiB). */
   bodyLimit?: number
   /**
@@ -82,6 +107,12 @@ export interface TwoPhaseParticipantApi {
   stateOf (txid: string): RecordState
   /** The RabbitMQ link and its counters; undefined without `amqpUrl`. */
   amqpStatus (): ParticipantAmqpStatus | undefined
+  /** The participant's Prometheus registry; undefined with `metrics: false`. */
+  readonly metrics: Registry | undefined
+  /** Participant-log flush counters: with group commit, fewer flushes (fsyncs) than callbacks. */
+  flushStats (): FlushStats
+  /** Deletes one bounded batch of settled records older than `retentionMs` now; returns how many (the timer does this each tick). */
+  prune (): number
 }
 
 declare module 'fastify' {
@@ -91,6 +122,8 @@ declare module 'fastify' {
 }
 
 const DAY_MS = 24 * 60 * 60 * 1000
+/** Coordinator's default longest transaction timeout (10 min) plus 5 min of clock skew. */
+const MIN_SAFE_RETENTION_MS = 15 * 60 * 1000
 const MAX_IN_DOUBT_LIST = 10_000
 
 const TxId = Type.String({ pattern: TX_ID_PATTERN, maxLength: 64 })
@@ -140,6 +173,15 @@ function checkOptions (options: TwoPhaseParticipantOptions): void {
   if (options.amqpUrl !== undefined && (typeof options.amqpUrl !== 'string' || !/^amqps?:\/\//.test(options.amqpUrl) || !URL.canParse(options.amqpUrl))) {
     throw new InvalidOptionError('amqpUrl must be an amqp:// or amqps:// URL')
   }
+  for (const flag of ['groupCommit', 'metrics'] as const) {
+    if (options[flag] !== undefined && typeof options[flag] !== 'boolean') throw new InvalidOptionError(`${flag} must be a boolean`)
+  }
+  if (options.metricsRoute !== undefined && options.metricsRoute !== false) {
+    if (options.metrics === false) throw new InvalidOptionError('metricsRoute needs metrics')
+    if (options.metricsRoute !== true && (typeof options.metricsRoute !== 'string' || !/^\/[A-Za-z0-9/_.-]*$/.test(options.metricsRoute))) {
+      throw new InvalidOptionError('metricsRoute must be a boolean or a path starting with /')
+    }
+  }
   if (options.amqpPrefix !== undefined && (typeof options.amqpPrefix !== 'string' || !new RegExp(AMQP_PREFIX_PATTERN).test(options.amqpPrefix))) {
     throw new InvalidOptionError(`amqpPrefix must match ${AMQP_PREFIX_PATTERN}`)
   }
@@ -166,10 +208,25 @@ interface RouteOptions {
   logger: FastifyBaseLogger
 }
 
+/** Maps the engine's failures to the protocol's errors (5xx: the coordinator retries). */
+function callbackError (err: unknown, decision: 'prepare' | 'commit' | 'abort'): unknown {
+  if (err instanceof HandlerThrew && decision !== 'prepare') return new HandlerFailedError(decision, { cause: err.cause })
+  if (err instanceof LogWriteFailed) return new LogWriteFailedError({ cause: err.cause })
+  return err
+}
+
 /** The callback routes, encapsulated (NOT wrapped in fastify-plugin). */
 const callbackRoutes: FastifyPluginAsync<RouteOptions> = async (instance, { engine, recovery, secret, bodyLimit, logger }) => {
   // Requests whose signature was checked against their exact raw bytes.
   const verified = new WeakSet<FastifyRequest>()
+  // Each callback's child logger: txid, traceId and spanId of its traceparent, the request id.
+  const loggers = new WeakMap<FastifyRequest, FastifyBaseLogger>()
+  const requestLogger = (request: FastifyRequest, txid: string): { log: FastifyBaseLogger, traceparent: string | undefined } => {
+    const traceparent = parseTraceparent(request.headers.traceparent)
+    const log = logger.child({ txid, ...traceFields(traceparent), reqId: request.id })
+    loggers.set(request, log)
+    return { log, traceparent }
+  }
   const parseJson = instance.getDefaultJsonParser('error', 'error')
 
   // Only JSON is accepted here, and the raw string must be seen before parsing to check the
@@ -197,9 +254,10 @@ const callbackRoutes: FastifyPluginAsync<RouteOptions> = async (instance, { engi
   // The coordinator reads `code`: whatever error handler the host app set, answer the protocol's shape.
   instance.setErrorHandler((error: FastifyError, request, reply) => {
     const statusCode = typeof error.statusCode === 'number' && error.statusCode >= 400 && error.statusCode < 600 ? error.statusCode : 500
-    if (statusCode >= 500) logger.error({ err: error, url: request.url }, '2pc callback failed')
-    else logger.info({ err: error, url: request.url }, '2pc callback refused')
-    const known = statusCode < 500 || error.code === 'HANDLER_FAILED'
+    const log = loggers.get(request) ?? logger
+    if (statusCode >= 500) log.error({ err: error, url: request.url }, '2pc callback failed')
+    else log.info({ err: error, url: request.url }, '2pc callback refused')
+    const known = statusCode < 500 || error.code === 'HANDLER_FAILED' || error.code === 'LOG_WRITE_FAILED'
     void reply.code(statusCode).send({
       statusCode,
       code: typeof error.code === 'string' ? error.code : 'INTERNAL_ERROR',
@@ -218,7 +276,14 @@ const callbackRoutes: FastifyPluginAsync<RouteOptions> = async (instance, { engi
     schema: { body: PrepareBody, response: { 200: PrepareAnswer } }
   }, async request => {
     checkParticipant(request.body.participant)
-    return answer(engine.prepare(request.body)) as { vote: 'yes' | 'no' | 'read-only', reason?: string }
+    const { log, traceparent } = requestLogger(request, request.body.txid)
+    let reply: Reply
+    try {
+      reply = await engine.prepare(request.body, { source: 'http', traceparent, logger: log })
+    } catch (err) {
+      throw callbackError(err, 'prepare')
+    }
+    return answer(reply) as { vote: 'yes' | 'no' | 'read-only', reason?: string }
   })
 
   for (const decision of ['commit', 'abort'] as const) {
@@ -227,14 +292,14 @@ const callbackRoutes: FastifyPluginAsync<RouteOptions> = async (instance, { engi
       schema: { body: DecisionBody, response: { 200: OkAnswer } }
     }, async request => {
       checkParticipant(request.body.participant)
+      const { log, traceparent } = requestLogger(request, request.body.txid)
       let reply: Reply
       try {
         // The same path as a decision notice over RabbitMQ (amqp.ts).
-        reply = applyDecision(engine, recovery, request.body.txid, decision).reply
+        reply = (await applyDecision(engine, recovery, request.body.txid, decision, { source: 'http', traceparent, logger: log })).reply
       } catch (err) {
         // Not swallowed: logged by the error handler with its cause; 5xx tells the coordinator to retry.
-        if (err instanceof HandlerThrew) throw new HandlerFailedError(decision, { cause: err.cause })
-        throw err
+        throw callbackError(err, decision)
       }
       return answer(reply) as { ok: true }
     })
@@ -253,15 +318,33 @@ const plugin: FastifyPluginAsync<TwoPhaseParticipantOptions> = async (fastify: F
     maxQueriesPerTick: positiveInteger('recoveryBatchSize', options.recoveryBatchSize, 100),
     retentionMs: positiveInteger('retentionMs', options.retentionMs, 7 * DAY_MS)
   }
+  const maxBatch = positiveInteger('groupCommitMaxBatch', options.groupCommitMaxBatch, 128)
+  if (recoveryOptions.retentionMs < MIN_SAFE_RETENTION_MS) {
+    logger.warn({ retentionMs: recoveryOptions.retentionMs },
+      'retentionMs is shorter than the longest transaction timeout plus clock skew (15 min): a late prepare may outlive its tombstone')
+  }
 
   migrate(options.db)
+  let metrics: ParticipantMetrics | undefined
   const engine = new ParticipantEngine(options.db, options.name, {
     prepare: options.prepare, commit: options.commit, abort: options.abort
-  }, logger)
+  }, {
+    logger,
+    groupCommit: options.groupCommit ?? true,
+    maxBatch,
+    observer: {
+      onFlush: (size, ms, ok) => metrics?.observer.onFlush?.(size, ms, ok),
+      onEvent: (kind, source, outcome) => metrics?.observer.onEvent?.(kind, source, outcome)
+    }
+  })
+  if (options.metrics !== false) metrics = createParticipantMetrics(options.name, options.db, engine.log)
   const clientOptions: { url: string, token?: string, connections: number } = { url: options.coordinatorUrl, connections: 2 }
   if (options.coordinatorToken !== undefined) clientOptions.token = options.coordinatorToken
   const client = createCoordinatorClient(clientOptions)
-  const recovery = new InDoubtRecovery(engine, client, logger, recoveryOptions)
+  const recovery = new InDoubtRecovery(engine, client, logger, {
+    ...recoveryOptions,
+    ...(metrics !== undefined ? { onQuery: metrics.onQuery, onPrune: metrics.onPrune } : {})
+  })
   let receiver: DecisionReceiver | undefined
   if (options.amqpUrl !== undefined) {
     receiver = new DecisionReceiver({
@@ -270,6 +353,7 @@ const plugin: FastifyPluginAsync<TwoPhaseParticipantOptions> = async (fastify: F
       engine,
       recovery,
       logger,
+      ...(metrics !== undefined ? { onCount: metrics.onAmqp } : {}),
       ...(options.amqpOptions !== undefined ? { link: options.amqpOptions } : {})
     })
   } else {
@@ -282,10 +366,20 @@ const plugin: FastifyPluginAsync<TwoPhaseParticipantOptions> = async (fastify: F
     inDoubt: ({ limit = 1000 }: { limit?: number } = {}) => recovery.inDoubt(Math.min(Math.max(1, limit), MAX_IN_DOUBT_LIST)),
     recover: async () => await recovery.recover(),
     stateOf: (txid: string) => engine.log.stateOf(txid),
-    amqpStatus: () => receiver?.status()
+    amqpStatus: () => receiver?.status(),
+    metrics: metrics?.registry,
+    flushStats: () => engine.flushStats(),
+    prune: () => recovery.prune()
   } satisfies TwoPhaseParticipantApi)
 
   await fastify.register(callbackRoutes, { prefix, engine, recovery, secret: options.secret, bodyLimit, logger })
+  if (metrics !== undefined && options.metricsRoute !== undefined && options.metricsRoute !== false) {
+    // Outside the callback routes: no signature (a scraper has none), like any /metrics.
+    const registry = metrics.registry
+    fastify.get(options.metricsRoute === true ? `${prefix}/metrics` : options.metricsRoute, async (_request, reply) => {
+      return await reply.header('content-type', registry.contentType).send(await registry.metrics())
+    })
+  }
 
   // After listen, not at ready: by then the callback routes are reachable, so a decision the
   // coordinator pushes while recovery runs is applied by whichever comes first (both go through
@@ -297,10 +391,14 @@ const plugin: FastifyPluginAsync<TwoPhaseParticipantOptions> = async (fastify: F
     recovery.start()
     receiver?.start()
   })
+  // Nothing queued for the next group commit is dropped by a graceful close: flush it before the
+  // host's own onClose hooks (which usually close the database) run.
+  fastify.addHook('preClose', async () => { engine.flush() })
   fastify.addHook('onClose', async () => {
     // First the link: it stops consuming and lets a notice being applied finish (bounded).
     await receiver?.close()
     await recovery.stop()
+    engine.flush()
     await client.close()
   })
 }

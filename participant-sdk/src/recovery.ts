@@ -21,6 +21,12 @@ export interface RecoveryOptions {
   maxQueriesPerTick: number
   /** Settled records older than this are pruned, a bounded batch per tick. */
   retentionMs: number
+  /** Records deleted per tick at most (default 500). */
+  pruneBatchSize?: number
+  /** Observer of each decision query's result (metrics). */
+  onQuery?: (result: 'committed' | 'aborted' | 'pending' | 'failed') => void
+  /** Observer of each pruning batch (metrics): records deleted. */
+  onPrune?: (deleted: number) => void
 }
 
 export interface InDoubtTransaction {
@@ -154,7 +160,15 @@ export class InDoubtRecovery {
       if (schedule !== undefined && schedule.nextCheckAt > now) continue
       await this.#ask(record.txid, report)
     }
-    this.#engine.log.prune(now - this.#options.retentionMs, PRUNE_BATCH)
+    this.prune(now)
+  }
+
+  /** Deletes one bounded batch of settled records older than the retention; returns how many. */
+  prune (now = Date.now()): number {
+    const deleted = this.#engine.log.prune(now - this.#options.retentionMs, this.#options.pruneBatchSize ?? PRUNE_BATCH)
+    this.#options.onPrune?.(deleted)
+    if (deleted > 0) this.#logger.debug({ deleted }, 'pruned settled participant-log records')
+    return deleted
   }
 
   async #ask (txid: string, report: RecoveryReport): Promise<void> {
@@ -165,23 +179,27 @@ export class InDoubtRecovery {
     } catch (err) {
       if (this.#stopped) return
       report.failed++
+      this.#options.onQuery?.('failed')
       this.#backOff(txid, (err as Error).message)
       this.#logger.warn({ err, txid }, 'in-doubt recovery: could not get the decision; will ask again')
       return
     }
     if (decision === 'pending') {
       report.pending++
+      this.#options.onQuery?.('pending')
       this.#backOff(txid, 'pending')
       return
     }
     try {
-      this.#engine.applyRecovered(txid, decision)
+      await this.#engine.applyRecovered(txid, decision)
       this.#schedules.delete(txid)
       if (decision === 'commit') report.committed++
       else report.aborted++
+      this.#options.onQuery?.(decision === 'commit' ? 'committed' : 'aborted')
       this.#logger.info({ txid, decision }, 'in-doubt transaction resolved from the coordinator')
     } catch (err) {
       report.failed++
+      this.#options.onQuery?.('failed')
       this.#backOff(txid, (err as Error).message)
       this.#logger.error({ err, txid, decision }, 'in-doubt recovery: applying the decision failed; will retry')
     }
