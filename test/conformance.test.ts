@@ -234,7 +234,7 @@ t.test('usage errors exit 2; an unreachable participant exits 1', async t => {
 
 // --- (b) the demo participants ---------------------------------------------------------------
 
-async function startDemo (t: Test, name: 'inventory' | 'payment', secret: string | undefined): Promise<string> {
+async function startDemo (t: Test, name: 'inventory' | 'payment', secret: string | undefined): Promise<{ origin: string, log: () => string }> {
   const bin = DEMO_BIN(name)
   if (!existsSync(bin)) throw new Error(`${bin} is missing: run \`npx tsc -b\` first`)
   const port = await freePort()
@@ -251,8 +251,9 @@ async function startDemo (t: Test, name: 'inventory' | 'payment', secret: string
   delete env.TWOPC_SECRET
   delete env.TWOPC_API_TOKEN
   if (secret !== undefined) env.TWOPC_SECRET = secret
-  const child: ChildProcess = spawn(process.execPath, [bin], { env, stdio: ['ignore', 'ignore', 'pipe'] })
+  const child: ChildProcess = spawn(process.execPath, [bin], { env, stdio: ['ignore', 'pipe', 'pipe'] })
   let stderr = ''
+  child.stdout?.on('data', chunk => { stderr += String(chunk) })
   child.stderr?.on('data', chunk => { stderr += String(chunk) })
   let exited: string | undefined
   child.once('exit', (code, signal) => { exited = `exited (${signal ?? code})` })
@@ -269,23 +270,25 @@ async function startDemo (t: Test, name: 'inventory' | 'payment', secret: string
     if (exited !== undefined) throw new Error(`${name} ${exited}: ${stderr}`)
     return (await getJson(`${origin}/healthz`)).status === 200 ? true : undefined
   }).catch((err: Error) => { throw exited !== undefined ? new Error(`${name} ${exited}: ${stderr}`) : err })
-  return origin
+  return { origin, log: () => `${name} output:\n${stderr.split('\n').slice(-20).join('\n')}` }
 }
 
 t.test('(b) demo inventory (signed) and payment (unsigned), as the demo runs them, pass', async t => {
-  const [inventory, payment] = await Promise.all([startDemo(t, 'inventory', SECRET), startDemo(t, 'payment', undefined)])
+  const [inv0, pay0] = await Promise.all([startDemo(t, 'inventory', SECRET), startDemo(t, 'payment', undefined)])
+  const inventory = inv0.origin
+  const payment = pay0.origin
   t.equal(await postJson(`${inventory}/stock`, { sku: 'apple', available: 500 }), 201, 'seeded stock')
   t.equal(await postJson(`${payment}/balances`, { account: 'alice', balance: 50_000 }), 201, 'seeded balance')
   const [inv, pay] = await Promise.all([
     runJson([`${inventory}/2pc`, '--name', 'inventory', '--secret', SECRET, '--payload', '{"sku":"apple","qty":2}']),
     runJson([`${payment}/2pc`, '--name', 'payment', '--payload', '{"account":"alice","amount":30}'])
   ])
-  t.equal(inv.run.code, 0, `inventory: exit 0\n${explain(inv.report)}`)
+  t.equal(inv.run.code, 0, `inventory: exit 0\n${explain(inv.report)}\n${inv0.log()}`)
   t.equal(inv.report.vote, 'yes')
   t.equal(inv.report.summary.skipped, 0, 'inventory: nothing skipped')
   t.equal(inv.report.summary.warnings, 0, `inventory: no SHOULD check failed either\n${explain(inv.report)}`)
   t.equal(pay.report.summary.warnings, 0, `payment: no SHOULD check failed either\n${explain(pay.report)}`)
-  t.equal(pay.run.code, 0, `payment: exit 0\n${explain(pay.report)}`)
+  t.equal(pay.run.code, 0, `payment: exit 0\n${explain(pay.report)}\n${pay0.log()}`)
   t.equal(pay.report.vote, 'yes')
   t.ok(pay.report.checks.filter(c => c.result === 'skip').every(c => c.id.startsWith('signature-')), 'payment: only signature checks skipped')
 
