@@ -169,7 +169,7 @@ async function runRow (t: Test, row: Row, n: number): Promise<void> {
       if (ready.body.amqp.outboxDepth !== 0) return undefined
     }
     return tx
-  }, 60_000, 50, async () => ({ list: await listTransactions(coordinatorUrl).catch(String) }))
+  }, 60_000, 50, async () => ({ list: await listTransactions(coordinatorUrl).catch(String), restarted: { alive: again.alive(), stderr: again.stderr().slice(-2000) } }))
 
   t.equal(record.state, row.expect, `the coordinator decided ${row.expect}`)
   t.same((await httpJson('GET', `${coordinatorUrl}/v1/transactions/${record.id}/decision`)).body, { decision: row.expect === 'committed' ? 'commit' : 'abort' })

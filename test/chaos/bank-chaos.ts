@@ -260,11 +260,12 @@ export async function runChaos (options: ChaosOptions): Promise<ChaosReport> {
     }
     const count = (map: Record<string, number>, key: string): void => { map[key] = (map[key] ?? 0) + 1 }
     while (Date.now() < end && report.transfers < maxTransfers) {
-      await sleep(between(100, 900))
+      await sleep(between(200, 1500))
       const r = rnd()
-      if (r < 0.36) {
-        const name = r < 0.12 ? 'coordinator' : r < 0.24 ? 'bank-a' : 'bank-b'
+      if (r < 0.3) {
+        const name = r < 0.1 ? 'coordinator' : r < 0.2 ? 'bank-a' : 'bank-b'
         const slot = slots[name] as Slot
+        if (slot.proc?.alive() !== true) continue // still (re)starting: nothing to kill
         // Sometimes the restart arms a crash point: it dies there, later, by itself.
         if (rnd() < 0.35) {
           slot.nextCrashAt = `${pick(name === 'coordinator' ? COORDINATOR_POINTS : PARTICIPANT_POINTS)}:${between(1, 6)}`
@@ -326,6 +327,8 @@ export async function runChaos (options: ChaosOptions): Promise<ChaosReport> {
     let views: Record<BankName, BankView> | undefined
     try {
       await waitFor('everything settled: all up and clean, every transaction completed, nothing in doubt, the outbox empty', async () => {
+        // A process started with a crash point armed (its start was under way when chaos stopped): restart it clean.
+        for (const slot of allSlots) if (slot.proc?.alive() === true && slot.crashAt !== undefined) await slot.kill()
         if (!allSlots.every(s => s.clean())) return false
         const ready = await httpJson('GET', `${coordinatorUrl}/readyz`)
         if (ready.status !== 200 || ready.body.amqp.connected !== true || ready.body.amqp.outboxDepth !== 0) return false

@@ -60,7 +60,23 @@ export interface Proc {
   kill: () => Promise<Exit>
 }
 
+/** Children still running when this process ends are SIGKILLed (no orphans after a timeout or ^C). */
+const live = new Set<ChildProcess>()
+let reaperInstalled = false
+function installReaper (): void {
+  if (reaperInstalled) return
+  reaperInstalled = true
+  process.once('exit', () => { for (const child of live) child.kill('SIGKILL') })
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(signal, () => {
+      for (const child of live) child.kill('SIGKILL')
+      process.exit(128 + (signal === 'SIGINT' ? 2 : 15))
+    })
+  }
+}
+
 function spawnProc (name: string, file: string, env: Record<string, string>): Proc {
+  installReaper()
   const child = spawn(process.execPath, ['--enable-source-maps', file], {
     cwd: ROOT,
     env: { ...process.env, TWOPC_CRASH_AT: '', NODE_OPTIONS: '', ...env },
@@ -69,7 +85,8 @@ function spawnProc (name: string, file: string, env: Record<string, string>): Pr
   let stderr = ''
   child.stderr?.on('data', (d: Buffer) => { stderr = (stderr + d.toString()).slice(-20_000) })
   child.stdout?.resume()
-  const exited = new Promise<Exit>(resolve => { child.once('exit', (code, signal) => resolve({ code, signal })) })
+  live.add(child)
+  const exited = new Promise<Exit>(resolve => { child.once('exit', (code, signal) => { live.delete(child); resolve({ code, signal }) }) })
   const alive = (): boolean => child.exitCode === null && child.signalCode === null
   return {
     name,
