@@ -109,6 +109,8 @@ export interface FlushStats {
   maxBatch: number
   lastFlushMs: number
   totalFlushMs: number
+  /** Events queued for the next flush right now. */
+  pending: number
 }
 
 export interface EngineObserver {
@@ -165,7 +167,7 @@ export class ParticipantEngine {
   readonly #rollback
   #queue: Job[] = []
   #flushScheduled = false
-  readonly #stats: FlushStats = { flushes: 0, events: 0, failedFlushes: 0, lastBatch: 0, maxBatch: 0, lastFlushMs: 0, totalFlushMs: 0 }
+  readonly #stats: Omit<FlushStats, 'pending'> = { flushes: 0, events: 0, failedFlushes: 0, lastBatch: 0, maxBatch: 0, lastFlushMs: 0, totalFlushMs: 0 }
 
   constructor (db: Database, name: string, handlers: Handlers, options: EngineOptions) {
     this.name = name
@@ -184,7 +186,7 @@ export class ParticipantEngine {
 
   /** A copy of the flush counters (group commit: fewer flushes than events). */
   flushStats (): FlushStats {
-    return { ...this.#stats }
+    return { ...this.#stats, pending: this.#queue.length }
   }
 
   /** Events queued for the next flush. */

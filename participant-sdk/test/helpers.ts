@@ -76,7 +76,8 @@ export function inventoryHandlers (calls: Inventory['calls'], behaviour: Invento
   }
 }
 
-export async function buildInventory (dir: string, options: Partial<TwoPhaseParticipantOptions> = {}): Promise<Inventory> {
+/** `beforeReady` may add the host's own hooks and routes before the app is ready. */
+export async function buildInventory (dir: string, options: Partial<TwoPhaseParticipantOptions> = {}, beforeReady?: (app: FastifyInstance) => void): Promise<Inventory> {
   const db = openInventoryDb(join(dir, 'inventory.db'))
   const calls = { prepare: 0, commit: 0, abort: 0 }
   const behaviour: Inventory['behaviour'] = {}
@@ -89,6 +90,7 @@ export async function buildInventory (dir: string, options: Partial<TwoPhasePart
     ...options
   })
   app.addHook('onClose', async () => { db.close() })
+  beforeReady?.(app)
   await app.ready()
   return {
     app,
