@@ -179,7 +179,7 @@ async function startCluster (o) {
 
 function snapshot (/** @type {Cluster} */ cluster) {
   const at = performance.now()
-  /** @type {Record<string, { cpu: number, fsync: number | null }>} */
+  /** @type {Record<string, ReturnType<ServerProcess['sample']>>} */
   const procs = {}
   for (const [name, s] of Object.entries(cluster.servers)) procs[name] = s.sample()
   return { at, procs }
@@ -208,23 +208,29 @@ async function runLoad (cluster, mode, concurrency, t) {
         /** @type {Record<string, number>} */ const cpuPct = {}
         /** @type {Record<string, number>} */ const cpuUsPerTx = {}
         /** @type {Record<string, number | null>} */ const fsyncPerTx = {}
+        /** @type {Record<string, number | null>} */ const fsyncMsPerTx = {}
+        /** @type {Record<string, number | null>} */ const fsyncBusyPct = {}
         let fsyncTotal = 0
         for (const name of Object.keys(after.procs)) {
-          const a = /** @type {{ cpu: number, fsync: number | null }} */ (after.procs[name])
-          const bb = /** @type {{ cpu: number, fsync: number | null }} */ (b.procs[name])
+          const a = /** @type {ReturnType<ServerProcess['sample']>} */ (after.procs[name])
+          const bb = /** @type {ReturnType<ServerProcess['sample']>} */ (b.procs[name])
           const cpu = a.cpu - bb.cpu
+          const txs = f.txPerSec * seconds // committed transactions over the orchestrator's window
           cpuPct[name] = 100 * cpu / seconds
-          cpuUsPerTx[name] = f.committed > 0 ? 1e6 * cpu / (f.txPerSec * seconds) : NaN
+          cpuUsPerTx[name] = f.committed > 0 ? 1e6 * cpu / txs : NaN
           if (a.fsync !== null && bb.fsync !== null) {
-            const d = a.fsync - bb.fsync
+            const d = a.fsync.count - bb.fsync.count
+            const ds = a.fsync.seconds - bb.fsync.seconds
             fsyncTotal += d
-            fsyncPerTx[name] = f.committed > 0 ? d / (f.txPerSec * seconds) : null
-          } else fsyncPerTx[name] = null
+            fsyncPerTx[name] = f.committed > 0 ? d / txs : null
+            fsyncMsPerTx[name] = f.committed > 0 ? 1000 * ds / txs : null
+            fsyncBusyPct[name] = 100 * ds / seconds
+          } else { fsyncPerTx[name] = null; fsyncMsPerTx[name] = null; fsyncBusyPct[name] = null }
         }
         cpuPct.loadgen = 100 * (f.loadgenCpuMs / 1000) / f.seconds
         cpuUsPerTx.loadgen = f.committed > 0 ? 1000 * f.loadgenCpuMs / f.committed : NaN
         fsyncPerTx.total = cluster.strace && f.committed > 0 ? fsyncTotal / (f.txPerSec * seconds) : null
-        const row = { mode, concurrency, rep: msg.rep, ...f, cpuPct, cpuUsPerTx, fsyncPerTx }
+        const row = { mode, concurrency, rep: msg.rep, ...f, cpuPct, cpuUsPerTx, fsyncPerTx, fsyncBusyPct, fsyncMsPerTx }
         reps.push(row)
         log(`${mode.padEnd(11)} c=${String(concurrency).padEnd(3)} rep ${msg.rep + 1}/${t.reps}: ${f.txPerSec.toFixed(0)} tx/s, p50 ${fmt(f.latencyMs.p50)} p99 ${fmt(f.latencyMs.p99)} ms, ` +
           `cpu% c/i/p/f/l ${['coordinator', 'inventory', 'payment', 'fanout', 'loadgen'].map(n => (cpuPct[n] ?? 0).toFixed(0)).join('/')}, ` +
@@ -337,7 +343,7 @@ if (cfg.profileS > 0) {
     // Only the samples of the measured window: the profile ends when the process exits, so the
     // window is located by its distance from the exit (start-up, warm-up and shutdown left out).
     const windowFromEndUs = { from: (exitedAt - window.start) * 1000, to: (exitedAt - window.end) * 1000 }
-    profile = { file: join(profDir, file).replace(ROOT + '/', ''), concurrency, seconds: cfg.profileS, txPerSec: figures[0]?.txPerSec, ...summarizeProfile(join(profDir, file), ROOT, windowFromEndUs) }
+    profile = { file: join(profDir, file).replace(ROOT + '/', ''), concurrency, seconds: cfg.profileS, txPerSec: figures[0]?.txPerSec, windowFromEndUs, ...summarizeProfile(join(profDir, file), ROOT, windowFromEndUs) }
   }
 }
 

@@ -53,11 +53,12 @@ class FsyncCounter {
     this.file = file
     this.offset = 0
     this.count = 0
+    this.seconds = 0
     this.rest = ''
   }
 
   read () {
-    if (!existsSync(this.file)) return this.count
+    if (!existsSync(this.file)) return { count: this.count, seconds: this.seconds }
     const fd = openSync(this.file, 'r')
     try {
       const buf = Buffer.alloc(1 << 20)
@@ -68,10 +69,15 @@ class FsyncCounter {
         const text = this.rest + buf.toString('latin1', 0, n)
         const lines = text.split('\n')
         this.rest = lines.pop() ?? ''
-        for (const line of lines) if (/\b(fsync|fdatasync)\(/.test(line)) this.count++
+        for (const line of lines) {
+          if (/\b(fsync|fdatasync)\(/.test(line)) this.count++
+          // -T: time spent in the call, at the end of the line that completes it (also "resumed" lines)
+          const t = /<(\d+\.\d+)>$/.exec(line)
+          if (t !== null && /fsync|fdatasync/.test(line)) this.seconds += Number(t[1])
+        }
       }
     } finally { closeSync(fd) }
-    return this.count
+    return { count: this.count, seconds: this.seconds }
   }
 }
 
@@ -87,7 +93,7 @@ export class ServerProcess {
     this.script = join(LIB, o.script)
     const node = [process.execPath, ...(o.nodeArgs ?? []), join(LIB, o.script)]
     const argv = o.strace !== undefined
-      ? ['strace', '-f', '--seccomp-bpf', '-qq', '-e', 'trace=fsync,fdatasync', '-o', o.strace, ...node]
+      ? ['strace', '-f', '-T', '--seccomp-bpf', '-qq', '-e', 'trace=fsync,fdatasync', '-o', o.strace, ...node]
       : node
     this.child = spawn(/** @type {string} */ (argv[0]), argv.slice(1), {
       env: { ...process.env, ...o.env, BENCH_PARENT_PID: String(process.pid) },
@@ -133,7 +139,7 @@ export class ServerProcess {
     throw new Error(`${this.name} not ready at ${url} after ${timeoutMs} ms:\n${this.output}`)
   }
 
-  /** @returns {{ cpu: number, fsync: number | null }} */
+  /** @returns {{ cpu: number, fsync: { count: number, seconds: number } | null }} */
   sample () {
     if (this.exited) throw new Error(`${this.name} exited (code ${this.child.exitCode}, signal ${this.child.signalCode}):\n${this.output}`)
     return { cpu: this.pid === undefined ? NaN : cpuSeconds(this.pid), fsync: this.fsync === undefined ? null : this.fsync.read() }

@@ -35,6 +35,27 @@ export function summarizeProfile (file, root, windowFromEndUs) {
     const id = /** @type {number} */ (prof.samples[i])
     selfById.set(id, (selfById.get(id) ?? 0) + (prof.timeDeltas[i] ?? 0))
   }
+  // Inclusive (total) time of the project's own functions: every sample is charged once to each
+  // distinct coordinator/protocol/participant-sdk function on its stack.
+  /** @type {Map<number, number>} */ const parent = new Map()
+  /** @type {Map<number, typeof prof.nodes[number]>} */ const nodeById = new Map()
+  for (const node of prof.nodes) {
+    nodeById.set(node.id, node)
+    for (const child of node.children ?? []) parent.set(child, node.id)
+  }
+  const ownCode = (/** @type {string} */ url) => /\/(coordinator|protocol|participant-sdk)\/dist\//.test(url) && !url.includes('/node_modules/')
+  /** @type {Map<string, number>} */ const inclusive = new Map()
+  for (const [id, us] of selfById) {
+    const seen = new Set()
+    for (let cur = /** @type {number | undefined} */ (id); cur !== undefined; cur = parent.get(cur)) {
+      const cf = nodeById.get(cur)?.callFrame
+      if (cf === undefined || !ownCode(cf.url)) continue
+      const key = `${cf.functionName || '(anonymous)'} ${moduleOf(cf.url, root)}:${cf.lineNumber + 1}`
+      if (seen.has(key)) continue
+      seen.add(key)
+      inclusive.set(key, (inclusive.get(key) ?? 0) + us)
+    }
+  }
   /** @type {Map<string, number>} */ const byFunction = new Map()
   /** @type {Map<string, number>} */ const byModule = new Map()
   let total = 0
@@ -61,6 +82,7 @@ export function summarizeProfile (file, root, windowFromEndUs) {
     idleMs: Math.round(idle / 1000),
     busyMs: Math.round(busy / 1000),
     topFunctions: top(byFunction, 25),
-    topModules: top(byModule, 20)
+    topModules: top(byModule, 20),
+    topOwnInclusive: top(inclusive, 20)
   }
 }

@@ -25,7 +25,9 @@ export function aggregate (rows, cfg) {
         cpuPct[p] = stats(rs.map(r => r.cpuPct[p]))
         cpuUsPerTx[p] = stats(rs.map(r => r.cpuUsPerTx[p]))
       }
+      /** @type {Record<string, any>} */ const fsyncBusyPct = {}
       for (const p of ['coordinator', 'inventory', 'payment', 'total']) fsyncPerTx[p] = stats(rs.map(r => r.fsyncPerTx[p]))
+      for (const p of ['coordinator', 'inventory', 'payment']) fsyncBusyPct[p] = stats(rs.map(r => r.fsyncBusyPct?.[p]))
       groups.push({
         mode,
         concurrency,
@@ -35,6 +37,7 @@ export function aggregate (rows, cfg) {
         cpuPct,
         cpuUsPerTx,
         fsyncPerTx,
+        fsyncBusyPct,
         committed: rs.reduce((s, r) => s + r.committed, 0),
         aborted: rs.reduce((s, r) => s + r.aborted, 0),
         errors: rs.reduce((s, r) => s + r.errors, 0),
@@ -111,9 +114,12 @@ export function renderMarkdown (r) {
 
   if (c.strace) {
     L.push('## Log flushes (fsync + fdatasync) per committed transaction', '')
-    L.push('| path | clients | coordinator | inventory | payment | total |', '| --- | ---: | ---: | ---: | ---: | ---: |')
+    const timed = groups.some(x => x.fsyncBusyPct?.coordinator != null)
+    if (timed) L.push('With the share of the window each process spent inside fsync (strace -T): better-sqlite3 is synchronous, so that is time its event loop is blocked.', '')
+    L.push(`| path | clients | coordinator | inventory | payment | total |${timed ? ' in fsync: coordinator % | inventory % | payment % |' : ''}`, `| --- | ---: | ---: | ---: | ---: | ---: |${timed ? ' ---: | ---: | ---: |' : ''}`)
     for (const x of groups) {
-      L.push(`| ${MODE_NAMES[x.mode]} | ${x.concurrency} | ${mm(x.fsyncPerTx.coordinator, f2)} | ${mm(x.fsyncPerTx.inventory, f2)} | ${mm(x.fsyncPerTx.payment, f2)} | ${mm(x.fsyncPerTx.total, f2)} |`)
+      const busy = timed ? ` ${mm(x.fsyncBusyPct.coordinator, n0)} | ${mm(x.fsyncBusyPct.inventory, n0)} | ${mm(x.fsyncBusyPct.payment, n0)} |` : ''
+      L.push(`| ${MODE_NAMES[x.mode]} | ${x.concurrency} | ${mm(x.fsyncPerTx.coordinator, f2)} | ${mm(x.fsyncPerTx.inventory, f2)} | ${mm(x.fsyncPerTx.payment, f2)} | ${mm(x.fsyncPerTx.total, f2)} |${busy}`)
     }
     L.push('')
   }
@@ -158,6 +164,11 @@ export function renderMarkdown (r) {
     L.push('', 'Top functions by self time:', '')
     L.push('| function | ms | % busy |', '| --- | ---: | ---: |')
     for (const x of p.topFunctions) L.push(`| \`${x.name}\` | ${x.ms} | ${x.pctOfBusy} |`)
+    if (p.topOwnInclusive !== undefined) {
+      L.push('', 'The coordinator\'s own functions by total time (self + callees; nested ones overlap):', '')
+      L.push('| function | ms | % busy |', '| --- | ---: | ---: |')
+      for (const x of p.topOwnInclusive) L.push(`| \`${x.name}\` | ${x.ms} | ${x.pctOfBusy} |`)
+    }
     L.push('')
     L.push('<!-- analysis -->', '')
   }
