@@ -45,7 +45,9 @@ function runCli (args: string[], timeoutMs = 90_000): Promise<Run> {
     // No TWOPC_SECRET inherited: the kit would take it as --secret.
     const env = { ...process.env }
     delete env.TWOPC_SECRET
-    const child = spawn(process.execPath, [CLI, ...args], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] })
+    // A generous per-request bound: in-process participants answer slowly under coverage on a loaded machine.
+    const all = args.length > 0 && !args.includes('--timeout-ms') ? [...args, '--timeout-ms', '30000'] : args
+    const child = spawn(process.execPath, [CLI, ...all], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] })
     let stdout = ''
     let stderr = ''
     child.stdout.on('data', chunk => { stdout += String(chunk) })
