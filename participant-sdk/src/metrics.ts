@@ -2,7 +2,8 @@
  * Prometheus metrics of one participant (prom-client), in a registry of its own: the host
  * service usually has its own `/metrics`, so it can merge this one
  * (`Registry.merge([hostRegistry, app.twoPhase.metrics])`) or let the SDK serve it
- * (`metricsRoute`). Every series carries the label `participant="<name>"`. No default process
+ * (`metricsRoute`). Every series carries the label `participant="<name>"` — a label of each
+ * metric, not a registry default label, so it survives `Registry.merge`. No default process
  * metrics here: those belong to the host's registry (and would collide in a merge).
  *
  * Gauges that describe the log (prepared count, oldest prepared age) are read from SQLite when
@@ -29,97 +30,107 @@ const AMQP_NOTICE_RESULTS: Partial<Record<AmqpCounter, string>> = {
 
 export function createParticipantMetrics (name: string, db: Database, log: ParticipantLog): ParticipantMetrics {
   const registry = new Registry()
-  registry.setDefaultLabels({ participant: name })
+  const p = { participant: name }
   const summary = (): { count: number, oldestUpdatedAt: number | null } =>
     db.open ? log.preparedSummary() : { count: 0, oldestUpdatedAt: null }
 
   new Gauge({
     name: 'twopc_participant_prepared',
     help: 'Transactions held prepared (voted yes, decision not known yet): their reservations are blocked',
+    labelNames: ['participant'],
     registers: [registry],
-    collect () { this.set(summary().count) }
+    collect () { this.set(p, summary().count) }
   })
   new Gauge({
     name: 'twopc_participant_prepared_oldest_age_seconds',
     help: 'Age of the oldest prepared transaction (0 when none)',
+    labelNames: ['participant'],
     registers: [registry],
     collect () {
       const oldest = summary().oldestUpdatedAt
-      this.set(oldest === null ? 0 : Math.max(0, (Date.now() - oldest) / 1000))
+      this.set(p, oldest === null ? 0 : Math.max(0, (Date.now() - oldest) / 1000))
     }
   })
   const events = new Counter({
     name: 'twopc_participant_callbacks_total',
     help: 'Callbacks (prepare/commit/abort) applied, by kind, source (http, amqp, recovery) and outcome (yes, no, read-only, ok, tx_unknown, tx_already_committed, tx_already_aborted, handler_failed, log_failed, error)',
-    labelNames: ['kind', 'source', 'outcome'],
+    labelNames: ['kind', 'source', 'outcome', 'participant'],
     registers: [registry]
   })
   const queries = new Counter({
     name: 'twopc_participant_recovery_queries_total',
     help: 'In-doubt recovery: decision queries to the coordinator, by result (committed, aborted, pending, failed)',
-    labelNames: ['result'],
+    labelNames: ['result', 'participant'],
     registers: [registry]
   })
   const pruned = new Counter({
     name: 'twopc_participant_log_pruned_total',
     help: 'Settled records and tombstones deleted after the retention time',
+    labelNames: ['participant'],
     registers: [registry]
   })
   const flushBatch = new Histogram({
     name: 'twopc_participant_log_flush_batch_size',
     help: 'Callbacks per group-committed participant-log flush (one local transaction, one fsync)',
     buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256],
+    labelNames: ['participant'],
     registers: [registry]
   })
   const flushSeconds = new Histogram({
     name: 'twopc_participant_log_flush_duration_seconds',
     help: 'Duration of one participant-log flush (handlers, records, commit and fsync)',
     buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25],
+    labelNames: ['participant'],
     registers: [registry]
   })
   const flushFailures = new Counter({
     name: 'twopc_participant_log_flush_failures_total',
     help: 'Flushes whose local transaction failed (every callback of the batch got a retryable error)',
+    labelNames: ['participant'],
     registers: [registry]
   })
   const notices = new Counter({
     name: 'twopc_participant_amqp_notices_total',
     help: 'RabbitMQ decision notices, by result (applied, repeated, dead_lettered, failed)',
-    labelNames: ['result'],
+    labelNames: ['result', 'participant'],
     registers: [registry]
   })
   const acks = new Counter({
     name: 'twopc_participant_amqp_acks_total',
     help: 'Ack notices published to RabbitMQ, by result (published, failed)',
-    labelNames: ['result'],
+    labelNames: ['result', 'participant'],
     registers: [registry]
   })
   const rechecks = new Counter({
     name: 'twopc_participant_amqp_rechecks_total',
     help: 'In-doubt re-checks started by coordinator.started or a (re)connect to RabbitMQ',
+    labelNames: ['participant'],
     registers: [registry]
   })
+
+  // Zero from the start (a labelled series appears only once touched).
+  for (const counter of [pruned, flushFailures, rechecks]) counter.inc(p, 0)
 
   return {
     registry,
     observer: {
       onFlush (size, ms, ok) {
-        flushBatch.observe(size)
-        flushSeconds.observe(ms / 1000)
-        if (!ok) flushFailures.inc()
+        flushBatch.observe(p, size)
+        flushSeconds.observe(p, ms / 1000)
+        if (!ok) flushFailures.inc(p)
       },
       onEvent (kind, source, outcome) {
-        events.inc({ kind, source, outcome })
+        events.inc({ kind, source, outcome, ...p })
       }
     },
-    onQuery (result) { queries.inc({ result }) },
-    onPrune (deleted) { if (deleted > 0) pruned.inc(deleted) },
+    onQuery (result) { queries.inc({ result, ...p }) },
+    onPrune (deleted) { if (deleted > 0) pruned.inc(p, deleted) },
     onAmqp (counter) {
       const result = AMQP_NOTICE_RESULTS[counter]
-      if (result !== undefined) notices.inc({ result })
-      else if (counter === 'acksPublished') acks.inc({ result: 'published' })
-      else if (counter === 'ackPublishFailures') acks.inc({ result: 'failed' })
-      else if (counter === 'rechecks') rechecks.inc()
+      if (result !== undefined) notices.inc({ result, ...p })
+      else if (counter === 'acksPublished') acks.inc({ result: 'published', ...p })
+      else if (counter === 'ackPublishFailures') acks.inc({ result: 'failed', ...p })
+      else if (counter === 'rechecks') rechecks.inc(p)
     }
   }
 }

@@ -138,6 +138,20 @@ t.test('decision notices: applied once, acked to the coordinator; poison and heu
   ].sort((a, b) => a.txid.localeCompare(b.txid)), 'an ack for each applied (or repeated) decision, none for the rest')
   t.match(status(), { received: 6, applied: 2, repeated: 1, deadLettered: 3, failed: 0, acksPublished: 3, ackPublishFailures: 0 },
     'six deliveries for six messages: nothing was redelivered')
+
+  // The same counts in the participant's metrics, and the notices' callbacks by source.
+  const metrics = await inv.app.twoPhase.metrics!.metrics()
+  const series = (name: string): number | undefined => {
+    const line = metrics.split('\n').find(l => l.startsWith(name + ' '))
+    return line === undefined ? undefined : Number(line.slice(name.length + 1))
+  }
+  t.equal(series('twopc_participant_amqp_notices_total{result="applied",participant="inventory"}'), 2)
+  t.equal(series('twopc_participant_amqp_notices_total{result="repeated",participant="inventory"}'), 1)
+  t.equal(series('twopc_participant_amqp_notices_total{result="dead_lettered",participant="inventory"}'), 3)
+  t.equal(series('twopc_participant_amqp_acks_total{result="published",participant="inventory"}'), 3)
+  t.equal(series('twopc_participant_callbacks_total{kind="commit",source="amqp",outcome="ok",participant="inventory"}'), 2)
+  t.equal(series('twopc_participant_callbacks_total{kind="commit",source="amqp",outcome="tx_unknown",participant="inventory"}'), 1)
+  t.equal(series('twopc_participant_callbacks_total{kind="abort",source="amqp",outcome="ok",participant="inventory"}'), 1)
 })
 
 t.test('a handler that throws: the notice is requeued, then applied once it succeeds', async t => {
