@@ -27,6 +27,7 @@ t.test('chaos bank: atomic and conserved under kills, broker cuts and a bad netw
     amqpUrl: amqpUrl(),
     prefix,
     settleTimeoutMs: 180_000,
+    calmMs: 5000,
     log: line => { lines.push(line) }
   })
   const { violations, ...figures } = report

@@ -147,7 +147,7 @@ async function runRow (t: Test, row: Row, n: number): Promise<void> {
   const answer = await httpJson('POST', `${coordinatorUrl}/v1/transactions`, transfer).catch((err: unknown) => ({ status: 0, body: String(err) }))
 
   // The process with the crash point died there, by SIGKILL.
-  const exit = await Promise.race([victim.exited, new Promise<undefined>(resolve => setTimeout(resolve, 60_000))])
+  const exit = await Promise.race([victim.exited, new Promise<undefined>(resolve => setTimeout(() => { resolve(undefined) }, 60_000).unref())])
   t.same(exit, { code: null, signal: 'SIGKILL' }, `${row.crashes} SIGKILLed itself`)
   t.match(victim.stderr(), `crashing at ${row.point}`)
   if (row.crashes === 'coordinator' && row.answered !== true) t.equal(answer.status, 0, 'the initiator lost its connection')

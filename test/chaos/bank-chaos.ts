@@ -36,6 +36,8 @@ export interface ChaosOptions {
   amqpUrl: string
   prefix: string
   settleTimeoutMs?: number
+  /** Faults start after this long (default 3 s). */
+  calmMs?: number
   log?: (line: string) => void
 }
 
@@ -259,6 +261,8 @@ export async function runChaos (options: ChaosOptions): Promise<ChaosReport> {
       inFlight.add(p)
     }
     const count = (map: Record<string, number>, key: string): void => { map[key] = (map[key] ?? 0) + 1 }
+    // A calm start: transfers flow (and commit) before the first fault.
+    await sleep(Math.min(options.calmMs ?? 3000, options.durationMs))
     while (Date.now() < end && report.transfers < maxTransfers) {
       await sleep(between(200, 1500))
       const r = rnd()
