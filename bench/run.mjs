@@ -3,7 +3,7 @@
 import { fork, execFileSync } from 'node:child_process'
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync, readdirSync, readFileSync } from 'node:fs'
 import { cpus, tmpdir, release, loadavg, totalmem } from 'node:os'
-import { join } from 'node:path'
+import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { ServerProcess, freePort, rssMb, started, straceAvailable } from './lib/cluster.mjs'
@@ -90,7 +90,7 @@ if (cfg.strace && !straceAvailable()) {
   cfg.strace = false
 }
 
-const outDir = flags.out ?? (quick ? join(HERE, '.out') : HERE)
+const outDir = resolve(flags.out ?? (quick ? join(HERE, '.out') : HERE)) // absolute: the coordinator's cwd is its data dir
 mkdirSync(outDir, { recursive: true })
 const dataDir = flags['data-dir'] ?? mkdtempSync(join(tmpdir(), 'fastify-2pc-bench-'))
 mkdirSync(dataDir, { recursive: true })
