@@ -85,6 +85,8 @@ async function runRow (t: Test, row: Row, n: number): Promise<void> {
     broker = await BrokerSide.open(p)
     const b = broker
     t.teardown(async () => {
+      // Children first (teardowns run last-in first-out): a live one would declare its queue again.
+      await Promise.all(procs.map(async p => await p.kill()))
       await b.cleanup()
       await cleanupPrefix(topologyObjects(amqpNames(p), ['bank-a', 'bank-b']))
     })
