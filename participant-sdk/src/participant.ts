@@ -7,6 +7,7 @@
  * reach the host app; the routes live in an inner, encapsulated plugin so their raw-body JSON
  * parser and their error handler do not leak into (or get overridden by) the host app.
  */
+import { Ajv } from 'ajv'
 import { STATUS_CODES } from 'node:http'
 import fp from 'fastify-plugin'
 import type { FastifyBaseLogger, FastifyError, FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify'
@@ -228,6 +229,10 @@ const callbackRoutes: FastifyPluginAsync<RouteOptions> = async (instance, { engi
     return { log, traceparent }
   }
   const parseJson = instance.getDefaultJsonParser('error', 'error')
+  // The protocol's bodies are strict: an unknown field is refused, not silently dropped (Fastify's
+  // default Ajv removes additional properties), whatever validator options the host app chose.
+  const ajv = new Ajv({ removeAdditional: false, coerceTypes: false, useDefaults: false, allErrors: false, strict: false })
+  instance.setValidatorCompiler(({ schema }) => ajv.compile(schema))
 
   // Only JSON is accepted here, and the raw string must be seen before parsing to check the
   // HMAC: authenticate first, then parse (with Fastify's prototype-poisoning-safe parser).
