@@ -493,6 +493,17 @@ export class AmqpLink extends EventEmitter<AmqpLinkEvents> {
 
   private onConnect (): void {
     if (this.closing) return
+    const conn = this.conn
+    if (conn === undefined || conn.closed) {
+      // The connection died between the end of our setup and amqplib binding its close
+      // listener: amqplib saw no 'close', so it would never reconnect (found by the chaos run:
+      // the link stayed down, the outbox waited). Replay the close so its recovery takes over.
+      this.lastError = 'connection closed during setup'
+      this.log.warn({}, 'amqp: connection closed right after setup; reconnecting')
+      const model = conn?.model
+      if (model !== undefined) setImmediate(() => { model.emit('close', new Error('connection closed during setup')) })
+      return
+    }
     this.connected = true
     this.connects++
     this.reconnectAttempts = 0
