@@ -79,6 +79,10 @@ export const coordinatorPlugin = fp<{ options: ResolvedOptions }>(async (app, { 
     metrics.flushBatch.observe(steps)
     metrics.flushSeconds.observe(ms / 1000)
   }
+  log.onSync = (steps, ms) => {
+    metrics.syncBatch.observe(steps)
+    metrics.syncSeconds.observe(ms / 1000)
+  }
   const engine = new Engine(log, driver, {
     coordinatorId,
     policy: {
@@ -175,7 +179,7 @@ export const coordinatorPlugin = fp<{ options: ResolvedOptions }>(async (app, { 
 
   app.get('/healthz', async () => ({ status: 'ok' }))
   app.get('/readyz', async (_req, reply) => {
-    const ready = engine.recovered && !closing
+    const ready = engine.recovered && !closing && log.failure === undefined
     reply.code(ready ? 200 : 503)
     // The broker is reported, not required: a broker outage only grows the outbox.
     let amqp: Record<string, unknown> = { configured: false }
@@ -191,7 +195,7 @@ export const coordinatorPlugin = fp<{ options: ResolvedOptions }>(async (app, { 
         outboxOldestAgeMs: stats.oldestCreatedAt === null ? null : Date.now() - stats.oldestCreatedAt
       }
     }
-    return { ready, log: closing ? 'closing' : 'open', recovery: engine.recovered ? 'done' : 'running', coordinatorId, amqp }
+    return { ready, log: closing ? 'closing' : log.failure !== undefined ? `failed: ${log.failure.message}` : 'open', recovery: engine.recovered ? 'done' : 'running', coordinatorId, amqp }
   })
 
   await app.register(async (v1) => {

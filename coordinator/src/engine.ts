@@ -1,9 +1,15 @@
 /**
  * The imperative shell around the state machine. For every event: load the record, `step`,
- * save the result in one forced SQLite transaction, and only then carry out the effects
- * (HTTP calls, timers, answers to waiting initiators). Load-step-save is synchronous, so two
- * events for one transaction never interleave; the effects are asynchronous and come back as
- * new events.
+ * save the result, and only once it is written carry out the effects (HTTP calls, timers,
+ * answers to waiting initiators). Load-step-save is synchronous, so two events for one
+ * transaction never interleave; the effects are asynchronous and come back as new events.
+ *
+ * Presumed abort decides what must be on disk (fsynced) before the effects run: a commit
+ * decision, and whatever an API answer confirms (begin, enlist, abort, operator actions,
+ * recovery). Everything else — the one-shot begin, votes, abort decisions, acks — only has to be
+ * written (a killed process keeps it); if a power cut takes it back, the transaction is
+ * undecided or unknown after the restart and so aborted, which is what anyone was told or
+ * would be told.
  */
 import type { FastifyBaseLogger } from 'fastify'
 import { crashPoint as defaultCrashPoint, type CrashPoint, type Decision } from '@fastify-2pc/protocol'
@@ -119,7 +125,8 @@ export class Engine {
     if (!result.ok) throw new Rejected(result.code, result.tx)
     // Registered before the effects run: an empty transaction is decided as soon as it is durable.
     const waiter = commit ? this.waitForDecision(initial.id) : undefined
-    const durable = this.persist(null, result.tx, result.effects, () => {
+    // A one-shot answers only with the decision, which is forced by itself.
+    const durable = this.persist(null, result.tx, result.effects, !commit || isCommitted(result.tx), () => {
       this.crash('coordinator.after-begin')
       this.logger.info({ txid: initial.id, traceId: traceIdOf(traceparent), participants: participants.length, commit }, 'transaction begun')
     })
@@ -143,7 +150,7 @@ export class Engine {
 
   /** Applies a request's event; resolves with the new record once it is durable. */
   private async request (id: string, event: Event): Promise<Transaction> {
-    const result = this.apply(id, event)
+    const result = this.apply(id, event, true)
     if (!result.ok) throw new Rejected(result.code, result.tx)
     await result.durable
     return result.tx
@@ -166,7 +173,7 @@ export class Engine {
     const waiter = this.waitForDecision(id)
     let result: ReturnType<Engine['apply']>
     try {
-      result = this.apply(id, { type: 'commit-requested', now: this.now() })
+      result = this.apply(id, { type: 'commit-requested', now: this.now() }) // the waiter waits for the (forced) decision
     } catch (err) {
       waiter.cancel()
       throw err
@@ -184,7 +191,7 @@ export class Engine {
    * backoff timers; a heuristic one restarts as pending). Resolves with the record once durable.
    */
   async operatorRetry (id: string, actor: string): Promise<Transaction> {
-    const result = this.apply(id, { type: 'operator-retry', actor, now: this.now() })
+    const result = this.apply(id, { type: 'operator-retry', actor, now: this.now() }, true)
     if (!result.ok) throw new Rejected(result.code, result.tx)
     // Synchronously, before a timer could fire: the send is already queued by the step.
     for (const p of result.tx.participants) {
@@ -199,7 +206,7 @@ export class Engine {
 
   /** Operator: mark a decided transaction handled (see the machine's `operator-resolve`). */
   async operatorResolve (id: string, reason: string, actor: string): Promise<Transaction> {
-    const result = this.apply(id, { type: 'operator-resolve', actor, reason, now: this.now() })
+    const result = this.apply(id, { type: 'operator-resolve', actor, reason, now: this.now() }, true)
     if (!result.ok) throw new Rejected(result.code, result.tx)
     for (const p of result.tx.participants) {
       const key = `${id}\u0000${p.name}`
@@ -227,10 +234,11 @@ export class Engine {
   }
 
   /**
-   * Loads the newest record, steps, and saves; the effects run once the save is durable.
+   * Loads the newest record, steps, and saves; the effects run once the save is written — and
+   * fsynced when `forced` or when the step decides commit.
    * Load-step-save is synchronous, so events for one transaction never interleave.
    */
-  apply (id: string, event: Event): StepResult & { durable?: Promise<void> } {
+  apply (id: string, event: Event, forced = false): StepResult & { durable?: Promise<void> } {
     const prev = this.log.loadLatest(id)
     if (prev === undefined) throw new NotFound(id)
     const result = step(prev, event, this.options.policy)
@@ -240,7 +248,8 @@ export class Engine {
       return { ...result, durable: Promise.resolve() }
     }
     if (event.type === 'vote' && !isDecided(prev) && isDecided(result.tx)) this.crash('coordinator.after-votes-before-decision')
-    return { ...result, durable: this.persist(prev, result.tx, result.effects) }
+    const decidesCommit = !isDecided(prev) && isCommitted(result.tx)
+    return { ...result, durable: this.persist(prev, result.tx, result.effects, forced || decidesCommit) }
   }
 
   private fold (start: Transaction, events: Event[]): StepResult {
@@ -256,11 +265,11 @@ export class Engine {
   }
 
   /**
-   * Saves a step (group-committed with the others of this event-loop turn) and, once it is on
-   * disk, carries out its effects. Resolves when durable; rejects — and fails whoever waits for
-   * this transaction's decision — when the log cannot be written.
+   * Saves a step (group-committed with the others of this event-loop turn) and, once it is
+   * written (`forced`: on disk), carries out its effects. Resolves then; rejects — and fails
+   * whoever waits for this transaction's decision — when the log cannot be written.
    */
-  private async persist (prev: Transaction | null, next: Transaction, effects: Effect[], onDurable?: () => void): Promise<void> {
+  private async persist (prev: Transaction | null, next: Transaction, effects: Effect[], forced: boolean, onDurable?: () => void): Promise<void> {
     const writes: StepWrites = { attention: [], messages: [], notices: [] }
     for (const e of effects) {
       if (e.type === 'record-attention') writes.attention.push({ participant: e.participant, kind: e.kind, detail: e.detail })
@@ -270,7 +279,7 @@ export class Engine {
       else if (e.type === 'resolve-attention') writes.resolveAttention = e.resolution
     }
     await new Promise<void>((resolve, reject) => {
-      this.log.save(prev, next, writes, next.updatedAt, (err) => {
+      this.log.save(prev, next, writes, next.updatedAt, forced, (err?: Error) => {
         if (err !== undefined) {
           this.logger.error({ txid: next.id, err }, 'could not write the log')
           const list = this.waiters.get(next.id)
@@ -438,7 +447,7 @@ export class Engine {
       const durable: Array<Promise<void>> = []
       for (const id of ids) {
         try {
-          const r = this.apply(id, { type: 'recovered', now: this.now() })
+          const r = this.apply(id, { type: 'recovered', now: this.now() }, true)
           if (r.ok && r.durable !== undefined) durable.push(r.durable.catch(() => {}))
         } catch (err) {
           this.logger.error({ txid: id, err }, 'could not recover a transaction')
@@ -472,7 +481,7 @@ export class Engine {
   /** Stops timers and new calls, then waits (bounded by the calls' own timeouts) for calls in flight. */
   async stop (): Promise<void> {
     this.stopped = true
-    this.log.flush()
+    this.log.flushAndSync()
     clearInterval(this.sweeper)
     for (const t of this.timers.values()) clearTimeout(t)
     this.timers.clear()
@@ -483,6 +492,10 @@ export class Engine {
 
 export class NotFound extends Error {
   constructor (readonly id: string) { super(`transaction ${id} not found`) }
+}
+
+function isCommitted (tx: Transaction): boolean {
+  return tx.state === 'committed'
 }
 
 function participantUrl (tx: Transaction, name: string): string {

@@ -1,14 +1,8 @@
-import { randomBytes } from 'node:crypto'
+import { randomChars } from './random.js'
 import { TX_ID_PATTERN, COORDINATOR_ID_PATTERN } from '@fastify-2pc/protocol'
 
 // Crockford base32, lower case: no i, l, o, u — safe in URLs, queue names and logs.
 const ALPHABET = '0123456789abcdefghjkmnpqrstvwxyz'
-
-function base32 (bytes: Buffer, length: number): string {
-  let out = ''
-  for (let i = 0; i < length; i++) out += ALPHABET[(bytes[i] as number) & 31]
-  return out
-}
 
 function timePart (now: number): string {
   let out = ''
@@ -22,11 +16,11 @@ function timePart (now: number): string {
 
 /** `<coordinatorId>.<10 chars of time><16 random chars>`: sortable by creation, unguessable. */
 export function newTransactionId (coordinatorId: string, now: number = Date.now()): string {
-  return `${coordinatorId}.${timePart(now)}${base32(randomBytes(16), 16)}`
+  return `${coordinatorId}.${timePart(now)}${randomChars(ALPHABET, 16)}`
 }
 
 export function newCoordinatorId (): string {
-  return `c-${base32(randomBytes(8), 8)}`
+  return `c-${randomChars(ALPHABET, 8)}`
 }
 
 export const txIdRegExp = new RegExp(TX_ID_PATTERN)

@@ -251,9 +251,16 @@ export async function transactionRoutes (fastify: FastifyInstance, deps: RouteDe
     const { id } = req.params
     checkId(id)
     if (coordinatorIdOf(id) !== coordinatorId) throw new Errors.FOREIGN_ID(id, coordinatorId)
-    const tx = log.load(id)
+    // From the newest record: an abort need not be on disk (a power cut would make it an abort
+    // again, presumed), but a commit is answered only once it is synced.
+    const tx = log.loadLatest(id)
     if (tx === undefined) return { decision: 'abort' as const }
-    return { decision: decisionOf(tx) ?? 'pending' as const }
+    const decision = decisionOf(tx)
+    if (decision === 'commit' && log.hasUnsynced(id)) {
+      const synced = log.load(id)
+      if (synced === undefined || decisionOf(synced) !== 'commit') return { decision: 'pending' as const }
+    }
+    return { decision: decision ?? 'pending' as const }
   })
 
   app.get('/v1/transactions', {

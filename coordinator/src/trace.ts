@@ -4,7 +4,7 @@
  * (a fresh parent-id) of the transaction's trace; a request without a valid traceparent starts
  * a new trace, so the participants' logs can still be joined with the coordinator's.
  */
-import { randomBytes } from 'node:crypto'
+import { randomHex } from './random.js'
 
 const TRACEPARENT = /^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/
 const ZERO_TRACE = '0'.repeat(32)
@@ -20,14 +20,14 @@ export function parseTraceparent (header: string | string[] | undefined): string
 }
 
 export function newTraceparent (): string {
-  return `00-${randomBytes(16).toString('hex')}-${randomBytes(8).toString('hex')}-01`
+  return `00-${randomHex(16)}-${randomHex(8)}-01`
 }
 
 /** A child span of `traceparent` for one outgoing call. */
 export function childTraceparent (traceparent: string | null): string {
   const m = traceparent === null ? null : TRACEPARENT.exec(traceparent)
   if (m === null) return newTraceparent()
-  return `00-${m[1] as string}-${randomBytes(8).toString('hex')}-${m[3] as string}`
+  return `00-${m[1] as string}-${randomHex(8)}-${m[3] as string}`
 }
 
 export function traceIdOf (traceparent: string | null): string | undefined {

@@ -103,9 +103,29 @@ export class OperatorTables {
     }
   }
 
+  private readonly multiInsert = new Map<number, Database.Statement>()
+
+  private insertEvents (n: number): Database.Statement {
+    let stmt = this.multiInsert.get(n)
+    if (stmt === undefined) {
+      stmt = this.db.prepare(`INSERT INTO tx_events (tx_id, at, kind, participant, detail) VALUES ${Array(n).fill('(?, ?, ?, ?, ?)').join(', ')}`)
+      this.multiInsert.set(n, stmt)
+    }
+    return stmt
+  }
+
   /** Inside the step's SQLite transaction: its timeline events, audit rows and attention resolution. */
   write (prev: Transaction | null, next: Transaction, audit: NewAudit[] | undefined, resolution: string | undefined, now: number): void {
-    for (const e of timelineOf(prev, next)) this.stmts.insertEvent.run(next.id, now, e.kind, e.participant, e.detail)
+    const events = timelineOf(prev, next)
+    if (events.length === 1) {
+      const e = events[0] as TimelineEvent
+      this.stmts.insertEvent.run(next.id, now, e.kind, e.participant, e.detail)
+    } else if (events.length > 1) {
+      // One statement for a step's events (a begin or a decision has several).
+      const params: unknown[] = []
+      for (const e of events) params.push(next.id, now, e.kind, e.participant, e.detail)
+      this.insertEvents(events.length).run(params)
+    }
     for (const a of audit ?? []) this.stmts.insertAudit.run(next.id, a.action, a.reason, a.actor, now)
     if (resolution !== undefined) this.stmts.resolveAttention.run(now, resolution, next.id)
   }

@@ -1,10 +1,20 @@
 /**
- * The coordinator's durable log: SQLite through better-sqlite3, WAL, synchronous=FULL, so a
- * write transaction that returned is on disk. One `save` = one SQLite transaction = the whole
- * state change of one step, its decision row and its attention rows.
+ * The coordinator's durable log: SQLite through better-sqlite3 in WAL mode. One `save` = one
+ * step's whole state change (record, decision row, attention, outbox rows), written with the
+ * other steps of the same event-loop turn in ONE SQLite transaction (group commit).
+ *
+ * Durability is split from the write, so the event loop never waits for the disk:
+ * - the batch commits with `synchronous=NORMAL` (the WAL frames reach the OS, no fsync: a
+ *   killed process loses nothing, a power loss may lose the tail);
+ * - then `fdatasync` of the WAL file runs on libuv's thread pool; one sync covers every batch
+ *   committed before it started, so concurrent steps share it.
+ * A *forced* step (a commit decision, anything an API answer waits for) is reported only after
+ * its sync. An unforced step (votes, acks, abort decisions: under presumed abort, losing them
+ * to a power cut is harmless) is reported as soon as it is committed and is synced by the next
+ * sync, at most `lazySyncMs` later.
  */
 import Database from 'better-sqlite3'
-import { mkdirSync } from 'node:fs'
+import { closeSync, constants, fdatasync, fdatasyncSync, mkdirSync, openSync } from 'node:fs'
 import { dirname } from 'node:path'
 import type { Decision } from '@fastify-2pc/protocol'
 import { migrations } from './migrations.js'
@@ -44,8 +54,15 @@ interface PendingStep {
   next: Transaction
   writes: StepWrites
   now: number
-  durable: (err?: Error) => void
+  /** Reported only once fsynced (otherwise once committed). */
+  forced: boolean
+  done: (err?: Error) => void
+  /** The largest outbox row id this step inserted (0: none). */
+  outboxMax: number
 }
+
+/** Synced records of unfinished transactions kept in memory, so steps do not re-read SQLite. */
+const RECENT_RECORDS = 20_000
 
 export interface OutboxRow {
   id: number
@@ -214,40 +231,11 @@ function toAttention (row: AttentionRow): AttentionEntry {
   }
 }
 
-function txParams (tx: Transaction): Record<string, unknown> {
-  return {
-    id: tx.id,
-    state: tx.state,
-    created_at: tx.createdAt,
-    updated_at: tx.updatedAt,
-    expires_at: tx.expiresAt,
-    decided_at: tx.decidedAt,
-    completed_at: tx.completedAt,
-    reason: tx.reason,
-    needs_attention: tx.needsAttention ? 1 : 0,
-    one_phase: tx.onePhase ? 1 : 0,
-    metadata: tx.metadata === null || tx.metadata === undefined ? null : JSON.stringify(tx.metadata),
-    message_count: tx.messageCount,
-    traceparent: tx.traceparent,
-    heuristic: tx.heuristic ? 1 : 0
-  }
-}
-
-function participantParams (txId: string, position: number, p: Participant): Record<string, unknown> {
-  return {
-    tx_id: txId,
-    position,
-    name: p.name,
-    url: p.url,
-    payload: p.payload === null || p.payload === undefined ? null : JSON.stringify(p.payload),
-    one_phase: p.onePhase ? 1 : 0,
-    vote: p.vote,
-    vote_reason: p.voteReason,
-    ack: p.ack,
-    attempts: p.attempts,
-    last_error: p.lastError,
-    next_attempt_at: p.nextAttemptAt
-  }
+// Positional parameters, in the column order of the statements below (cheaper than named ones).
+function txParams (tx: Transaction): unknown[] {
+  return [tx.state, tx.updatedAt, tx.expiresAt, tx.decidedAt, tx.completedAt, tx.reason, tx.needsAttention ? 1 : 0,
+    tx.onePhase ? 1 : 0, tx.metadata === null || tx.metadata === undefined ? null : JSON.stringify(tx.metadata),
+    tx.messageCount, tx.heuristic ? 1 : 0, tx.id]
 }
 
 export class CoordinatorLog {
@@ -255,43 +243,72 @@ export class CoordinatorLog {
   /** Timeline events, the audit trail and attention resolutions (migration 3). */
   readonly operator: OperatorTables
   private readonly stmts
-  private readonly writeStep: (prev: Transaction | null, next: Transaction, writes: StepWrites, now: number) => void
+  private readonly writeStep: (prev: Transaction | null, next: Transaction, writes: StepWrites, now: number) => number
   private readonly writeBatch: (batch: PendingStep[]) => void
-  /** Steps saved but not yet on disk, in order; flushed together (group commit). */
+  /** Steps saved but not yet written, in order; written together (group commit). */
   private pending: PendingStep[] = []
-  /** The newest not-yet-durable record of each transaction with pending steps. */
+  /** Steps committed to SQLite but not yet fsynced, in commit order. */
+  private unsynced: PendingStep[] = []
+  /** The newest record of each transaction with pending or unsynced steps. */
   private readonly latest = new Map<string, Transaction>()
+  /** For each id in `latest`: its record as last synced (null: none on disk yet). */
+  private readonly synced = new Map<string, Transaction | null>()
+  /** Synced records of unfinished transactions, oldest first, at most RECENT_RECORDS. */
+  private readonly recent = new Map<string, Transaction>()
   private flushScheduled = false
-  readonly flushStats = { flushes: 0, steps: 0, maxBatch: 0, lastBatch: 0, lastFlushMs: 0, totalFlushMs: 0 }
-  /** Group commit: steps saved in one event-loop turn share one SQLite transaction (one fsync), up to this many. */
+  private syncing = false
+  private lazySync: NodeJS.Timeout | undefined
+  /** The WAL file, opened by us only to fdatasync it (null for an in-memory log). */
+  private walFd: number | null = null
+  /**
+   * Outbox rows up to this id are synced: the publisher never sends a row a power cut could
+   * still take back (a transactional message of a commit decision that then never was).
+   */
+  private syncedOutboxId = 0
+  /** Set when the disk refused a sync: nothing is reported durable after that (restart). */
+  failure: Error | undefined
+  readonly flushStats = { flushes: 0, steps: 0, maxBatch: 0, lastBatch: 0, lastFlushMs: 0, totalFlushMs: 0, syncs: 0, totalSyncMs: 0 }
+  /** Group commit: steps saved in one event-loop turn share one SQLite transaction, up to this many. */
   maxBatch = 256
-  /** Observer of each flush (metrics). */
+  /** How long unforced steps may wait for a sync when no forced step brings one sooner. */
+  lazySyncMs = 20
+  /** Observer of each write (steps in the batch, ms to write it). */
   onFlush: ((steps: number, ms: number) => void) | undefined
+  /** Observer of each fdatasync (steps it made durable, ms it took). */
+  onSync: ((steps: number, ms: number) => void) | undefined
 
   constructor (path: string, private readonly noticeRouting: NoticeRouting | null = null) {
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true })
     this.db = new Database(path)
     this.db.pragma('journal_mode = WAL')
-    // FULL: a commit returns only after the WAL is fsynced — the decision is on disk.
+    // FULL while migrating and for anything written outside `save` (outbox bookkeeping,
+    // retention, metadata); `flush` switches to NORMAL for its own batches and syncs them itself.
     this.db.pragma('synchronous = FULL')
     this.db.pragma('foreign_keys = ON')
     this.db.pragma('busy_timeout = 5000')
     this.migrate()
+    // Our own descriptor of the WAL file (it exists once the database is in WAL mode and stays
+    // while this connection is open): fdatasync through it flushes every frame written to it.
+    if (path !== ':memory:' && this.db.pragma('journal_mode', { simple: true }) === 'wal') {
+      this.walFd = openSync(`${path}-wal`, constants.O_RDWR | constants.O_CREAT)
+      // What a killed process left in the OS's cache is made durable before anyone acts on it.
+      fdatasyncSync(this.walFd)
+    }
 
     this.stmts = {
       getTx: this.db.prepare<[string], TxRow>('SELECT * FROM transactions WHERE id = ?'),
       getParticipants: this.db.prepare<[string], ParticipantRow>('SELECT * FROM participants WHERE tx_id = ? ORDER BY position'),
       insertTx: this.db.prepare(`INSERT INTO transactions
-        (id, state, created_at, updated_at, expires_at, decided_at, completed_at, reason, needs_attention, one_phase, metadata, message_count, traceparent, heuristic)
-        VALUES (@id, @state, @created_at, @updated_at, @expires_at, @decided_at, @completed_at, @reason, @needs_attention, @one_phase, @metadata, @message_count, @traceparent, @heuristic)`),
-      updateTx: this.db.prepare(`UPDATE transactions SET state = @state, updated_at = @updated_at, expires_at = @expires_at,
-        decided_at = @decided_at, completed_at = @completed_at, reason = @reason, needs_attention = @needs_attention,
-        one_phase = @one_phase, metadata = @metadata, message_count = @message_count, heuristic = @heuristic WHERE id = @id`),
-      upsertParticipant: this.db.prepare(`INSERT INTO participants
+        (state, updated_at, expires_at, decided_at, completed_at, reason, needs_attention, one_phase, metadata, message_count, heuristic, id, created_at, traceparent)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+      updateTx: this.db.prepare(`UPDATE transactions SET state = ?, updated_at = ?, expires_at = ?,
+        decided_at = ?, completed_at = ?, reason = ?, needs_attention = ?,
+        one_phase = ?, metadata = ?, message_count = ?, heuristic = ? WHERE id = ?`),
+      insertParticipant: this.db.prepare(`INSERT INTO participants
         (tx_id, position, name, url, payload, one_phase, vote, vote_reason, ack, attempts, last_error, next_attempt_at)
-        VALUES (@tx_id, @position, @name, @url, @payload, @one_phase, @vote, @vote_reason, @ack, @attempts, @last_error, @next_attempt_at)
-        ON CONFLICT (tx_id, name) DO UPDATE SET vote = excluded.vote, vote_reason = excluded.vote_reason, ack = excluded.ack,
-          attempts = excluded.attempts, last_error = excluded.last_error, next_attempt_at = excluded.next_attempt_at`),
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+      updateParticipant: this.db.prepare(`UPDATE participants SET vote = ?, vote_reason = ?, ack = ?, attempts = ?, last_error = ?,
+        next_attempt_at = ? WHERE tx_id = ? AND name = ?`),
       insertDecision: this.db.prepare('INSERT INTO decisions (tx_id, decision, decided_at, reason) VALUES (?, ?, ?, ?)'),
       insertAttention: this.db.prepare('INSERT INTO attention (tx_id, participant, kind, detail, created_at) VALUES (?, ?, ?, ?, ?)'),
       attentionFor: this.db.prepare<[string], AttentionRow>('SELECT * FROM attention WHERE tx_id = ? ORDER BY id'),
@@ -308,8 +325,9 @@ export class CoordinatorLog {
         SELECT tx_id, 'message', exchange, routing_key, tx_id || ':m' || position, body, headers, ? FROM tx_messages WHERE tx_id = ? ORDER BY position`),
       insertOutbox: this.db.prepare(`INSERT OR IGNORE INTO outbox (tx_id, kind, exchange, routing_key, message_id, body, headers, created_at)
         VALUES (?, ?, ?, ?, ?, ?, ?, ?)`),
-      outboxBatch: this.db.prepare<[number, number], OutboxDbRow>(
-        'SELECT * FROM outbox WHERE published_at IS NULL AND dead_at IS NULL AND id > ? ORDER BY id LIMIT ?'),
+      outboxBatch: this.db.prepare<[number, number, number], OutboxDbRow>(
+        'SELECT * FROM outbox WHERE published_at IS NULL AND dead_at IS NULL AND id > ? AND id <= ? ORDER BY id LIMIT ?'),
+      maxOutboxId: this.db.prepare<[], { id: number | null }>('SELECT max(id) AS id FROM outbox'),
       markPublished: this.db.prepare('UPDATE outbox SET published_at = ?, attempts = attempts + 1, last_error = NULL WHERE id = ?'),
       markFailed: this.db.prepare('UPDATE outbox SET attempts = attempts + 1, last_error = ?, dead_at = ? WHERE id = ?'),
       outboxStats: this.db.prepare<[], { depth: number, dead: number, oldest: number | null }>(`SELECT
@@ -322,15 +340,23 @@ export class CoordinatorLog {
     }
 
     this.operator = new OperatorTables(this.db)
-    this.writeStep = (prev: Transaction | null, next: Transaction, writes: StepWrites, now: number) => {
+    this.syncedOutboxId = this.stmts.maxOutboxId.get()?.id ?? 0
+    this.writeStep = (prev: Transaction | null, next: Transaction, writes: StepWrites, now: number): number => {
+      let outboxMax = 0
       const params = txParams(next)
-      if (prev === null) this.stmts.insertTx.run(params)
-      else this.stmts.updateTx.run(params)
-      next.participants.forEach((p, i) => {
+      if (prev === null) this.stmts.insertTx.run(...params, next.createdAt, next.traceparent)
+      else this.stmts.updateTx.run(...params)
+      for (let i = 0; i < next.participants.length; i++) {
+        const p = next.participants[i] as Participant
         const before = prev?.participants[i]
-        if (before === p) return // untouched by this step (the machine copies what it changes)
-        this.stmts.upsertParticipant.run(participantParams(next.id, i, p))
-      })
+        if (before === p) continue // untouched by this step (the machine copies what it changes)
+        if (before === undefined) {
+          this.stmts.insertParticipant.run(next.id, i, p.name, p.url, p.payload === null || p.payload === undefined ? null : JSON.stringify(p.payload),
+            p.onePhase ? 1 : 0, p.vote, p.voteReason, p.ack, p.attempts, p.lastError, p.nextAttemptAt)
+        } else {
+          this.stmts.updateParticipant.run(p.vote, p.voteReason, p.ack, p.attempts, p.lastError, p.nextAttemptAt, next.id, p.name)
+        }
+      }
       for (const m of writes.messages) {
         this.stmts.insertMessage.run(next.id, m.position, m.message.exchange, m.message.routingKey,
           JSON.stringify(m.message.body), m.message.headers === undefined ? null : JSON.stringify(m.message.headers))
@@ -338,22 +364,35 @@ export class CoordinatorLog {
       if (next.decidedAt !== null && (prev === null || prev.decidedAt === null)) {
         this.stmts.insertDecision.run(next.id, next.state === 'committed' ? 'commit' : 'abort', next.decidedAt, next.reason)
         // Transactional messages exist for the outside world only from the commit decision on.
-        if (next.state === 'committed' && next.messageCount > 0) this.stmts.releaseMessages.run(now, next.id)
+        if (next.state === 'committed' && next.messageCount > 0) {
+          const info = this.stmts.releaseMessages.run(now, next.id)
+          if (info.changes > 0) outboxMax = Number(info.lastInsertRowid)
+        }
       }
       for (const a of writes.attention) this.stmts.insertAttention.run(next.id, a.participant, a.kind, a.detail, now)
-      if (next.completedAt !== null && prev !== null && prev.completedAt === null) this.stmts.resolveRetryBudget.run(now, next.id)
+      // Open retry-budget entries flag the transaction, so only a flagged one can have any to close.
+      if (next.completedAt !== null && prev !== null && prev.completedAt === null && prev.needsAttention) this.stmts.resolveRetryBudget.run(now, next.id)
       if (this.noticeRouting !== null) {
         for (const n of writes.notices) {
           const body = JSON.stringify({ txid: next.id, participant: n.participant, decision: n.decision })
-          this.stmts.insertOutbox.run(next.id, 'decision', this.noticeRouting.exchange, this.noticeRouting.routingKey(n.participant),
+          const info = this.stmts.insertOutbox.run(next.id, 'decision', this.noticeRouting.exchange, this.noticeRouting.routingKey(n.participant),
             `${next.id}:${n.participant}:${n.decision}`, body, null, now)
+          if (info.changes > 0) outboxMax = Number(info.lastInsertRowid)
         }
       }
       this.operator.write(prev, next, writes.audit, writes.resolveAttention, now)
+      return outboxMax
     }
-    this.writeBatch = this.db.transaction((batch: PendingStep[]) => {
-      for (const step of batch) this.writeStep(step.prev, step.next, step.writes, step.now)
+    const writeAll = this.db.transaction((batch: PendingStep[]) => {
+      for (const step of batch) step.outboxMax = this.writeStep(step.prev, step.next, step.writes, step.now)
     })
+    const normal = this.db.prepare('PRAGMA synchronous = NORMAL')
+    const full = this.db.prepare('PRAGMA synchronous = FULL')
+    this.writeBatch = (batch: PendingStep[]) => {
+      if (this.walFd === null) { writeAll(batch); return }
+      normal.run()
+      try { writeAll(batch) } finally { full.run() }
+    }
   }
 
   private migrate (): void {
@@ -390,26 +429,43 @@ export class CoordinatorLog {
     return id
   }
 
-  /** The durable record: what is on disk (what the API shows, and what a decision query answers). */
+  /**
+   * The durable record: what is synced to disk (what the API shows). For a transaction with
+   * steps not yet synced, the record as it was before them (undefined if none was synced).
+   */
   load (id: string): Transaction | undefined {
+    if (this.latest.has(id)) return this.synced.get(id) ?? undefined
+    return this.recent.get(id) ?? this.read(id)
+  }
+
+  /** The newest record, durable or not: what the next state-machine step starts from. */
+  loadLatest (id: string): Transaction | undefined {
+    return this.latest.get(id) ?? this.recent.get(id) ?? this.read(id)
+  }
+
+  /** True while the transaction has steps that are not yet synced to disk. */
+  hasUnsynced (id: string): boolean {
+    return this.latest.has(id)
+  }
+
+  private read (id: string): Transaction | undefined {
     const row = this.stmts.getTx.get(id)
     if (row === undefined) return undefined
     return toTransaction(row, this.stmts.getParticipants.all(id).map(toParticipant))
   }
 
-  /** The newest record, durable or not: what the next state-machine step starts from. */
-  loadLatest (id: string): Transaction | undefined {
-    return this.latest.get(id) ?? this.load(id)
-  }
-
   /**
    * Saves a step's outcome. Group commit: the steps saved during one event-loop turn (at most
-   * `maxBatch`) are written in ONE SQLite transaction — one fsync — and each step's `durable`
-   * callback runs only after that transaction committed. `prev` null: a new record.
+   * `maxBatch`) are written in ONE SQLite transaction; `done` runs once the step is committed
+   * (unforced) or once it is fsynced (forced). `prev` null: a new record.
    */
-  save (prev: Transaction | null, next: Transaction, writes: StepWrites, now: number, durable: (err?: Error) => void): void {
-    this.pending.push({ prev, next, writes, now, durable })
-    this.latest.set(next.id, next)
+  save (prev: Transaction | null, next: Transaction, writes: StepWrites, now: number, forced: boolean, done: (err?: Error) => void): void {
+    const id = next.id
+    // An id without unsynced steps was loaded from what is synced: that is its durable image.
+    if (!this.latest.has(id)) this.synced.set(id, prev)
+    this.latest.set(id, next)
+    this.recent.delete(id)
+    this.pending.push({ prev, next, writes, now, forced, done, outboxMax: 0 })
     if (this.pending.length >= this.maxBatch) {
       this.flush()
     } else if (!this.flushScheduled) {
@@ -418,21 +474,25 @@ export class CoordinatorLog {
     }
   }
 
-  /** Writes every pending step in one transaction, then tells each caller. */
+  /** Writes every pending step in one transaction, then reports or syncs them. */
   flush (): void {
     this.flushScheduled = false
     const batch = this.pending
     if (batch.length === 0) return
     this.pending = []
+    if (this.failure !== undefined) {
+      this.forget(batch)
+      for (const step of batch) step.done(this.failure)
+      return
+    }
     const started = performance.now()
-    let error: Error | undefined
     try {
       this.writeBatch(batch)
     } catch (err) {
-      error = err as Error
-    }
-    for (const step of batch) {
-      if (this.latest.get(step.next.id) === step.next) this.latest.delete(step.next.id)
+      // Rolled back: these steps never happened; the transactions continue from what is written.
+      this.forget(batch)
+      for (const step of batch) step.done(err as Error)
+      return
     }
     const ms = performance.now() - started
     this.flushStats.flushes++
@@ -442,7 +502,85 @@ export class CoordinatorLog {
     this.flushStats.lastFlushMs = ms
     this.flushStats.totalFlushMs += ms
     this.onFlush?.(batch.length, ms)
-    for (const step of batch) step.durable(error)
+    let forced = false
+    for (const step of batch) {
+      this.unsynced.push(step)
+      if (step.forced) forced = true
+      else step.done()
+    }
+    if (this.walFd === null) this.markSynced(this.unsynced.splice(0)) // in memory: nothing to sync
+    else if (forced) this.sync()
+    else this.lazySync ??= setTimeout(() => { this.lazySync = undefined; this.sync() }, this.lazySyncMs)
+  }
+
+  /** Makes every committed step durable with one fdatasync on the thread pool. */
+  private sync (): void {
+    if (this.syncing || this.walFd === null) return // the running sync's callback starts the next one
+    clearTimeout(this.lazySync)
+    this.lazySync = undefined
+    const covered = this.unsynced
+    if (covered.length === 0) return
+    this.unsynced = []
+    this.syncing = true
+    const started = performance.now()
+    fdatasync(this.walFd, (err) => {
+      this.syncing = false
+      if (err !== null) {
+        this.failSync(err, covered)
+        return
+      }
+      const ms = performance.now() - started
+      this.flushStats.syncs++
+      this.flushStats.totalSyncMs += ms
+      this.onSync?.(covered.length, ms)
+      this.markSynced(covered)
+      if (this.unsynced.length === 0) return
+      if (this.unsynced.some(s => s.forced)) this.sync()
+      else this.lazySync ??= setTimeout(() => { this.lazySync = undefined; this.sync() }, this.lazySyncMs)
+    })
+  }
+
+  private markSynced (steps: PendingStep[]): void {
+    for (const step of steps) {
+      if (step.outboxMax > this.syncedOutboxId) this.syncedOutboxId = step.outboxMax
+      const id = step.next.id
+      if (this.latest.get(id) === step.next) {
+        this.latest.delete(id)
+        this.synced.delete(id)
+        if (step.next.completedAt === null) this.remember(step.next)
+      } else {
+        this.synced.set(id, step.next)
+      }
+    }
+    for (const step of steps) if (step.forced) step.done()
+  }
+
+  private remember (tx: Transaction): void {
+    this.recent.set(tx.id, tx)
+    if (this.recent.size > RECENT_RECORDS) this.recent.delete(this.recent.keys().next().value as string)
+  }
+
+  /** Steps rolled back: each transaction's newest record is again its newest committed one. */
+  private forget (batch: PendingStep[]): void {
+    for (const step of batch) {
+      const id = step.next.id
+      let newest: Transaction | undefined
+      for (const s of this.unsynced) if (s.next.id === id) newest = s.next
+      if (newest !== undefined) this.latest.set(id, newest)
+      else { this.latest.delete(id); this.synced.delete(id) }
+    }
+  }
+
+  /**
+   * The disk refused an fsync: whether those frames are on disk is unknown (and Linux may have
+   * dropped the dirty pages), so the log stops reporting anything durable; only a restart, which
+   * reads what really is on disk, can go on. Callers waiting for these steps get the error.
+   */
+  private failSync (err: Error, covered: PendingStep[]): void {
+    this.failure = new Error(`the coordinator log could not be synced to disk: ${err.message}`, { cause: err })
+    const waiting = [...covered, ...this.unsynced]
+    this.unsynced = []
+    for (const step of waiting) if (step.forced) step.done(this.failure)
   }
 
   get pendingSteps (): number {
@@ -451,12 +589,14 @@ export class CoordinatorLog {
 
   /** Queues a message that belongs to no transaction (e.g. `coordinator.started`). */
   enqueueEvent (exchange: string, routingKey: string, messageId: string, body: unknown, now: number): void {
-    this.stmts.insertOutbox.run(null, 'event', exchange, routingKey, messageId, JSON.stringify(body), null, now)
+    // A FULL commit: the fsync covers this row and every row committed before it.
+    const info = this.stmts.insertOutbox.run(null, 'event', exchange, routingKey, messageId, JSON.stringify(body), null, now)
+    if (info.changes > 0) this.syncedOutboxId = Math.max(this.syncedOutboxId, Number(info.lastInsertRowid))
   }
 
-  /** The next unpublished outbox rows after `afterId`, oldest first. */
+  /** The next unpublished, synced outbox rows after `afterId`, oldest first. */
   outboxBatch (afterId: number, limit: number): OutboxRow[] {
-    return this.stmts.outboxBatch.all(afterId, limit).map(toOutboxRow)
+    return this.stmts.outboxBatch.all(afterId, this.syncedOutboxId, limit).map(toOutboxRow)
   }
 
   /** Records a batch's confirms and failures in one transaction. */
@@ -507,7 +647,14 @@ export class CoordinatorLog {
       ORDER BY created_at DESC, id DESC LIMIT ?`
     params.push(query.limit)
     const rows = this.db.prepare<unknown[], TxRow>(sql).all(...params)
-    return rows.map(row => toTransaction(row, this.stmts.getParticipants.all(row.id).map(toParticipant)))
+    const out: Transaction[] = []
+    for (const row of rows) {
+      // Rows of a transaction with unsynced steps are shown as last synced (the filter matched
+      // the newer row, so a page may show a state it did not ask for, for a few milliseconds).
+      const tx = this.latest.has(row.id) ? this.synced.get(row.id) : toTransaction(row, this.stmts.getParticipants.all(row.id).map(toParticipant))
+      if (tx !== undefined && tx !== null) out.push(tx)
+    }
+    return out
   }
 
   decisionRow (id: string): { decision: Decision, decided_at: number } | undefined {
@@ -515,10 +662,30 @@ export class CoordinatorLog {
       'SELECT decision, decided_at FROM decisions WHERE tx_id = ?').get(id)
   }
 
+  /** Writes and syncs everything saved so far, blocking (graceful stop). */
+  flushAndSync (): void {
+    this.flush()
+    if (this.unsynced.length === 0 || this.failure !== undefined) return
+    clearTimeout(this.lazySync)
+    this.lazySync = undefined
+    const covered = this.unsynced
+    this.unsynced = []
+    try {
+      if (this.walFd !== null) fdatasyncSync(this.walFd)
+    } catch (err) {
+      this.failSync(err as Error, covered)
+      return
+    }
+    this.markSynced(covered)
+  }
+
   close (): void {
     if (this.db.open) {
-      this.flush() // nothing saved is dropped by a graceful close
+      this.flushAndSync() // nothing saved is dropped by a graceful close
+      clearTimeout(this.lazySync)
       this.db.close()
+      if (this.walFd !== null) closeSync(this.walFd)
+      this.walFd = null
     }
   }
 }

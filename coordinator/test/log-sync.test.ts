@@ -1,0 +1,140 @@
+/**
+ * The log's write/sync split: a batch is committed to SQLite at once (a killed process keeps
+ * it), and made durable by an fdatasync on the thread pool. These tests look at the window in
+ * between — deterministic, because the fdatasync callback cannot run before the test yields.
+ */
+import t from 'tap'
+import { join } from 'node:path'
+import Database from 'better-sqlite3'
+import { CoordinatorLog, type StepWrites } from '../src/log/store.js'
+import { newTransaction, step, type Policy, type Transaction } from '../src/core/machine.js'
+
+const policy: Policy = { maxParticipants: 8, maxMessages: 8, retryBaseMs: 100, retryMaxMs: 1000, retryBudget: 5 }
+const noWrites = (): StepWrites => ({ attention: [], messages: [], notices: [] })
+
+function open (t: Tap.Test): { log: CoordinatorLog, path: string } {
+  const path = join(t.testdir(), 'coordinator.db')
+  const log = new CoordinatorLog(path, { exchange: 'twopc.decisions', routingKey: p => `p.${p}` })
+  t.teardown(() => log.close())
+  return { log, path }
+}
+
+function committedTx (id: string): { begun: Transaction, committed: Transaction } {
+  const now = Date.now()
+  const begun = newTransaction(id, now, now + 60_000)
+  const r = step(begun, { type: 'add-message', message: { exchange: 'orders', routingKey: 'placed', body: { n: 1 } }, now }, policy)
+  if (!r.ok) throw new Error(r.code)
+  const c = step(r.tx, { type: 'commit-requested', now }, policy)
+  if (!c.ok || c.tx.state !== 'committed') throw new Error('expected an immediate commit (no participants)')
+  return { begun: r.tx, committed: c.tx }
+}
+
+function save (log: CoordinatorLog, prev: Transaction | null, next: Transaction, forced: boolean): { done: Promise<Error | undefined>, called: () => boolean } {
+  let called = false
+  const writes = noWrites()
+  if (next.messageCount > (prev?.messageCount ?? 0)) writes.messages.push({ position: 0, message: { exchange: 'orders', routingKey: 'placed', body: { n: 1 } } })
+  const done = new Promise<Error | undefined>(resolve => log.save(prev, next, writes, next.updatedAt, forced, (err) => { called = true; resolve(err) }))
+  return { done, called: () => called }
+}
+
+t.test('a forced step: committed at once, reported only after the fdatasync; until then readers see the synced image', async t => {
+  const { log, path } = open(t)
+  const { begun, committed } = committedTx('c-test.0000000001aaaaaaaaaaaaaaaa')
+  const first = save(log, null, begun, true)
+  log.flush()
+  await first.done
+  t.equal(log.hasUnsynced(begun.id), false)
+
+  const syncsBefore = log.flushStats.syncs
+  const second = save(log, begun, committed, true)
+  log.flush() // written (another connection can read it), fdatasync started on the thread pool
+  const reader = new Database(path, { readonly: true })
+  t.teardown(() => reader.close())
+  t.equal(reader.prepare<[string], { state: string }>('SELECT state FROM transactions WHERE id = ?').get(committed.id)?.state, 'committed', 'the batch is in the file: a SIGKILL now would keep it')
+  t.equal(second.called(), false, 'nobody hears of a forced step before its sync')
+  t.equal(log.hasUnsynced(committed.id), true)
+  t.equal(log.load(committed.id)?.state, 'active', 'the durable view is the synced image')
+  t.equal(log.loadLatest(committed.id)?.state, 'committed', 'the next step starts from the newest record')
+  t.same(log.outboxBatch(0, 10), [], 'the released message is not published before its decision is synced')
+  t.equal(reader.prepare<[], { n: number }>('SELECT count(*) AS n FROM outbox').get()?.n, 1, 'although its row is written')
+
+  t.equal(await second.done, undefined)
+  t.equal(log.flushStats.syncs, syncsBefore + 1)
+  t.equal(log.hasUnsynced(committed.id), false)
+  t.equal(log.load(committed.id)?.state, 'committed')
+  t.equal(log.outboxBatch(0, 10).length, 1, 'synced: now the publisher may send it')
+})
+
+t.test('unforced steps are reported once written and share one lazy sync', async t => {
+  const { log } = open(t)
+  log.lazySyncMs = 30
+  const now = Date.now()
+  const txs = Array.from({ length: 20 }, (_, i) => newTransaction(`c-test.0000000001${String(i).padStart(16, 'b')}`, now, now + 60_000))
+  const syncsBefore = log.flushStats.syncs
+  const saves = txs.map(tx => save(log, null, tx, false))
+  log.flush()
+  t.ok(saves.every(s => s.called()), 'every unforced step was reported when its batch was written')
+  t.ok(txs.every(tx => log.hasUnsynced(tx.id)))
+  t.ok(txs.every(tx => log.load(tx.id) === undefined), 'not durable yet: the API does not show them')
+  t.equal(log.flushStats.syncs, syncsBefore, 'no sync was started for unforced steps')
+  const started = Date.now()
+  while (txs.some(tx => log.hasUnsynced(tx.id))) {
+    if (Date.now() - started > 5000) t.fail('the lazy sync never came')
+    await new Promise(resolve => setTimeout(resolve, 5))
+  }
+  t.equal(log.flushStats.syncs, syncsBefore + 1, 'one fdatasync made all 20 durable')
+  t.ok(txs.every(tx => log.load(tx.id)?.state === 'active'))
+})
+
+t.test('a forced step brings the unforced ones written before it along in its sync', async t => {
+  const { log } = open(t)
+  log.lazySyncMs = 60_000 // only a forced step can sync
+  const now = Date.now()
+  const loose = newTransaction('c-test.0000000001cccccccccccccccc', now, now + 60_000)
+  save(log, null, loose, false)
+  log.flush()
+  t.equal(log.hasUnsynced(loose.id), true)
+  const forced = save(log, null, newTransaction('c-test.0000000001dddddddddddddddd', now, now + 60_000), true)
+  log.flush()
+  await forced.done
+  t.equal(log.hasUnsynced(loose.id), false, 'the sync covered every batch committed before it')
+})
+
+t.test('a batch SQLite refuses is rolled back: its steps fail and each transaction continues from what is written', async t => {
+  const { log } = open(t)
+  log.lazySyncMs = 60_000
+  const now = Date.now()
+  const a = newTransaction('c-test.0000000001eeeeeeeeeeeeeeee', now, now + 60_000)
+  const b = newTransaction('c-test.0000000001ffffffffffffffff', now, now + 60_000)
+  save(log, null, a, false)
+  save(log, null, b, false)
+  log.flush() // written, not synced
+  const expired = step(a, { type: 'abort-requested', now: now + 1 }, policy)
+  if (!expired.ok) throw new Error(expired.code)
+  const good = save(log, a, expired.tx, false)
+  const duplicate = save(log, null, b, false) // a second insert of b: the primary key refuses it
+  t.equal(log.loadLatest(a.id)?.state, 'aborted')
+  log.flush()
+  t.match(await duplicate.done, /UNIQUE/)
+  t.match(await good.done, /UNIQUE/, 'the whole batch failed with it')
+  t.equal(log.loadLatest(a.id)?.state, 'active', 'a is back at its last written record')
+  t.equal(log.hasUnsynced(a.id), true, 'which is still waiting for a sync')
+  log.flushAndSync()
+  t.equal(log.hasUnsynced(a.id), false)
+  t.equal(log.load(a.id)?.state, 'active')
+  t.equal(log.load(b.id)?.state, 'active')
+})
+
+t.test('close syncs what was written, and a reopened log sees it', async t => {
+  const path = join(t.testdir(), 'coordinator.db')
+  const log = new CoordinatorLog(path)
+  log.lazySyncMs = 60_000
+  const now = Date.now()
+  const tx = newTransaction('c-test.0000000001gggggggggggggggg', now, now + 60_000)
+  const saved = save(log, null, tx, true)
+  log.close()
+  t.equal(await saved.done, undefined, 'the forced step was reported by the closing sync')
+  const again = new CoordinatorLog(path)
+  t.teardown(() => again.close())
+  t.equal(again.load(tx.id)?.state, 'active')
+})
