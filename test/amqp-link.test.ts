@@ -9,8 +9,8 @@ import { randomBytes } from 'node:crypto'
 import amqp from 'amqplib'
 import type { ConsumeMessage } from 'amqplib'
 import { amqpNames, parseDecisionNotice, parseCoordinatorStarted, type DecisionNotice } from '@fastify-2pc/protocol'
-import { AmqpLink, PoisonMessageError, topologyObjects, type AmqpLinkOptions, type PublishItem } from '@fastify-2pc/protocol/amqp'
-import { startTcpProxy, type TcpProxy } from './support/tcp-proxy.js'
+import { AmqpLink, PoisonMessageError, topologyObjects, type AmqpConsumer, type AmqpLinkOptions, type PublishItem } from '@fastify-2pc/protocol/amqp'
+import { startTcpProxy, type TcpProxy, type TcpProxyOptions } from './support/tcp-proxy.js'
 import { amqpUrl, amqpUrlVia, cleanupPrefix, listBrokerNames, rabbitmqctlList, requireRabbit } from './support/rabbit.js'
 
 const root = `twopc-test-${randomBytes(3).toString('hex')}`
@@ -41,9 +41,9 @@ function makeLink (tt: Test, prefix: string, opts: Partial<AmqpLinkOptions> & { 
   return link
 }
 
-async function makeProxy (tt: Test): Promise<TcpProxy> {
+async function makeProxy (tt: Test, onData?: TcpProxyOptions['onData']): Promise<TcpProxy> {
   const u = new URL(amqpUrl())
-  const proxy = await startTcpProxy({ target: { host: u.hostname, port: Number(u.port === '' ? 5672 : u.port) } })
+  const proxy = await startTcpProxy({ target: { host: u.hostname, port: Number(u.port === '' ? 5672 : u.port) }, ...(onData !== undefined ? { onData } : {}) })
   tt.teardown(() => proxy.close())
   return proxy
 }
@@ -407,6 +407,121 @@ t.test('consumer cancelled by the broker (queue deleted): queue re-declared, con
   await until('delivered after re-subscribe', () => got.length === 2)
   t.same(got.sort(), ['again-0', 'again-1'])
 })
+
+/**
+ * Splits the client -> broker byte stream of one AMQP 0-9-1 connection into frames (across chunk
+ * boundaries) and returns the methods (class id, method id) completed by each chunk.
+ */
+function amqpMethodScanner (): (chunk: Buffer) => Array<[classId: number, methodId: number]> {
+  let buf = Buffer.alloc(0)
+  let headerSeen = false
+  return (chunk) => {
+    buf = Buffer.concat([buf, chunk])
+    if (!headerSeen) {
+      if (buf.length < 8) return []
+      if (buf.subarray(0, 4).toString('latin1') !== 'AMQP') throw new Error('amqp scanner: no protocol header')
+      buf = buf.subarray(8) // "AMQP" 0 0 9 1
+      headerSeen = true
+    }
+    const methods: Array<[number, number]> = []
+    // Frame: type (1), channel (2), payload size (4), payload, frame-end 0xCE.
+    while (buf.length >= 7 && buf.length >= 8 + buf.readUInt32BE(3)) {
+      const size = buf.readUInt32BE(3)
+      if (buf[7 + size] !== 0xce) throw new Error('amqp scanner: lost frame sync')
+      if (buf[0] === 1 && size >= 4) methods.push([buf.readUInt16BE(7), buf.readUInt16BE(9)])
+      buf = buf.subarray(8 + size)
+    }
+    return methods
+  }
+}
+
+const BASIC_CONSUME: [number, number] = [60, 20]
+
+/*
+ * Liveness regression (found by the chaos run: after a broker cut the link stayed down for good,
+ * `connected: false`, no lastError, no TCP connection, no retry). Re-subscribing the consumers is
+ * the last step of the link's per-connection setup, and it swallows errors (a consumer that cannot
+ * start is retried later). So when the connection dies right there, the setup still *succeeds* on
+ * a dead connection: amqplib's recovery binds its 'close' listener only after the setup, to a
+ * connection whose 'close' already fired, and would never reconnect — unless the link notices it
+ * at 'connect' and replays the close. The proxy cuts the connection at the exact moment the link
+ * sends its first basic.consume on it: deterministic, no timing involved.
+ */
+for (const when of ['first connect', 'reconnect after a broker cut'] as const) {
+  t.test(`connection lost while the setup re-subscribes consumers (${when}): the link still reconnects`, async (t) => {
+    if (!(await requireRabbit(t))) return
+    const prefix = newPrefix()
+    let cutConnection = 0 // the proxy connection to cut at its first basic.consume (0: none)
+    const cuts: number[] = []
+    const scanners = new Map<number, ReturnType<typeof amqpMethodScanner>>()
+    const proxy = await makeProxy(t, ({ connection, direction, chunk }) => {
+      if (direction !== 'toTarget' || connection !== cutConnection) return
+      let scan = scanners.get(connection)
+      if (scan === undefined) scanners.set(connection, scan = amqpMethodScanner())
+      if (!scan(chunk).some(([c, m]) => c === BASIC_CONSUME[0] && m === BASIC_CONSUME[1])) return
+      cutConnection = 0 // once
+      cuts.push(connection)
+      return 'cut'
+    })
+    const warnings: string[] = []
+    const logger = {
+      debug () {},
+      info () {},
+      warn (_obj: object, msg?: string) { warnings.push(msg ?? '') },
+      error (_obj: object, msg?: string) { warnings.push(msg ?? '') }
+    }
+    const link = makeLink(t, prefix, { url: amqpUrlVia(proxy.port), participants: ['p1'], logger })
+    const got: string[] = []
+    const onMessage = (msg: ConsumeMessage): void => { got.push(msg.properties.messageId as string) }
+
+    let consumer: AmqpConsumer
+    let target: number
+    if (when === 'first connect') {
+      // Registered before start(): the very first setup subscribes it, and is cut there.
+      consumer = await link.consumeParticipant('p1', onMessage)
+      target = cutConnection = 1
+      let timer: NodeJS.Timeout | undefined
+      await Promise.race([
+        link.start(),
+        new Promise((_resolve, reject) => { timer = setTimeout(() => reject(new Error('start() did not resolve within 10 s')), 10_000) })
+      ]).finally(() => clearTimeout(timer))
+    } else {
+      await link.start()
+      t.ok(link.isConnected, 'connected')
+      consumer = await link.consumeParticipant('p1', onMessage)
+      t.ok(consumer.active, 'consumer active on the first connection')
+      // The broker goes away (the open connection is cut; new ones are accepted again at once);
+      // recovery's next connection is then cut during its setup.
+      target = cutConnection = proxy.accepted + 1
+      proxy.cut()
+      proxy.restore()
+    }
+    await until(`proxy connection ${target} to be cut at its basic.consume`, () => cuts.length === 1, 10_000)
+    t.same(cuts, [target], `connection ${target} was cut at the moment the link sent basic.consume`)
+
+    // Bounded wait for the link to be back (a dead-for-good link fails here, with the evidence).
+    const deadline = Date.now() + 10_000
+    while (!(link.isConnected && consumer.active)) {
+      if (Date.now() > deadline) {
+        throw new Error('the link did not reconnect within 10 s after its connection was cut during the setup: ' +
+          `status ${JSON.stringify(link.status())}, consumer active ${String(consumer.active)}, ` +
+          `proxy accepted ${proxy.accepted} connection(s) (cut: ${target}), ${proxy.openConnections} open, ` +
+          `warnings ${JSON.stringify(warnings)}`)
+      }
+      await new Promise((resolve) => setTimeout(resolve, 20))
+    }
+    t.ok(proxy.accepted > target, `a new connection after the cut one (${proxy.accepted} accepted)`)
+    t.notOk(warnings.some((w) => /setup failed/.test(w)),
+      'the setup did not fail on the cut connection: the close landed in the window the fix covers')
+    t.equal(link.status().connected, true, 'status: connected')
+    t.equal(link.status().lastError, undefined, 'status: no error')
+
+    const res = await link.publishBatch(decisionItems(prefix, 'p1', 3, 'after'))
+    t.equal(res.confirmed.length, 3, 'a batch is confirmed after the reconnect')
+    await until('delivered to the re-subscribed consumer', () => ['after-0', 'after-1', 'after-2'].every((id) => got.includes(id)), 10_000)
+    t.pass('the consumer received the messages after the reconnect')
+  })
+}
 
 t.test('nothing left on the broker', async (t) => {
   if (!(await requireRabbit(t))) return

@@ -10,6 +10,9 @@
  *                 also ends a delay;
  * - `delay(ms)`   keeps forwarding, every chunk `ms` late (order kept, per direction): a slow
  *                 network. `delay(0)` or `restore()` ends it.
+ *
+ * The `onData` option (a test hook) sees every chunk before it is forwarded and can cut that one
+ * connection right there: a fault at an exact point of the protocol exchange, not at a time.
  */
 
 import net from 'node:net'
@@ -39,11 +42,24 @@ export interface TcpProxy {
   close (): Promise<void>
 }
 
+export interface ProxyChunk {
+  /** 1-based number of the connection, in accept order (as counted by `accepted`). */
+  connection: number
+  direction: 'toTarget' | 'fromTarget'
+  chunk: Buffer
+}
+
 export interface TcpProxyOptions {
   target: { host: string, port: number }
   /** Port to listen on (default 0: any free port). */
   port?: number
   host?: string
+  /**
+   * Test hook, called synchronously for every chunk about to be forwarded (in mode `open`, before
+   * any delay). Returning `'cut'` destroys this connection (both sockets) instead of forwarding
+   * the chunk; other connections and the mode are not affected.
+   */
+  onData?: (info: ProxyChunk) => 'cut' | undefined | void
 }
 
 interface Pair {
@@ -68,7 +84,7 @@ export async function startTcpProxy (opts: TcpProxyOptions): Promise<TcpProxy> {
   }
 
   const server = net.createServer((client) => {
-    accepted++
+    const connection = ++accepted
     client.on('error', () => {})
     if (mode === 'cut') {
       client.destroy()
@@ -98,14 +114,21 @@ export async function startTcpProxy (opts: TcpProxyOptions): Promise<TcpProxy> {
       setTimeout(() => { if (!to.destroyed && mode === 'open' && !pair.held) to.write(chunk) }, at - Date.now())
       return at
     }
+    const cutHere = (direction: ProxyChunk['direction'], chunk: Buffer): boolean => {
+      if (opts.onData?.({ connection, direction, chunk }) !== 'cut') return false
+      destroyPair(pair)
+      return true
+    }
     client.on('data', (chunk: Buffer) => {
       if (mode === 'open' && !pair.held) {
+        if (cutHere('toTarget', chunk)) return
         bytesToTarget += chunk.length
         dueToTarget = send(upstream, chunk, dueToTarget)
       }
     })
     upstream.on('data', (chunk: Buffer) => {
       if (mode === 'open' && !pair.held) {
+        if (cutHere('fromTarget', chunk)) return
         bytesFromTarget += chunk.length
         dueFromTarget = send(client, chunk, dueFromTarget)
       }
