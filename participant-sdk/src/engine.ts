@@ -15,8 +15,16 @@
  * With `groupCommit: false` each event is flushed alone, at once (a batch of one).
  * better-sqlite3 is synchronous, so nothing else in this process interleaves with a flush;
  * `BEGIN IMMEDIATE` keeps other processes on the same file out as well.
+ *
+ * Durability without blocking the event loop (a file database in WAL mode): the batch commits
+ * with `synchronous=NORMAL` (the service's own setting is restored right after), then one
+ * `fdatasync` of the WAL file runs on libuv's thread pool and only then are the batch's callers
+ * answered; batches committed while a sync runs share the next one. So a vote or an ack is
+ * never sent before its record is on disk, whatever `synchronous` the service chose for its own
+ * writes. Other databases (in memory, rollback journal) commit and sync as SQLite is set up.
  */
 import type { Database } from 'better-sqlite3'
+import { closeSync, constants, fdatasync, fdatasyncSync, openSync } from 'node:fs'
 import type { FastifyBaseLogger } from 'fastify'
 import { crashPoint } from '@fastify-2pc/protocol'
 import type { PrepareRequest, Vote } from '@fastify-2pc/protocol'
@@ -99,8 +107,10 @@ export interface EventContext {
 }
 
 export interface FlushStats {
-  /** Local transactions committed (or attempted) for callbacks: one fsync each. */
+  /** Local transactions committed (or attempted) for callbacks. */
   flushes: number
+  /** fdatasyncs of the WAL that made committed batches durable (0 when SQLite syncs itself). */
+  syncs: number
   /** Events written by them. */
   events: number
   /** Flushes whose transaction failed (every event of it got `LogWriteFailed`). */
@@ -131,6 +141,9 @@ export interface EngineOptions {
 }
 
 type Settled = { ok: true, value: unknown } | { ok: false, error: unknown }
+
+/** A committed batch whose callers wait for the next sync. */
+interface Committed { batch: Job[], results: Settled[] }
 
 interface Job {
   kind: EventKind
@@ -167,7 +180,16 @@ export class ParticipantEngine {
   readonly #rollback
   #queue: Job[] = []
   #flushScheduled = false
-  readonly #stats: Omit<FlushStats, 'pending'> = { flushes: 0, events: 0, failedFlushes: 0, lastBatch: 0, maxBatch: 0, lastFlushMs: 0, totalFlushMs: 0 }
+  readonly #stats: Omit<FlushStats, 'pending'> = { flushes: 0, syncs: 0, events: 0, failedFlushes: 0, lastBatch: 0, maxBatch: 0, lastFlushMs: 0, totalFlushMs: 0 }
+  /** Our own descriptor of the WAL file, only to fdatasync it; null: SQLite syncs at COMMIT. */
+  #walFd: number | null = null
+  #unsynced: Committed[] = []
+  #syncing = false
+  #closed = false
+  /** Set when an fdatasync failed: nothing is answered as durable any more (restart). */
+  #syncFailure: Error | undefined
+  readonly #getSynchronous
+  readonly #setSynchronous
 
   constructor (db: Database, name: string, handlers: Handlers, options: EngineOptions) {
     this.name = name
@@ -182,6 +204,11 @@ export class ParticipantEngine {
     this.#begin = db.prepare('BEGIN IMMEDIATE')
     this.#commit = db.prepare('COMMIT')
     this.#rollback = db.prepare('ROLLBACK')
+    this.#getSynchronous = db.prepare('PRAGMA synchronous').pluck()
+    this.#setSynchronous = (level: number) => { db.pragma(`synchronous = ${level}`) }
+    if (!db.memory && db.pragma('journal_mode', { simple: true }) === 'wal') {
+      this.#walFd = openSync(`${db.name}-wal`, constants.O_RDWR | constants.O_CREAT)
+    }
   }
 
   /** A copy of the flush counters (group commit: fewer flushes than events). */
@@ -321,11 +348,17 @@ export class ParticipantEngine {
     const started = performance.now()
     const results: Settled[] = []
     let failure: unknown
+    let restore: number | undefined
     try {
       if (!this.#db.open) throw new Error('the database is closed')
       // Only possible if code of the service holds a transaction of its own open across an
       // await on this connection: joining it would make our records depend on its COMMIT.
       if (this.#db.inTransaction) throw new Error('the database connection is inside a transaction the SDK did not open')
+      if (this.#syncFailure !== undefined) throw this.#syncFailure
+      if (this.#walFd !== null) {
+        restore = this.#getSynchronous.get() as number
+        if (restore !== 1) this.#setSynchronous(1) // NORMAL: the fdatasync below makes it durable
+      }
       this.#begin.run()
     } catch (err) {
       failure = err
@@ -355,6 +388,9 @@ export class ParticipantEngine {
         try { this.#rollback.run() } catch { /* the connection is unusable; the next BEGIN says so */ }
       }
     }
+    if (restore !== undefined && restore !== 1 && this.#db.open) {
+      try { this.#setSynchronous(restore) } catch (err) { failure ??= err }
+    }
     const ms = performance.now() - started
     this.#stats.flushes++
     this.#stats.events += batch.length
@@ -367,7 +403,54 @@ export class ParticipantEngine {
       this.#logger.error({ err: failure, events: batch.length }, 'participant log flush failed: nothing of the batch was written, every caller gets a retryable error')
     }
     this.#observer.onFlush?.(batch.length, ms, failure === undefined)
+    if (failure === undefined && this.#walFd !== null) {
+      this.#unsynced.push({ batch, results })
+      this.#sync()
+      return
+    }
+    this.#answer(batch, results, failure)
+  }
 
+  /** One fdatasync of the WAL on the thread pool for every batch committed before it starts. */
+  #sync (): void {
+    if (this.#syncing || this.#walFd === null || this.#unsynced.length === 0) return
+    const covered = this.#unsynced
+    this.#unsynced = []
+    this.#syncing = true
+    fdatasync(this.#walFd, (err) => {
+      this.#syncing = false
+      if (err !== null) this.#syncFailure ??= new Error(`the participant log could not be synced to disk: ${err.message}`, { cause: err })
+      else this.#stats.syncs++
+      for (const c of covered) this.#answer(c.batch, c.results, err ?? undefined)
+      if (this.#closed) this.#closeWal()
+      else this.#sync()
+    })
+  }
+
+  /** Writes what is queued and makes everything committed durable, blocking (graceful close). */
+  flushAndSync (): void {
+    this.flush()
+    if (this.#unsynced.length === 0 || this.#walFd === null) return
+    const covered = this.#unsynced
+    this.#unsynced = []
+    let failure: unknown
+    try { fdatasyncSync(this.#walFd) } catch (err) { failure = err }
+    for (const c of covered) this.#answer(c.batch, c.results, failure)
+  }
+
+  /** Flushes, syncs and releases the WAL descriptor (the plugin's onClose). */
+  close (): void {
+    this.flushAndSync()
+    this.#closed = true
+    if (!this.#syncing) this.#closeWal() // else the running sync's callback closes it
+  }
+
+  #closeWal (): void {
+    if (this.#walFd !== null) closeSync(this.#walFd)
+    this.#walFd = null
+  }
+
+  #answer (batch: Job[], results: Settled[], failure: unknown): void {
     for (let i = 0; i < batch.length; i++) {
       const job = batch[i] as Job
       const result = failure === undefined ? results[i] as Settled : { ok: false as const, error: new LogWriteFailed(failure) }

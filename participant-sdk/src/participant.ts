@@ -398,12 +398,12 @@ const plugin: FastifyPluginAsync<TwoPhaseParticipantOptions> = async (fastify: F
   })
   // Nothing queued for the next group commit is dropped by a graceful close: flush it before the
   // host's own onClose hooks (which usually close the database) run.
-  fastify.addHook('preClose', async () => { engine.flush() })
+  fastify.addHook('preClose', async () => { engine.flushAndSync() })
   fastify.addHook('onClose', async () => {
     // First the link: it stops consuming and lets a notice being applied finish (bounded).
     await receiver?.close()
     await recovery.stop()
-    engine.flush()
+    engine.close()
     await client.close()
   })
 }

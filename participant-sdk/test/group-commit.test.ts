@@ -114,75 +114,74 @@ t.test('every answer is sent only after its record is committed (seen from a sec
 })
 
 t.test('a throwing handler in a batch rolls back only itself', async t => {
-  const dir = t.testdir()
-  const inv = await buildInventory(dir)
-  t.teardown(() => inv.app.close())
-  inv.db.prepare("UPDATE stock SET available = 1000 WHERE sku = 'apple'").run()
-  // The flush each handler runs in: the one after the flushes already counted.
-  const flushOf = new Map<string, number>()
-  const current = inv.behaviour
-  current.prepare = payload => {
-    const { id, bad } = payload as { id: string, bad?: boolean }
-    flushOf.set(id, inv.app.twoPhase.flushStats().flushes + 1)
-    return bad === true ? 'throw-after-write' : 'yes'
-  }
-  const base = await listen(inv)
-  await warmUp(base, 31)
+  const file = join(t.testdir(), 'engine.db')
+  const db = new Database(file)
+  db.pragma('journal_mode = WAL')
+  db.exec(`CREATE TABLE stock (sku TEXT PRIMARY KEY, available INTEGER NOT NULL, reserved INTEGER NOT NULL);
+           CREATE TABLE reservations (txid TEXT PRIMARY KEY, sku TEXT NOT NULL, qty INTEGER NOT NULL);
+           INSERT INTO stock VALUES ('apple', 1000, 0)`)
+  migrate(db)
+  t.teardown(() => db.close())
+  const calls = { prepare: 0, commit: 0, abort: 0 }
+  const engine = new ParticipantEngine(db, 'inventory', inventoryHandlers(calls, {
+    prepare: payload => (payload as { bad?: boolean }).bad === true ? 'throw-after-write' : 'yes'
+  }), { logger: pino({ level: 'silent' }) })
+  t.teardown(() => engine.close())
   const ids = Array.from({ length: 31 }, () => txid())
   const bad = ids[15] as string
-  const answers = await Promise.all(ids.map(async id => await post(`${base}/2pc/prepare`, { ...prepareBody(id, 2), payload: { sku: 'apple', qty: 2, id, bad: id === bad } })))
-  const badFlush = flushOf.get(bad)
-  const shared = ids.filter(id => id !== bad && flushOf.get(id) === badFlush)
-  t.ok(shared.length > 0, `the failing prepare shared its batch with ${shared.length} others`)
-  t.same(answers[15]?.body, { vote: 'no', reason: 'prepare handler failed' })
-  t.ok(answers.every((a, i) => i === 15 || a.body.vote === 'yes'))
-  t.equal(inv.app.twoPhase.stateOf(bad), 'aborted', 'its record says no')
-  t.ok(shared.every(id => inv.app.twoPhase.stateOf(id) === 'prepared'), 'its batch-mates are prepared')
-  t.same(inv.stock('apple'), { available: 1000 - 60, reserved: 60 }, 'only the 30 good reservations are kept')
-  t.notOk(inv.reservations().some(r => r.txid === bad), 'the failing handler\'s write is gone')
+  // Queued in one turn, written by one flush: the failing prepare shares its batch with 30 others.
+  const answers = ids.map(async id => await engine.prepare({ ...prepareBody(id, 2), payload: { sku: 'apple', qty: 2, bad: id === bad } } as never))
+  engine.flush()
+  const votes = await Promise.all(answers)
+  t.equal(engine.flushStats().flushes, 1, 'one batch')
+  t.same(votes[15], { type: 'vote', vote: 'no', reason: 'prepare handler failed' })
+  t.ok(votes.every((v, i) => i === 15 || (v as { vote?: string }).vote === 'yes'))
+  t.equal(engine.log.stateOf(bad), 'aborted', 'its record says no')
+  t.ok(ids.every(id => id === bad || engine.log.stateOf(id) === 'prepared'), 'its batch-mates are prepared')
+  t.same(db.prepare("SELECT available, reserved FROM stock WHERE sku = 'apple'").get(), { available: 1000 - 60, reserved: 60 }, 'only the 30 good reservations are kept')
+  t.notOk((db.prepare('SELECT txid FROM reservations').all() as Array<{ txid: string }>).some(r => r.txid === bad), 'the failing handler\'s write is gone')
 })
 
 t.test('a COMMIT that fails fails the whole batch: every caller gets the retryable error, nothing is visible', async t => {
-  const dir = t.testdir()
-  const inv = await buildInventory(dir)
-  t.teardown(() => inv.app.close())
+  const file = join(t.testdir(), 'engine.db')
+  const db = new Database(file)
+  db.pragma('journal_mode = WAL')
   // A deferred foreign key is only checked at COMMIT: a handler that breaks it makes the
   // batch's COMMIT fail (a limit of group commit: see the README).
-  inv.db.pragma('foreign_keys = ON')
-  inv.db.exec(`CREATE TABLE orders (id TEXT PRIMARY KEY);
-               CREATE TABLE lines (txid TEXT PRIMARY KEY, order_id TEXT REFERENCES orders(id) DEFERRABLE INITIALLY DEFERRED)`)
-  const current = inv.behaviour
-  current.prepare = payload => {
-    const { id, order } = payload as { id: string, order: string }
-    inv.db.prepare('INSERT INTO lines VALUES (?, ?)').run(id, order)
-    return 'yes'
-  }
-  inv.db.prepare("INSERT INTO orders VALUES ('o1')").run()
-  const state = onDisk(join(dir, 'inventory.db'))
-  const base = await listen(inv)
-  await warmUp(base, 16)
+  db.pragma('foreign_keys = ON')
+  db.exec(`CREATE TABLE orders (id TEXT PRIMARY KEY);
+           CREATE TABLE lines (txid TEXT PRIMARY KEY, order_id TEXT REFERENCES orders(id) DEFERRABLE INITIALLY DEFERRED);
+           INSERT INTO orders VALUES ('o1')`)
+  migrate(db)
+  t.teardown(() => db.close())
+  const engine = new ParticipantEngine(db, 'orders', {
+    prepare: (tx, payload, db) => {
+      db.prepare('INSERT INTO lines VALUES (?, ?)').run(tx.id, (payload as { order: string }).order)
+      return 'yes'
+    },
+    commit: () => {},
+    abort: () => {}
+  }, { logger: pino({ level: 'silent' }) })
+  t.teardown(() => engine.close())
+  const state = onDisk(file)
   const ids = Array.from({ length: 16 }, () => txid())
-  const flushesBefore = inv.app.twoPhase.flushStats()
-  const answers = await Promise.all(ids.map(async (id, i) => await post(`${base}/2pc/prepare`, {
-    ...prepareBody(id, 0), payload: { sku: 'apple', qty: 0, id, order: i === 7 ? 'missing' : 'o1' }
-  })))
-  const flushes = inv.app.twoPhase.flushStats()
-  t.ok(flushes.flushes - flushesBefore.flushes < 16, 'batched')
-  t.ok(flushes.failedFlushes >= 1)
-  const failed = answers.filter(a => a.status === 503)
-  t.ok(failed.length > 1, `${failed.length} callers of the failed batch`)
-  t.ok(failed.every(a => a.body.code === 'LOG_WRITE_FAILED'))
-  t.ok(answers.every(a => a.status === 503 || a.body.vote === 'yes'))
-  const failedIds = ids.filter((_, i) => answers[i]?.status === 503)
-  t.ok(failedIds.includes(ids[7] as string))
-  t.ok(failedIds.every(id => state(id) === 'none' && inv.app.twoPhase.stateOf(id) === 'none'), 'no record of the failed batch')
-  t.notOk((inv.db.prepare('SELECT txid FROM lines').all() as Array<{ txid: string }>).some(r => failedIds.includes(r.txid)), 'no business write of it either')
-  t.equal(inv.db.inTransaction, false)
+  // Queued in one turn, written by one flush: one batch of 16, deterministically.
+  const answers = ids.map(async (id, i) => await engine.prepare({ ...prepareBody(id, 0), payload: { order: i === 7 ? 'missing' : 'o1' } } as never)
+    .then(() => undefined, (err: Error) => err))
+  t.equal(engine.pendingEvents, 16)
+  engine.flush()
+  const errors = await Promise.all(answers)
+  t.equal(engine.flushStats().failedFlushes, 1)
+  t.ok(errors.every(e => e?.name === 'LogWriteFailed'), 'all 16 callers of the failed batch get the retryable error')
+  t.ok(ids.every(id => state(id) === 'none' && engine.log.stateOf(id) === 'none'), 'no record of the failed batch')
+  t.equal((db.prepare('SELECT count(*) AS n FROM lines').get() as { n: number }).n, 0, 'no business write of it either')
+  t.equal(db.inTransaction, false)
 
   // The coordinator's retry of a good one succeeds (in a batch without the bad one).
-  const retry = ids.find(id => id !== ids[7] && failedIds.includes(id)) as string
-  const again = await post(`${base}/2pc/prepare`, { ...prepareBody(retry, 0), payload: { sku: 'apple', qty: 0, id: retry, order: 'o1' } })
-  t.same(again.body, { vote: 'yes' })
+  const retry = ids[3] as string
+  const again = engine.prepare({ ...prepareBody(retry, 0), payload: { order: 'o1' } } as never)
+  engine.flush()
+  t.same(await again, { type: 'vote', vote: 'yes' })
   t.equal(state(retry), 'prepared')
 })
 
@@ -232,4 +231,30 @@ t.test('queued events are written by flush() (close flushes what is pending), no
   // the batch (retryable) instead of losing it silently.
   db.close()
   await t.rejects(engine.decide(ids[0] as string, 'commit'), { name: 'LogWriteFailed' })
+})
+
+t.test('a vote is answered only after an fdatasync of the WAL; the service keeps its own synchronous setting', async t => {
+  const file = join(t.testdir(), 'engine.db')
+  const db = new Database(file)
+  db.pragma('journal_mode = WAL')
+  db.pragma('synchronous = FULL')
+  db.exec(`CREATE TABLE stock (sku TEXT PRIMARY KEY, available INTEGER NOT NULL, reserved INTEGER NOT NULL);
+           CREATE TABLE reservations (txid TEXT PRIMARY KEY, sku TEXT NOT NULL, qty INTEGER NOT NULL);
+           INSERT INTO stock VALUES ('apple', 10, 0)`)
+  migrate(db)
+  t.teardown(() => db.close())
+  const calls = { prepare: 0, commit: 0, abort: 0 }
+  const engine = new ParticipantEngine(db, 'inventory', inventoryHandlers(calls, {}), { logger: pino({ level: 'silent' }) })
+  t.teardown(() => engine.close())
+  const state = onDisk(file)
+  const ids = [txid(), txid()]
+  let answered = 0
+  const answers = ids.map(async id => await engine.prepare(prepareBody(id, 1) as never).then(r => { answered++; return r }))
+  engine.flush()
+  t.same(ids.map(state), ['prepared', 'prepared'], 'committed: another connection reads it')
+  for (let i = 0; i < 20; i++) await Promise.resolve() // microtasks only: no I/O callback can run
+  t.equal(answered, 0, 'but nobody is answered before the sync (it runs on the thread pool)')
+  t.equal(db.pragma('synchronous', { simple: true }), 2, 'FULL again for the service\'s own writes')
+  t.same(await Promise.all(answers), [{ type: 'vote', vote: 'yes' }, { type: 'vote', vote: 'yes' }])
+  t.equal(engine.flushStats().syncs, 1, 'one fdatasync for the batch')
 })
