@@ -299,11 +299,30 @@ log(`windows ${cfg.reps} × ${cfg.durationS} s after ${cfg.warmupS} s warm-up; c
 /** @type {any[]} */
 const rows = []
 {
-  const cluster = await startCluster({ strace: cfg.strace })
+  // Throughput, latency and CPU are measured WITHOUT strace: a ptrace stop per fsync costs every
+  // process (it halved the coordinator's throughput in an earlier run).
+  const cluster = await startCluster({ strace: false })
   try {
     for (const concurrency of cfg.concurrency) {
       for (const mode of cfg.modes) {
         rows.push(...await runLoad(cluster, mode, concurrency, { warmupMs: cfg.warmupS * 1000, durationMs: cfg.durationS * 1000, reps: cfg.reps }))
+        if (mode !== 'baseline') await drainPhase2(cluster)
+      }
+    }
+  } finally {
+    await cluster.stop()
+  }
+}
+
+/** One window per mode × concurrency under strace, only to count fsyncs per transaction. */
+const fsyncRows = []
+if (cfg.strace) {
+  log('fsync counting: one window per mode and concurrency with every server under strace (its figures are used for fsyncs only)')
+  const cluster = await startCluster({ strace: true })
+  try {
+    for (const concurrency of cfg.concurrency) {
+      for (const mode of cfg.modes) {
+        fsyncRows.push(...await runLoad(cluster, mode, concurrency, { warmupMs: Math.min(cfg.warmupS, 1) * 1000, durationMs: Math.min(cfg.durationS, 5) * 1000, reps: 1 }))
         if (mode !== 'baseline') await drainPhase2(cluster)
       }
     }
@@ -382,8 +401,9 @@ const results = {
   finishedAt: new Date().toISOString(),
   machine,
   config: cfg,
-  groups: aggregate(rows, cfg),
+  groups: aggregate(rows, cfg, fsyncRows),
   reps: rows,
+  fsyncReps: fsyncRows,
   profile,
   rss
 }

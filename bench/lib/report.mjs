@@ -11,8 +11,12 @@ function stats (xs) {
   return { median, min: /** @type {number} */ (v[0]), max: /** @type {number} */ (v[v.length - 1]), n: v.length }
 }
 
-/** @param {any[]} rows @param {{ modes: string[], concurrency: number[] }} cfg */
-export function aggregate (rows, cfg) {
+/**
+ * @param {any[]} rows the measured windows (no strace)
+ * @param {{ modes: string[], concurrency: number[] }} cfg
+ * @param {any[]} [fsyncRows] the windows run under strace, for the fsync figures only
+ */
+export function aggregate (rows, cfg, fsyncRows = []) {
   const groups = []
   for (const concurrency of cfg.concurrency) {
     for (const mode of cfg.modes) {
@@ -26,8 +30,10 @@ export function aggregate (rows, cfg) {
         cpuUsPerTx[p] = stats(rs.map(r => r.cpuUsPerTx[p]))
       }
       /** @type {Record<string, any>} */ const fsyncBusyPct = {}
-      for (const p of ['coordinator', 'inventory', 'payment', 'total']) fsyncPerTx[p] = stats(rs.map(r => r.fsyncPerTx[p]))
-      for (const p of ['coordinator', 'inventory', 'payment']) fsyncBusyPct[p] = stats(rs.map(r => r.fsyncBusyPct?.[p]))
+      // Older results.json files counted fsyncs in the measured windows themselves.
+      const fs = fsyncRows.length > 0 ? fsyncRows.filter(r => r.mode === mode && r.concurrency === concurrency) : rs
+      for (const p of ['coordinator', 'inventory', 'payment', 'total']) fsyncPerTx[p] = stats(fs.map(r => r.fsyncPerTx[p]))
+      for (const p of ['coordinator', 'inventory', 'payment']) fsyncBusyPct[p] = stats(fs.map(r => r.fsyncBusyPct?.[p]))
       groups.push({
         mode,
         concurrency,
@@ -79,7 +85,7 @@ export function renderMarkdown (r) {
   L.push('')
   L.push(`Settings: ${c.reps} windows × ${c.durationS} s after a ${c.warmupS} s warm-up, per mode and concurrency; ` +
     `signatures ${c.secret ? 'on (TWOPC_SECRET: every callback HMAC-signed and checked)' : 'off'}; LOG_LEVEL=${c.logLevel}; ` +
-    `fsyncs ${c.strace ? 'counted with strace (seccomp-bpf filter: one ptrace stop per fsync)' : 'not counted'}. ` +
+    `fsyncs ${c.strace ? 'counted in a separate window per mode and concurrency with every server under strace (seccomp-bpf filter: one ptrace stop per fsync), so the strace overhead is in no other figure' : 'not counted'}. ` +
     'Figures are the median over the windows, with min–max in small print.', '')
 
   L.push('## Throughput and latency', '')
@@ -115,7 +121,7 @@ export function renderMarkdown (r) {
   if (c.strace) {
     L.push('## Log flushes (fsync + fdatasync) per committed transaction', '')
     const timed = groups.some(x => x.fsyncBusyPct?.coordinator != null)
-    if (timed) L.push('With the share of the window each process spent inside fsync (strace -T): better-sqlite3 is synchronous, so that is time its event loop is blocked.', '')
+    if (timed) L.push('Counted in a separate window under strace (one per row). With the share of the window each process spent inside fsync/fdatasync (strace -T; on libuv\'s thread pool since the log syncs off the event loop, so not time the event loop is blocked).', '')
     L.push(`| path | clients | coordinator | inventory | payment | total |${timed ? ' in fsync: coordinator % | inventory % | payment % |' : ''}`, `| --- | ---: | ---: | ---: | ---: | ---: |${timed ? ' ---: | ---: | ---: |' : ''}`)
     for (const x of groups) {
       const busy = timed ? ` ${mm(x.fsyncBusyPct.coordinator, n0)} | ${mm(x.fsyncBusyPct.inventory, n0)} | ${mm(x.fsyncBusyPct.payment, n0)} |` : ''

@@ -3,7 +3,7 @@
  * turns the answer into a state-machine event. Bodies are signed when a secret is set; every
  * answer body is read (bounded) or dumped so connections go back to the pool.
  */
-import { Agent, request, type Dispatcher } from 'undici'
+import { Agent, type Dispatcher } from 'undici'
 import { signBody, SIGNATURE_HEADER, CallbackPath, type Decision, type PrepareRequest, type Vote } from '@fastify-2pc/protocol'
 
 export interface DriverOptions {
@@ -23,8 +23,13 @@ export type DecisionOutcome =
 
 const RETRYABLE_4XX = new Set([408, 425, 429])
 
+/** A participant URL split once into what the dispatcher wants (no URL parsing per call). */
+interface Target { origin: string, basePath: string }
+const MAX_TARGETS = 10_000
+
 export class ParticipantDriver {
   private readonly agent: Agent
+  private readonly targets = new Map<string, Target>()
   constructor (private readonly options: DriverOptions) {
     this.agent = new Agent({
       connections: options.connectionsPerOrigin,
@@ -40,14 +45,28 @@ export class ParticipantDriver {
     const headers: Record<string, string> = { 'content-type': 'application/json' }
     if (traceparent !== undefined) headers.traceparent = traceparent
     if (this.options.secret !== undefined) headers[SIGNATURE_HEADER] = signBody(this.options.secret, raw)
-    const res = await request(joinUrl(baseUrl, path), {
+    const target = this.target(baseUrl)
+    const res = await this.agent.request({
+      origin: target.origin,
+      path: target.basePath + path,
       method: 'POST',
       body: raw,
       headers,
-      dispatcher: this.agent,
       signal: AbortSignal.timeout(timeoutMs)
     })
-    return { status: res.statusCode, text: await readBounded(res.body, this.options.maxResponseBytes) }
+    return { status: res.statusCode, text: await readBounded(res, this.options.maxResponseBytes) }
+  }
+
+  private target (baseUrl: string): Target {
+    let target = this.targets.get(baseUrl)
+    if (target === undefined) {
+      const url = new URL(baseUrl)
+      const basePath = url.pathname.endsWith('/') ? url.pathname.slice(0, -1) : url.pathname
+      target = { origin: url.origin, basePath }
+      if (this.targets.size >= MAX_TARGETS) this.targets.clear()
+      this.targets.set(baseUrl, target)
+    }
+    return target
   }
 
   async prepare (baseUrl: string, body: PrepareRequest, timeoutMs: number, traceparent?: string): Promise<PrepareOutcome> {
@@ -83,10 +102,6 @@ export class ParticipantDriver {
   }
 }
 
-function joinUrl (base: string, path: string): string {
-  return base.endsWith('/') ? base.slice(0, -1) + path : base + path
-}
-
 function parseObject (text: string): Record<string, unknown> | undefined {
   try {
     const value: unknown = JSON.parse(text)
@@ -103,7 +118,11 @@ function describe (err: unknown, what: string, timeoutMs: number): string {
 }
 
 /** Reads at most `limit` bytes of an answer; a longer one is cut off and the rest dropped. */
-async function readBounded (body: Dispatcher.ResponseData['body'], limit: number): Promise<string> {
+async function readBounded (res: Dispatcher.ResponseData, limit: number): Promise<string> {
+  const body = res.body
+  const length = Number(res.headers['content-length'])
+  // The usual case, a short answer of known length: read it in one go.
+  if (Number.isInteger(length) && length <= limit) return await body.text()
   const chunks: Buffer[] = []
   let size = 0
   for await (const chunk of body) {

@@ -138,3 +138,66 @@ t.test('close syncs what was written, and a reopened log sees it', async t => {
   t.teardown(() => again.close())
   t.equal(again.load(tx.id)?.state, 'active')
 })
+
+t.test('steps of one transaction in one batch are written as one, with the same rows as one by one', async t => {
+  const now = Date.now()
+  const id = 'c-test.0000000001hhhhhhhhhhhhhhhh'
+  // begin with two participants and a message, commit-requested, two votes, then the acks.
+  const chain: Transaction[] = []
+  let tx = newTransaction(id, now, now + 60_000)
+  const events = [
+    { type: 'enlist', participant: { name: 'a', url: 'http://127.0.0.1:1/a', payload: { n: 1 } }, now },
+    { type: 'enlist', participant: { name: 'b', url: 'http://127.0.0.1:1/b', payload: null }, now },
+    { type: 'add-message', message: { exchange: 'orders', routingKey: 'placed', body: { n: 1 } }, now },
+    { type: 'commit-requested', now: now + 1 },
+    { type: 'vote', participant: 'a', vote: 'yes', now: now + 2 },
+    { type: 'vote', participant: 'b', vote: 'yes', now: now + 3 },
+    { type: 'phase2-acked', participant: 'a', now: now + 4 },
+    { type: 'phase2-acked', participant: 'b', now: now + 5 }
+  ] as const
+  for (const event of events) {
+    const r = step(tx, event as never, policy)
+    if (!r.ok) throw new Error(r.code)
+    tx = r.tx
+    chain.push(tx)
+  }
+  t.equal(tx.state, 'committed')
+  t.not(tx.completedAt, null)
+
+  const dump = (path: string): unknown => {
+    const db = new Database(path, { readonly: true })
+    try {
+      return {
+        tx: db.prepare('SELECT state, decided_at, completed_at, message_count, needs_attention FROM transactions').all(),
+        participants: db.prepare('SELECT name, url, payload, vote, ack, attempts FROM participants ORDER BY position').all(),
+        decisions: db.prepare('SELECT decision FROM decisions').all(),
+        outbox: db.prepare('SELECT kind, message_id, body FROM outbox').all(),
+        timeline: db.prepare('SELECT kind, participant FROM tx_events ORDER BY kind, participant').all()
+      }
+    } finally { db.close() }
+  }
+  const writes = (i: number): StepWrites => ({ attention: [], messages: i === 2 ? [{ position: 0, message: { exchange: 'orders', routingKey: 'placed', body: { n: 1 } } }] : [], notices: [] })
+
+  // One by one: a flush after every step.
+  const dir = t.testdir()
+  const onePath = join(dir, 'one.db')
+  const one = new CoordinatorLog(onePath)
+  chain.forEach((next, i) => { one.save(i === 0 ? null : chain[i - 1] as Transaction, next, writes(i), next.updatedAt, false, () => {}); one.flush() })
+  one.close()
+
+  // Batched: the votes share a batch, so do the acks (the begin steps too).
+  const batchedPath = join(dir, 'batched.db')
+  const batched = new CoordinatorLog(batchedPath)
+  const flushAfter = new Set([3, 5, 7])
+  chain.forEach((next, i) => {
+    batched.save(i === 0 ? null : chain[i - 1] as Transaction, next, writes(i), next.updatedAt, false, () => {})
+    if (flushAfter.has(i)) batched.flush()
+  })
+  t.equal(batched.flushStats.merged, 5, '8 steps written as 3')
+  batched.close()
+
+  const expected = dump(onePath) as { timeline: unknown[], outbox: unknown[] }
+  t.ok(expected.timeline.length >= 8, 'the reference has a full timeline')
+  t.equal(expected.outbox.length, 1, 'and the released message')
+  t.same(dump(batchedPath), expected, 'the same rows')
+})

@@ -184,7 +184,7 @@ export class ParticipantEngine {
   /** Our own descriptor of the WAL file, only to fdatasync it; null: SQLite syncs at COMMIT. */
   #walFd: number | null = null
   #unsynced: Committed[] = []
-  #syncing = false
+  #syncsInFlight: Array<{ covered: Committed[] }> = []
   #closed = false
   /** Set when an fdatasync failed: nothing is answered as durable any more (restart). */
   #syncFailure: Error | undefined
@@ -411,38 +411,57 @@ export class ParticipantEngine {
     this.#answer(batch, results, failure)
   }
 
-  /** One fdatasync of the WAL on the thread pool for every batch committed before it starts. */
+  /**
+   * One fdatasync of the WAL on the thread pool for every batch committed before it starts. Two
+   * may run at once (a prepare does not wait behind the sync of a commit that just started);
+   * they are settled in the order they started, and one that returns settles the earlier ones
+   * too (it flushed everything written before it began).
+   */
   #sync (): void {
-    if (this.#syncing || this.#walFd === null || this.#unsynced.length === 0) return
-    const covered = this.#unsynced
+    if (this.#walFd === null || this.#unsynced.length === 0 || this.#syncsInFlight.length >= 2) return
+    const sync = { covered: this.#unsynced }
     this.#unsynced = []
-    this.#syncing = true
+    this.#syncsInFlight.push(sync)
     fdatasync(this.#walFd, (err) => {
-      this.#syncing = false
+      const index = this.#syncsInFlight.indexOf(sync)
+      const settled = index < 0 ? [] : this.#syncsInFlight.splice(0, index + 1)
       if (err !== null) this.#syncFailure ??= new Error(`the participant log could not be synced to disk: ${err.message}`, { cause: err })
       else this.#stats.syncs++
-      for (const c of covered) this.#answer(c.batch, c.results, err ?? undefined)
-      if (this.#closed) this.#closeWal()
-      else this.#sync()
+      for (const earlier of settled) {
+        for (const c of earlier.covered) this.#answer(c.batch, c.results, this.#syncFailure)
+      }
+      if (this.#closed) {
+        if (this.#syncsInFlight.length === 0) this.#closeWal()
+      } else {
+        this.#sync()
+      }
     })
   }
 
   /** Writes what is queued and makes everything committed durable, blocking (graceful close). */
   flushAndSync (): void {
     this.flush()
-    if (this.#unsynced.length === 0 || this.#walFd === null) return
-    const covered = this.#unsynced
+    if (this.#walFd === null) return
+    // The syncs still running cover earlier batches; this one covers them too, in order.
+    const covered: Committed[] = []
+    for (const running of this.#syncsInFlight) {
+      covered.push(...running.covered)
+      running.covered = []
+    }
+    covered.push(...this.#unsynced)
     this.#unsynced = []
+    if (covered.length === 0) return
     let failure: unknown
     try { fdatasyncSync(this.#walFd) } catch (err) { failure = err }
-    for (const c of covered) this.#answer(c.batch, c.results, failure)
+    if (failure !== undefined) this.#syncFailure ??= new Error(`the participant log could not be synced to disk: ${(failure as Error).message}`, { cause: failure })
+    for (const c of covered) this.#answer(c.batch, c.results, this.#syncFailure)
   }
 
   /** Flushes, syncs and releases the WAL descriptor (the plugin's onClose). */
   close (): void {
     this.flushAndSync()
     this.#closed = true
-    if (!this.#syncing) this.#closeWal() // else the running sync's callback closes it
+    if (this.#syncsInFlight.length === 0) this.#closeWal() // else the last running sync's callback closes it
   }
 
   #closeWal (): void {

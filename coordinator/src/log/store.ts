@@ -61,6 +61,22 @@ interface PendingStep {
   outboxMax: number
 }
 
+/** The side rows of several steps of one transaction, in order. */
+function mergeWrites (steps: PendingStep[]): StepWrites {
+  const merged: StepWrites = { attention: [], messages: [], notices: [] }
+  for (const { writes } of steps) {
+    merged.attention.push(...writes.attention)
+    merged.messages.push(...writes.messages)
+    merged.notices.push(...writes.notices)
+    if (writes.audit !== undefined) (merged.audit ??= []).push(...writes.audit)
+    if (writes.resolveAttention !== undefined) merged.resolveAttention = writes.resolveAttention
+  }
+  return merged
+}
+
+/** fdatasyncs of the log at once (libuv's pool has 4 threads; other file work needs some). */
+const MAX_SYNCS_IN_FLIGHT = 2
+
 /** Synced records of unfinished transactions kept in memory, so steps do not re-read SQLite. */
 const RECENT_RECORDS = 20_000
 
@@ -256,7 +272,9 @@ export class CoordinatorLog {
   /** Synced records of unfinished transactions, oldest first, at most RECENT_RECORDS. */
   private readonly recent = new Map<string, Transaction>()
   private flushScheduled = false
-  private syncing = false
+  /** fdatasyncs running on the thread pool, in the order they started. */
+  private syncsInFlight: Array<{ covered: PendingStep[] }> = []
+  private closed = false
   private lazySync: NodeJS.Timeout | undefined
   /** The WAL file, opened by us only to fdatasync it (null for an in-memory log). */
   private walFd: number | null = null
@@ -267,7 +285,8 @@ export class CoordinatorLog {
   private syncedOutboxId = 0
   /** Set when the disk refused a sync: nothing is reported durable after that (restart). */
   failure: Error | undefined
-  readonly flushStats = { flushes: 0, steps: 0, maxBatch: 0, lastBatch: 0, lastFlushMs: 0, totalFlushMs: 0, syncs: 0, totalSyncMs: 0 }
+  /** `merged`: steps written together with an earlier step of the same transaction in its batch. */
+  readonly flushStats = { flushes: 0, steps: 0, merged: 0, maxBatch: 0, lastBatch: 0, lastFlushMs: 0, totalFlushMs: 0, syncs: 0, totalSyncMs: 0 }
   /** Group commit: steps saved in one event-loop turn share one SQLite transaction, up to this many. */
   maxBatch = 256
   /** How long unforced steps may wait for a sync when no forced step brings one sooner. */
@@ -371,7 +390,9 @@ export class CoordinatorLog {
       }
       for (const a of writes.attention) this.stmts.insertAttention.run(next.id, a.participant, a.kind, a.detail, now)
       // Open retry-budget entries flag the transaction, so only a flagged one can have any to close.
-      if (next.completedAt !== null && prev !== null && prev.completedAt === null && prev.needsAttention) this.stmts.resolveRetryBudget.run(now, next.id)
+      if (next.completedAt !== null && prev !== null && prev.completedAt === null && (prev.needsAttention || writes.attention.length > 0)) {
+        this.stmts.resolveRetryBudget.run(now, next.id)
+      }
       if (this.noticeRouting !== null) {
         for (const n of writes.notices) {
           const body = JSON.stringify({ txid: next.id, participant: n.participant, decision: n.decision })
@@ -384,7 +405,26 @@ export class CoordinatorLog {
       return outboxMax
     }
     const writeAll = this.db.transaction((batch: PendingStep[]) => {
-      for (const step of batch) step.outboxMax = this.writeStep(step.prev, step.next, step.writes, step.now)
+      // Steps of one transaction in the same batch (two votes, two acks arriving together) are
+      // written as one: every write is a diff of `prev` against `next`, so the first step's
+      // `prev` against the last one's `next`, with all their side rows, is the same change.
+      const byId = new Map<string, PendingStep[]>()
+      for (const step of batch) {
+        const steps = byId.get(step.next.id)
+        if (steps === undefined) byId.set(step.next.id, [step])
+        else steps.push(step)
+      }
+      for (const steps of byId.values()) {
+        const first = steps[0] as PendingStep
+        if (steps.length === 1) {
+          first.outboxMax = this.writeStep(first.prev, first.next, first.writes, first.now)
+          continue
+        }
+        const last = steps[steps.length - 1] as PendingStep
+        const outboxMax = this.writeStep(first.prev, last.next, mergeWrites(steps), last.now)
+        for (const step of steps) step.outboxMax = outboxMax
+        this.flushStats.merged += steps.length - 1
+      }
     })
     const normal = this.db.prepare('PRAGMA synchronous = NORMAL')
     const full = this.db.prepare('PRAGMA synchronous = FULL')
@@ -513,27 +553,42 @@ export class CoordinatorLog {
     else this.lazySync ??= setTimeout(() => { this.lazySync = undefined; this.sync() }, this.lazySyncMs)
   }
 
-  /** Makes every committed step durable with one fdatasync on the thread pool. */
+  /**
+   * Makes every committed step durable with one fdatasync on the thread pool. Up to
+   * MAX_SYNCS_IN_FLIGHT run at once, so a forced step never waits behind a lazy sync; the
+   * syncs are settled in the order they started, and one that returns settles every earlier
+   * one too (it flushed everything written before it began).
+   */
   private sync (): void {
-    if (this.syncing || this.walFd === null) return // the running sync's callback starts the next one
+    if (this.walFd === null || this.syncsInFlight.length >= MAX_SYNCS_IN_FLIGHT) return // a returning sync starts the next
     clearTimeout(this.lazySync)
     this.lazySync = undefined
     const covered = this.unsynced
     if (covered.length === 0) return
     this.unsynced = []
-    this.syncing = true
+    const sync = { covered }
+    this.syncsInFlight.push(sync)
     const started = performance.now()
     fdatasync(this.walFd, (err) => {
-      this.syncing = false
+      // Not in the list any more: a later sync returned first and settled this one's steps.
+      const index = this.syncsInFlight.indexOf(sync)
+      const settled = index < 0 ? [] : this.syncsInFlight.splice(0, index + 1)
       if (err !== null) {
-        this.failSync(err, covered)
+        this.failSync(err, settled.flatMap(s => s.covered))
+        if (this.closed && this.syncsInFlight.length === 0) this.closeWal()
         return
       }
       const ms = performance.now() - started
       this.flushStats.syncs++
       this.flushStats.totalSyncMs += ms
-      this.onSync?.(covered.length, ms)
-      this.markSynced(covered)
+      for (const earlier of settled) {
+        this.onSync?.(earlier.covered.length, ms)
+        this.markSynced(earlier.covered)
+      }
+      if (this.closed) {
+        if (this.syncsInFlight.length === 0) this.closeWal()
+        return
+      }
       if (this.unsynced.length === 0) return
       if (this.unsynced.some(s => s.forced)) this.sync()
       else this.lazySync ??= setTimeout(() => { this.lazySync = undefined; this.sync() }, this.lazySyncMs)
@@ -541,6 +596,10 @@ export class CoordinatorLog {
   }
 
   private markSynced (steps: PendingStep[]): void {
+    if (this.failure !== undefined) { // a sync failed meanwhile: nothing is reported durable any more
+      for (const step of steps) if (step.forced) step.done(this.failure)
+      return
+    }
     for (const step of steps) {
       if (step.outboxMax > this.syncedOutboxId) this.syncedOutboxId = step.outboxMax
       const id = step.next.id
@@ -577,7 +636,7 @@ export class CoordinatorLog {
    * reads what really is on disk, can go on. Callers waiting for these steps get the error.
    */
   private failSync (err: Error, covered: PendingStep[]): void {
-    this.failure = new Error(`the coordinator log could not be synced to disk: ${err.message}`, { cause: err })
+    this.failure ??= new Error(`the coordinator log could not be synced to disk: ${err.message}`, { cause: err })
     const waiting = [...covered, ...this.unsynced]
     this.unsynced = []
     for (const step of waiting) if (step.forced) step.done(this.failure)
@@ -668,7 +727,14 @@ export class CoordinatorLog {
     if (this.unsynced.length === 0 || this.failure !== undefined) return
     clearTimeout(this.lazySync)
     this.lazySync = undefined
-    const covered = this.unsynced
+    // The syncs still running cover earlier steps; this one covers them too, in order (their
+    // callbacks then find nothing left to settle, and the last one closes the descriptor).
+    const covered: PendingStep[] = []
+    for (const running of this.syncsInFlight) {
+      covered.push(...running.covered)
+      running.covered = []
+    }
+    covered.push(...this.unsynced)
     this.unsynced = []
     try {
       if (this.walFd !== null) fdatasyncSync(this.walFd)
@@ -684,8 +750,13 @@ export class CoordinatorLog {
       this.flushAndSync() // nothing saved is dropped by a graceful close
       clearTimeout(this.lazySync)
       this.db.close()
-      if (this.walFd !== null) closeSync(this.walFd)
-      this.walFd = null
+      this.closed = true
+      if (this.syncsInFlight.length === 0) this.closeWal() // else the last running sync's callback closes it
     }
+  }
+
+  private closeWal (): void {
+    if (this.walFd !== null) closeSync(this.walFd)
+    this.walFd = null
   }
 }
