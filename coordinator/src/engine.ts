@@ -126,7 +126,7 @@ export class Engine {
     // Registered before the effects run: an empty transaction is decided as soon as it is durable.
     const waiter = commit ? this.waitForDecision(initial.id) : undefined
     // A one-shot answers only with the decision, which is forced by itself.
-    const durable = this.persist(null, result.tx, result.effects, !commit || isCommitted(result.tx), () => {
+    const durable = this.persist(null, result.tx, result.effects, now, !commit || isCommitted(result.tx), () => {
       this.crash('coordinator.after-begin')
       this.logger.info({ txid: initial.id, traceId: traceIdOf(traceparent), participants: participants.length, commit }, 'transaction begun')
     })
@@ -249,7 +249,7 @@ export class Engine {
     }
     if (event.type === 'vote' && !isDecided(prev) && isDecided(result.tx)) this.crash('coordinator.after-votes-before-decision')
     const decidesCommit = !isDecided(prev) && isCommitted(result.tx)
-    return { ...result, durable: this.persist(prev, result.tx, result.effects, forced || decidesCommit) }
+    return { ...result, durable: this.persist(prev, result.tx, result.effects, event.now, forced || decidesCommit) }
   }
 
   private fold (start: Transaction, events: Event[]): StepResult {
@@ -269,7 +269,7 @@ export class Engine {
    * written (`forced`: on disk), carries out its effects. Resolves then; rejects — and fails
    * whoever waits for this transaction's decision — when the log cannot be written.
    */
-  private async persist (prev: Transaction | null, next: Transaction, effects: Effect[], forced: boolean, onDurable?: () => void): Promise<void> {
+  private async persist (prev: Transaction | null, next: Transaction, effects: Effect[], now: number, forced: boolean, onDurable?: () => void): Promise<void> {
     const writes: StepWrites = { attention: [], messages: [], notices: [] }
     for (const e of effects) {
       if (e.type === 'record-attention') writes.attention.push({ participant: e.participant, kind: e.kind, detail: e.detail })
@@ -279,7 +279,7 @@ export class Engine {
       else if (e.type === 'resolve-attention') writes.resolveAttention = e.resolution
     }
     await new Promise<void>((resolve, reject) => {
-      this.log.save(prev, next, writes, next.updatedAt, forced, (err?: Error) => {
+      this.log.save(prev, next, writes, now, forced, (err?: Error) => {
         if (err !== undefined) {
           this.logger.error({ txid: next.id, err }, 'could not write the log')
           const list = this.waiters.get(next.id)

@@ -330,3 +330,18 @@ t.test('operator-resolve: open participants resolved, attention cleared, complet
   t.match(step(clean, { type: 'operator-resolve', actor: 'bob', reason: 'x', now: 60 }, policy), { ok: false, code: 'NOTHING_TO_RESOLVE' })
   t.match(step(twoEnlisted(), { type: 'operator-resolve', actor: 'bob', reason: 'x', now: 60 }, policy), { ok: false, code: 'TX_NOT_DECIDED' })
 })
+
+t.test('updatedAt is the transaction\'s own last change: a vote or an ack leaves it, a decision or completion moves it', async t => {
+  const preparing = run(twoEnlisted(), { type: 'commit-requested', now: 5 }).tx
+  t.equal(preparing.updatedAt, 5)
+  const oneVote = run(preparing, vote('a', 'yes', 6)).tx
+  t.equal(oneVote.updatedAt, 5, 'a vote changes only its participant')
+  const decided = run(oneVote, vote('b', 'yes', 7)).tx
+  t.equal(decided.state, 'committed')
+  t.equal(decided.updatedAt, 7)
+  const oneAck = run(decided, { type: 'phase2-acked', participant: 'a', now: 8 }).tx
+  t.equal(oneAck.updatedAt, 7, 'an ack changes only its participant')
+  const done = run(oneAck, { type: 'phase2-acked', participant: 'b', now: 9 }).tx
+  t.equal(done.completedAt, 9)
+  t.equal(done.updatedAt, 9, 'completion is a change of the transaction')
+})

@@ -234,13 +234,17 @@ function completeIfDone (tx: Transaction, now: number): Transaction {
   const done = tx.participants.every(p => p.ack === 'acked' || p.ack === 'not-needed')
   // Delivered at last: an exhausted retry budget alone needs nobody anymore (the log resolves its
   // entry); a heuristic outcome stays flagged until an operator resolves it.
-  return done ? { ...tx, completedAt: now, needsAttention: tx.heuristic ? tx.needsAttention : false } : tx
+  return done ? { ...tx, completedAt: now, updatedAt: now, needsAttention: tx.heuristic ? tx.needsAttention : false } : tx
 }
 
-function withParticipant (tx: Transaction, name: string, change: (p: Participant) => Participant, now: number): Transaction {
+/**
+ * A change of one participant's row. `updatedAt` is the time of the transaction's own last
+ * change (state, decision, completion, attention), so it stays: a vote or an ack rewrites only
+ * that participant's row in the log.
+ */
+function withParticipant (tx: Transaction, name: string, change: (p: Participant) => Participant): Transaction {
   return {
     ...tx,
-    updatedAt: now,
     participants: tx.participants.map(p => (p.name === name ? change(p) : p))
   }
 }
@@ -308,7 +312,7 @@ export function step (tx: Transaction, event: Event, policy: Policy): StepResult
       const p = tx.participants.find(x => x.name === event.participant)
       // A late, duplicate or stray vote changes nothing: the round is over or it was counted.
       if (tx.state !== 'preparing' || p === undefined || p.vote !== null) return unchanged(tx)
-      let next = withParticipant(tx, p.name, x => ({ ...x, vote: event.vote, voteReason: event.reason ?? null }), now)
+      let next = withParticipant(tx, p.name, x => ({ ...x, vote: event.vote, voteReason: event.reason ?? null }))
       const effects: Effect[] = []
       if (event.vote === 'no') {
         // In one-phase commit a `no` means the participant already rolled back: nothing to tell it.
@@ -323,7 +327,7 @@ export function step (tx: Transaction, event: Event, policy: Policy): StepResult
       const p = tx.participants.find(x => x.name === event.participant)
       if (tx.state !== 'preparing' || p === undefined || p.vote !== null) return unchanged(tx)
       const effects: Effect[] = []
-      const next = withParticipant(tx, p.name, x => ({ ...x, lastError: event.error }), now)
+      const next = withParticipant(tx, p.name, x => ({ ...x, lastError: event.error }))
       return { ok: true, tx: decide(next, 'abort', 'prepare-failed', now, effects), effects, changed: true }
     }
 
@@ -331,7 +335,7 @@ export function step (tx: Transaction, event: Event, policy: Policy): StepResult
       const p = tx.participants.find(x => x.name === event.participant)
       if (!isDecided(tx) || p === undefined || p.ack !== 'pending') return unchanged(tx)
       // lastError stays: it tells later readers what went wrong before (e.g. which prepare failed).
-      const next = withParticipant(tx, p.name, x => ({ ...x, ack: 'acked', nextAttemptAt: null }), now)
+      const next = withParticipant(tx, p.name, x => ({ ...x, ack: 'acked', nextAttemptAt: null }))
       return { ok: true, tx: completeIfDone(next, now), effects: [], changed: true }
     }
 
@@ -340,21 +344,21 @@ export function step (tx: Transaction, event: Event, policy: Policy): StepResult
       if (!isDecided(tx) || p === undefined || p.ack !== 'pending') return unchanged(tx)
       const attempts = p.attempts + 1
       if (event.refused) {
-        const next = withParticipant(tx, p.name, x => ({ ...x, ack: 'heuristic', attempts, lastError: event.error, nextAttemptAt: null }), now)
+        const next = withParticipant(tx, p.name, x => ({ ...x, ack: 'heuristic', attempts, lastError: event.error, nextAttemptAt: null }))
         return {
           ok: true,
-          tx: { ...next, needsAttention: true, heuristic: true },
+          tx: { ...next, needsAttention: true, heuristic: true, updatedAt: now },
           effects: [{ type: 'record-attention', participant: p.name, kind: 'heuristic', detail: event.error }],
           changed: true
         }
       }
       const at = now + backoffMs(policy, attempts, event.jitter)
-      let next = withParticipant(tx, p.name, x => ({ ...x, attempts, lastError: event.error, nextAttemptAt: at }), now)
+      let next = withParticipant(tx, p.name, x => ({ ...x, attempts, lastError: event.error, nextAttemptAt: at }))
       const effects: Effect[] = [{ type: 'schedule-phase2', participant: p.name, at }]
       // The first failure also queues the decision on the participant's queue (when a broker is configured).
       if (attempts === 1) effects.push({ type: 'notify', participant: p.name, decision: decisionOf(tx) as Decision })
       if (attempts === policy.retryBudget) {
-        next = { ...next, needsAttention: true }
+        next = { ...next, needsAttention: true, updatedAt: now }
         effects.push({
           type: 'record-attention',
           participant: p.name,

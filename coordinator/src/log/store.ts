@@ -247,6 +247,12 @@ function toAttention (row: AttentionRow): AttentionEntry {
   }
 }
 
+function sameTxRow (a: Transaction, b: Transaction): boolean {
+  return a.state === b.state && a.updatedAt === b.updatedAt && a.expiresAt === b.expiresAt && a.decidedAt === b.decidedAt &&
+    a.completedAt === b.completedAt && a.reason === b.reason && a.needsAttention === b.needsAttention &&
+    a.onePhase === b.onePhase && a.metadata === b.metadata && a.messageCount === b.messageCount && a.heuristic === b.heuristic
+}
+
 // Positional parameters, in the column order of the statements below (cheaper than named ones).
 function txParams (tx: Transaction): unknown[] {
   return [tx.state, tx.updatedAt, tx.expiresAt, tx.decidedAt, tx.completedAt, tx.reason, tx.needsAttention ? 1 : 0,
@@ -362,9 +368,9 @@ export class CoordinatorLog {
     this.syncedOutboxId = this.stmts.maxOutboxId.get()?.id ?? 0
     this.writeStep = (prev: Transaction | null, next: Transaction, writes: StepWrites, now: number): number => {
       let outboxMax = 0
-      const params = txParams(next)
-      if (prev === null) this.stmts.insertTx.run(...params, next.createdAt, next.traceparent)
-      else this.stmts.updateTx.run(...params)
+      // A vote or an ack changes a participant row only (the machine keeps the rest as it was).
+      if (prev === null) this.stmts.insertTx.run(...txParams(next), next.createdAt, next.traceparent)
+      else if (!sameTxRow(prev, next)) this.stmts.updateTx.run(...txParams(next))
       for (let i = 0; i < next.participants.length; i++) {
         const p = next.participants[i] as Participant
         const before = prev?.participants[i]
