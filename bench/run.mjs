@@ -177,6 +177,71 @@ async function startCluster (o) {
 
 /** @typedef {Awaited<ReturnType<typeof startCluster>>} Cluster */
 
+// ---- inside the processes: histograms from their /metrics, as means over a window ------------
+const COORDINATOR_SERIES = {
+  requestMs: ['twopc_http_request_duration_seconds', 'route="/v1/transactions"', 1000],
+  phase1Ms: ['twopc_phase1_duration_seconds', '', 1000],
+  flushBatch: ['twopc_log_flush_batch_size', '', 1],
+  flushMs: ['twopc_log_flush_duration_seconds', '', 1000],
+  syncBatch: ['twopc_log_sync_batch_size', '', 1],
+  syncMs: ['twopc_log_sync_duration_seconds', '', 1000]
+}
+const PARTICIPANT_SERIES = {
+  flushBatch: ['twopc_participant_log_flush_batch_size', '', 1],
+  flushMs: ['twopc_participant_log_flush_duration_seconds', '', 1000],
+  syncBatch: ['twopc_participant_log_sync_batch_size', '', 1],
+  syncMs: ['twopc_participant_log_sync_duration_seconds', '', 1000]
+}
+
+/** `{ series: { sum, count } }` of the histograms named in `wanted`, summed over matching label sets. */
+async function scrapeHistograms (/** @type {string} */ url, /** @type {Record<string, any[]>} */ wanted) {
+  /** @type {Record<string, { sum: number, count: number }>} */
+  const out = {}
+  let text = ''
+  try { text = await (await fetch(url)).text() } catch { return out }
+  for (const [key, [name, filter]] of Object.entries(wanted)) {
+    const acc = { sum: 0, count: 0 }
+    for (const line of text.split('\n')) {
+      for (const part of /** @type {const} */ (['sum', 'count'])) {
+        if (line.startsWith(`${name}_${part}`) && line.includes(filter)) acc[part] += Number(line.slice(line.lastIndexOf(' ') + 1))
+      }
+    }
+    out[key] = acc
+  }
+  return out
+}
+
+async function scrapeInternals (/** @type {Cluster} */ cluster) {
+  const [coordinator, inventory, payment] = await Promise.all([
+    scrapeHistograms(`${cluster.coordinatorUrl}/metrics`, COORDINATOR_SERIES),
+    ...cluster.participants.map(p => scrapeHistograms(p.url.replace(/\/2pc$/, '/metrics'), PARTICIPANT_SERIES))
+  ])
+  return { at: performance.now(), procs: { coordinator, inventory, payment } }
+}
+
+/** Means over the window (Δsum / Δcount, scaled) and events per second of each histogram. */
+function internalsDelta (/** @type {any} */ before, /** @type {any} */ after) {
+  const seconds = (after.at - before.at) / 1000
+  /** @type {Record<string, Record<string, number | null>>} */
+  const out = {}
+  for (const [proc, series] of Object.entries(after.procs)) {
+    const wanted = proc === 'coordinator' ? COORDINATOR_SERIES : PARTICIPANT_SERIES
+    /** @type {Record<string, number | null>} */
+    const row = {}
+    for (const [key, [, , scale]] of Object.entries(wanted)) {
+      const a = /** @type {any} */ (series)[key]
+      const b = before.procs[proc]?.[key]
+      if (a === undefined || b === undefined) { row[key] = null; continue }
+      const dc = a.count - b.count
+      row[key] = dc > 0 ? scale * (a.sum - b.sum) / dc : null
+      if (key === 'syncMs') row.syncsPerSec = dc / seconds
+      if (key === 'flushMs') row.flushesPerSec = dc / seconds
+    }
+    out[proc] = row
+  }
+  return out
+}
+
 function snapshot (/** @type {Cluster} */ cluster) {
   const at = performance.now()
   /** @type {Record<string, ReturnType<ServerProcess['sample']>>} */
@@ -197,11 +262,19 @@ async function runLoad (cluster, mode, concurrency, t) {
   const reps = []
   /** @type {ReturnType<typeof snapshot> | undefined} */
   let before
+  /** @type {Promise<any> | undefined} */
+  let internalsBefore
+  /** @type {Promise<void>[]} */
+  const internals = []
   await new Promise((resolve, reject) => {
     const onMessage = (/** @type {any} */ msg) => {
-      if (msg.type === 'mark') before = snapshot(cluster)
-      else if (msg.type === 'rep') {
+      if (msg.type === 'mark') {
+        before = snapshot(cluster)
+        internalsBefore = scrapeInternals(cluster)
+      } else if (msg.type === 'rep') {
         const after = snapshot(cluster)
+        const internalsAfter = scrapeInternals(cluster)
+        const from = internalsBefore
         const b = /** @type {ReturnType<typeof snapshot>} */ (before)
         const seconds = (after.at - b.at) / 1000
         const f = msg.figures
@@ -230,8 +303,10 @@ async function runLoad (cluster, mode, concurrency, t) {
         cpuPct.loadgen = 100 * (f.loadgenCpuMs / 1000) / f.seconds
         cpuUsPerTx.loadgen = f.committed > 0 ? 1000 * f.loadgenCpuMs / f.committed : NaN
         fsyncPerTx.total = cluster.strace && f.committed > 0 ? fsyncTotal / (f.txPerSec * seconds) : null
-        const row = { mode, concurrency, rep: msg.rep, ...f, cpuPct, cpuUsPerTx, fsyncPerTx, fsyncBusyPct, fsyncMsPerTx }
+        /** @type {any} */
+        const row = { mode, concurrency, rep: msg.rep, ...f, cpuPct, cpuUsPerTx, fsyncPerTx, fsyncBusyPct, fsyncMsPerTx, internals: null }
         reps.push(row)
+        if (from !== undefined && mode !== 'baseline') internals.push(Promise.all([from, internalsAfter]).then(([b, a]) => { row.internals = internalsDelta(b, a) }))
         log(`${mode.padEnd(11)} c=${String(concurrency).padEnd(3)} rep ${msg.rep + 1}/${t.reps}: ${f.txPerSec.toFixed(0)} tx/s, p50 ${fmt(f.latencyMs.p50)} p99 ${fmt(f.latencyMs.p99)} ms, ` +
           `cpu% c/i/p/f/l ${['coordinator', 'inventory', 'payment', 'fanout', 'loadgen'].map(n => (cpuPct[n] ?? 0).toFixed(0)).join('/')}, ` +
           `fsync/tx ${fsyncPerTx.total?.toFixed(2) ?? '-'}${f.errors > 0 ? `, ${f.errors} errors (${f.firstError})` : ''}${f.aborted > 0 ? `, ${f.aborted} aborted` : ''}`)
@@ -240,6 +315,7 @@ async function runLoad (cluster, mode, concurrency, t) {
     cluster.loadgen.on('message', onMessage)
     cluster.loadgen.send({ type: 'run', mode, concurrency, origin, participants: cluster.participants, ...t })
   })
+  await Promise.all(internals)
   return reps
 }
 

@@ -33,6 +33,7 @@ await app.register(twoPhaseParticipant, {
   db,
   coordinatorUrl: process.env.COORDINATOR_URL ?? 'http://127.0.0.1:7070',
   secret: process.env.TWOPC_SECRET,
+  metricsRoute: '/metrics',
   prepare (tx, payload) {
     const { sku, qty } = /** @type {{ sku: string, qty: number }} */ (payload)
     insertReservation.run(tx.id, sku, qty)

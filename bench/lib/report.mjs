@@ -34,9 +34,17 @@ export function aggregate (rows, cfg, fsyncRows = []) {
       const fs = fsyncRows.length > 0 ? fsyncRows.filter(r => r.mode === mode && r.concurrency === concurrency) : rs
       for (const p of ['coordinator', 'inventory', 'payment', 'total']) fsyncPerTx[p] = stats(fs.map(r => r.fsyncPerTx[p]))
       for (const p of ['coordinator', 'inventory', 'payment']) fsyncBusyPct[p] = stats(fs.map(r => r.fsyncBusyPct?.[p]))
+      /** @type {Record<string, Record<string, any>>} */ const internals = {}
+      for (const proc of ['coordinator', 'inventory', 'payment']) {
+        const keys = new Set(rs.flatMap(r => Object.keys(r.internals?.[proc] ?? {})))
+        if (keys.size === 0) continue
+        internals[proc] = {}
+        for (const k of keys) internals[proc][k] = stats(rs.map(r => r.internals?.[proc]?.[k]))
+      }
       groups.push({
         mode,
         concurrency,
+        internals,
         reps: rs.length,
         txPerSec: stats(rs.map(r => r.txPerSec)),
         latencyMs: { p50: stats(rs.map(r => r.latencyMs.p50)), p99: stats(rs.map(r => r.latencyMs.p99)), p999: stats(rs.map(r => r.latencyMs.p999)) },
@@ -117,6 +125,26 @@ export function renderMarkdown (r) {
     L.push(`| ${MODE_NAMES[x.mode]} | ${x.concurrency} | ${mm(x.cpuPct.coordinator)} | ${mm(x.cpuPct.inventory)} | ${mm(x.cpuPct.payment)} | ${mm(x.cpuPct.fanout)} | ${mm(x.cpuPct.loadgen)} | ${x.mode === 'baseline' ? '–' : n0(us('coordinator'))} | ${n0(parts)} | ${n0(all)} |`)
   }
   L.push('')
+
+  const inside = groups.filter(x => x.internals?.coordinator !== undefined)
+  if (inside.length > 0) {
+    L.push('## Inside the processes', '')
+    L.push('Means over each window of the histograms the processes export on `/metrics` (median over the windows): how long the ' +
+      'coordinator held the request, phase 1 (prepare sent to decision logged), and the logs\' writes (one SQLite transaction, ' +
+      'on the event loop) and syncs (one fdatasync of the WAL, on the thread pool), with the steps or callbacks each carried.', '')
+    L.push('| path | clients | request ms | phase 1 ms | coordinator: write batch / ms | sync batch / ms | syncs/s | inventory: write batch / ms | sync batch / ms | syncs/s |',
+      '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
+    const v = (/** @type {any} */ s, /** @type {(n: number) => string} */ f) => s === null || s === undefined ? '–' : f(s.median)
+    const f1 = (/** @type {number} */ n) => n.toFixed(1)
+    const f3 = (/** @type {number} */ n) => n < 1 ? n.toFixed(3) : n.toFixed(2)
+    for (const x of inside) {
+      const co = x.internals.coordinator
+      const inv = x.internals.inventory ?? {}
+      L.push(`| ${MODE_NAMES[x.mode]} | ${x.concurrency} | ${v(co.requestMs, lat)} | ${v(co.phase1Ms, lat)} | ${v(co.flushBatch, f1)} / ${v(co.flushMs, f3)} | ${v(co.syncBatch, f1)} / ${v(co.syncMs, f3)} | ${v(co.syncsPerSec, n0)} | ` +
+        `${v(inv.flushBatch, f1)} / ${v(inv.flushMs, f3)} | ${v(inv.syncBatch, f1)} / ${v(inv.syncMs, f3)} | ${v(inv.syncsPerSec, n0)} |`)
+    }
+    L.push('')
+  }
 
   if (c.strace) {
     L.push('## Log flushes (fsync + fdatasync) per committed transaction', '')

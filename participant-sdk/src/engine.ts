@@ -126,6 +126,8 @@ export interface FlushStats {
 export interface EngineObserver {
   /** After each flush: events in it, its duration (ms), whether it committed. */
   onFlush?: (events: number, ms: number, ok: boolean) => void
+  /** After each fdatasync of the WAL: callbacks it made durable, its duration (ms). */
+  onSync?: (events: number, ms: number) => void
   /** Once per event, when its caller is answered. `outcome`: the vote, `ok`, an error code in lower case, `handler_failed`, `log_failed`. */
   onEvent?: (kind: EventKind, source: EventSource, outcome: string) => void
 }
@@ -422,12 +424,15 @@ export class ParticipantEngine {
     const sync = { covered: this.#unsynced }
     this.#unsynced = []
     this.#syncsInFlight.push(sync)
+    const started = performance.now()
     fdatasync(this.#walFd, (err) => {
       const index = this.#syncsInFlight.indexOf(sync)
       const settled = index < 0 ? [] : this.#syncsInFlight.splice(0, index + 1)
       if (err !== null) this.#syncFailure ??= new Error(`the participant log could not be synced to disk: ${err.message}`, { cause: err })
       else this.#stats.syncs++
+      const ms = performance.now() - started
       for (const earlier of settled) {
+        if (err === null) this.#observer.onSync?.(earlier.covered.reduce((n, c) => n + c.batch.length, 0), ms)
         for (const c of earlier.covered) this.#answer(c.batch, c.results, this.#syncFailure)
       }
       if (this.#closed) {

@@ -339,6 +339,7 @@ const plugin: FastifyPluginAsync<TwoPhaseParticipantOptions> = async (fastify: F
     maxBatch,
     observer: {
       onFlush: (size, ms, ok) => metrics?.observer.onFlush?.(size, ms, ok),
+      onSync: (events, ms) => metrics?.observer.onSync?.(events, ms),
       onEvent: (kind, source, outcome) => metrics?.observer.onEvent?.(kind, source, outcome)
     }
   })

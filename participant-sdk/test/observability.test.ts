@@ -66,6 +66,9 @@ t.test('metrics: prepared gauge and oldest age from the log, callbacks by kind/s
   t.equal(sample(text, `twopc_participant_log_flush_batch_size_sum{${p}}`), stats.events)
   t.equal(sample(text, `twopc_participant_log_flush_duration_seconds_count{${p}}`), stats.flushes)
   t.equal(stats.events, 7)
+  t.ok(stats.syncs > 0, 'a file database in WAL mode is synced off the event loop')
+  t.equal(sample(text, `twopc_participant_log_sync_duration_seconds_count{${p}}`), stats.syncs)
+  t.equal(sample(text, `twopc_participant_log_sync_batch_size_sum{${p}}`), stats.events, 'every callback was made durable by a sync')
 
   // The host merges it into its own registry (no name collides: no default metrics here).
   const host = new Registry()
