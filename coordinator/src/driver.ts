@@ -3,6 +3,7 @@
  * turns the answer into a state-machine event. Bodies are signed when a secret is set; every
  * answer body is read (bounded) or dumped so connections go back to the pool.
  */
+import { setMaxListeners } from 'node:events'
 import { Agent, type Dispatcher } from 'undici'
 import { signBody, SIGNATURE_HEADER, CallbackPath, type Decision, type PrepareRequest, type Vote } from '@fastify-2pc/protocol'
 
@@ -26,10 +27,12 @@ const RETRYABLE_4XX = new Set([408, 425, 429])
 /** A participant URL split once into what the dispatcher wants (no URL parsing per call). */
 interface Target { origin: string, basePath: string }
 const MAX_TARGETS = 10_000
+const SHARED_SIGNAL_MS = 5
 
 export class ParticipantDriver {
   private readonly agent: Agent
   private readonly targets = new Map<string, Target>()
+  private readonly signals = new Map<number, { signal: AbortSignal, createdAt: number }>()
   constructor (private readonly options: DriverOptions) {
     this.agent = new Agent({
       connections: options.connectionsPerOrigin,
@@ -52,9 +55,25 @@ export class ParticipantDriver {
       method: 'POST',
       body: raw,
       headers,
-      signal: AbortSignal.timeout(timeoutMs)
+      signal: this.timeoutSignal(timeoutMs)
     })
     return { status: res.statusCode, text: await readBounded(res, this.options.maxResponseBytes) }
+  }
+
+  /**
+   * A timeout signal shared by the calls with the same timeout started within the same
+   * SHARED_SIGNAL_MS: each call's deadline is kept to within that much, and a busy coordinator
+   * creates a few signals (timers) per second instead of one per call.
+   */
+  private timeoutSignal (timeoutMs: number): AbortSignal {
+    const now = performance.now()
+    const shared = this.signals.get(timeoutMs)
+    if (shared !== undefined && now - shared.createdAt < SHARED_SIGNAL_MS) return shared.signal
+    const signal = AbortSignal.timeout(timeoutMs)
+    setMaxListeners(0, signal) // one listener per call in flight on it, each removed when its call ends
+    if (this.signals.size >= 64) this.signals.clear() // timeouts vary with each transaction's expiry
+    this.signals.set(timeoutMs, { signal, createdAt: now })
+    return signal
   }
 
   private target (baseUrl: string): Target {
