@@ -31,6 +31,19 @@ function onDisk (file: string): (id: string) => string {
   return (id: string) => (get.get(id) as { state: string } | undefined)?.state ?? 'none'
 }
 
+/** A WAL database with the inventory tables and the SDK's log, closed at the end of the test. */
+function inventoryDb (t: Tap.Test, apples: number): { file: string, db: Database.Database } {
+  const file = join(t.testdir(), 'engine.db')
+  const db = new Database(file)
+  db.pragma('journal_mode = WAL')
+  db.exec(`CREATE TABLE stock (sku TEXT PRIMARY KEY, available INTEGER NOT NULL, reserved INTEGER NOT NULL);
+           CREATE TABLE reservations (txid TEXT PRIMARY KEY, sku TEXT NOT NULL, qty INTEGER NOT NULL)`)
+  db.prepare("INSERT INTO stock VALUES ('apple', ?, 0)").run(apples)
+  migrate(db)
+  t.teardown(() => db.close())
+  return { file, db }
+}
+
 /** Opens `n` keep-alive connections (tombstones for unrelated ids) so a later round arrives together. */
 async function warmUp (base: string, n: number): Promise<void> {
   await Promise.all(Array.from({ length: n }, async () => await post(`${base}/2pc/abort`, { txid: txid() })))
@@ -114,14 +127,7 @@ t.test('every answer is sent only after its record is committed (seen from a sec
 })
 
 t.test('a throwing handler in a batch rolls back only itself', async t => {
-  const file = join(t.testdir(), 'engine.db')
-  const db = new Database(file)
-  db.pragma('journal_mode = WAL')
-  db.exec(`CREATE TABLE stock (sku TEXT PRIMARY KEY, available INTEGER NOT NULL, reserved INTEGER NOT NULL);
-           CREATE TABLE reservations (txid TEXT PRIMARY KEY, sku TEXT NOT NULL, qty INTEGER NOT NULL);
-           INSERT INTO stock VALUES ('apple', 1000, 0)`)
-  migrate(db)
-  t.teardown(() => db.close())
+  const { db } = inventoryDb(t, 1000)
   const calls = { prepare: 0, commit: 0, abort: 0 }
   const engine = new ParticipantEngine(db, 'inventory', inventoryHandlers(calls, {
     prepare: payload => (payload as { bad?: boolean }).bad === true ? 'throw-after-write' : 'yes'
@@ -205,14 +211,7 @@ t.test('a BEGIN that cannot get the write lock fails the batch with LOG_WRITE_FA
 })
 
 t.test('queued events are written by flush() (close flushes what is pending), not before', async t => {
-  const file = join(t.testdir(), 'engine.db')
-  const db = new Database(file)
-  db.pragma('journal_mode = WAL')
-  db.exec(`CREATE TABLE stock (sku TEXT PRIMARY KEY, available INTEGER NOT NULL, reserved INTEGER NOT NULL);
-           CREATE TABLE reservations (txid TEXT PRIMARY KEY, sku TEXT NOT NULL, qty INTEGER NOT NULL);
-           INSERT INTO stock VALUES ('apple', 10, 0)`)
-  migrate(db)
-  t.teardown(() => db.close())
+  const { file, db } = inventoryDb(t, 10)
   const calls = { prepare: 0, commit: 0, abort: 0 }
   const engine = new ParticipantEngine(db, 'inventory', inventoryHandlers(calls, {}), { logger: pino({ level: 'silent' }) })
   const state = onDisk(file)
@@ -234,15 +233,8 @@ t.test('queued events are written by flush() (close flushes what is pending), no
 })
 
 t.test('a vote is answered only after an fdatasync of the WAL; the service keeps its own synchronous setting', async t => {
-  const file = join(t.testdir(), 'engine.db')
-  const db = new Database(file)
-  db.pragma('journal_mode = WAL')
+  const { file, db } = inventoryDb(t, 10)
   db.pragma('synchronous = FULL')
-  db.exec(`CREATE TABLE stock (sku TEXT PRIMARY KEY, available INTEGER NOT NULL, reserved INTEGER NOT NULL);
-           CREATE TABLE reservations (txid TEXT PRIMARY KEY, sku TEXT NOT NULL, qty INTEGER NOT NULL);
-           INSERT INTO stock VALUES ('apple', 10, 0)`)
-  migrate(db)
-  t.teardown(() => db.close())
   const calls = { prepare: 0, commit: 0, abort: 0 }
   const engine = new ParticipantEngine(db, 'inventory', inventoryHandlers(calls, {}), { logger: pino({ level: 'silent' }) })
   t.teardown(() => engine.close())
