@@ -90,7 +90,7 @@ export async function transactionRoutes (fastify: FastifyInstance, deps: RouteDe
 
   function load (id: string): Transaction {
     checkId(id)
-    const tx = log.load(id)
+    const tx = log.view(id)
     if (tx === undefined) throw new Errors.TX_NOT_FOUND(id)
     return tx
   }

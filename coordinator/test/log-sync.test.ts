@@ -54,6 +54,7 @@ t.test('a forced step: committed at once, reported only after the fdatasync; unt
   t.equal(second.called(), false, 'nobody hears of a forced step before its sync')
   t.equal(log.hasUnsynced(committed.id), true)
   t.equal(log.load(committed.id)?.state, 'active', 'the durable view is the synced image')
+  t.equal(log.view(committed.id)?.state, 'active', 'the API does not show a commit a power cut could take back')
   t.equal(log.loadLatest(committed.id)?.state, 'committed', 'the next step starts from the newest record')
   t.same(log.outboxBatch(0, 10), [], 'the released message is not published before its decision is synced')
   t.equal(reader.prepare<[], { n: number }>('SELECT count(*) AS n FROM outbox').get()?.n, 1, 'although its row is written')
@@ -62,6 +63,7 @@ t.test('a forced step: committed at once, reported only after the fdatasync; unt
   t.equal(log.flushStats.syncs, syncsBefore + 1)
   t.equal(log.hasUnsynced(committed.id), false)
   t.equal(log.load(committed.id)?.state, 'committed')
+  t.equal(log.view(committed.id)?.state, 'committed')
   t.equal(log.outboxBatch(0, 10).length, 1, 'synced: now the publisher may send it')
 })
 
@@ -75,7 +77,8 @@ t.test('unforced steps are reported once written and share one lazy sync', async
   log.flush()
   t.ok(saves.every(s => s.called()), 'every unforced step was reported when its batch was written')
   t.ok(txs.every(tx => log.hasUnsynced(tx.id)))
-  t.ok(txs.every(tx => log.load(tx.id) === undefined), 'not durable yet: the API does not show them')
+  t.ok(txs.every(tx => log.load(tx.id) === undefined), 'not durable yet')
+  t.ok(txs.every(tx => log.view(tx.id)?.state === 'active'), 'but the API shows them: losing an undecided transaction to a power cut only aborts it')
   t.equal(log.flushStats.syncs, syncsBefore, 'no sync was started for unforced steps')
   const started = Date.now()
   while (txs.some(tx => log.hasUnsynced(tx.id))) {
@@ -114,10 +117,12 @@ t.test('a batch SQLite refuses is rolled back: its steps fail and each transacti
   const good = save(log, a, expired.tx, false)
   const duplicate = save(log, null, b, false) // a second insert of b: the primary key refuses it
   t.equal(log.loadLatest(a.id)?.state, 'aborted')
+  t.equal(log.view(a.id)?.state, 'active', 'the API shows written records only: the abort is not written yet')
   log.flush()
   t.match(await duplicate.done, /UNIQUE/)
   t.match(await good.done, /UNIQUE/, 'the whole batch failed with it')
   t.equal(log.loadLatest(a.id)?.state, 'active', 'a is back at its last written record')
+  t.equal(log.view(a.id)?.state, 'active')
   t.equal(log.hasUnsynced(a.id), true, 'which is still waiting for a sync')
   log.flushAndSync()
   t.equal(log.hasUnsynced(a.id), false)
@@ -200,4 +205,22 @@ t.test('steps of one transaction in one batch are written as one, with the same 
   t.ok(expected.timeline.length >= 8, 'the reference has a full timeline')
   t.equal(expected.outbox.length, 1, 'and the released message')
   t.same(dump(batchedPath), expected, 'the same rows')
+})
+
+t.test('the API view: an abort shows once written (before its sync), a commit only once synced', async t => {
+  const { log } = open(t)
+  log.lazySyncMs = 60_000
+  const now = Date.now()
+  const tx = newTransaction('c-test.0000000001jjjjjjjjjjjjjjjj', now, now + 60_000)
+  const begun = save(log, null, tx, true)
+  log.flush()
+  await begun.done
+  const aborted = step(tx, { type: 'abort-requested', now: now + 1 }, policy)
+  if (!aborted.ok) throw new Error(aborted.code)
+  save(log, tx, aborted.tx, false)
+  t.equal(log.view(tx.id)?.state, 'active', 'saved, not written: not shown')
+  log.flush()
+  t.equal(log.hasUnsynced(tx.id), true)
+  t.equal(log.view(tx.id)?.state, 'aborted', 'written, not synced: shown (a power cut would make it an abort again)')
+  t.equal(log.load(tx.id)?.state, 'active', 'the synced record is still the old one')
 })

@@ -68,7 +68,7 @@ export async function operatorRoutes (fastify: FastifyInstance, deps: { engine: 
     }
   }, async (req) => {
     const tx = await runOperatorAction(engine, req.params.id, { type: 'retry' }, req.headers[ACTOR_HEADER] ?? 'api')
-    return record(log.load(tx.id) ?? tx)
+    return record(log.view(tx.id) ?? tx)
   })
 
   app.post('/v1/transactions/:id/resolve', {
@@ -82,6 +82,6 @@ export async function operatorRoutes (fastify: FastifyInstance, deps: { engine: 
     }
   }, async (req) => {
     const tx = await runOperatorAction(engine, req.params.id, { type: 'resolve', reason: req.body.reason }, req.headers[ACTOR_HEADER] ?? 'api')
-    return record(log.load(tx.id) ?? tx)
+    return record(log.view(tx.id) ?? tx)
   })
 }

@@ -216,7 +216,7 @@ export async function adminConsole (app: FastifyInstance, deps: ConsoleDeps): Pr
 
   function renderDetail (reply: FastifyReply, id: string, status: number, notice?: { ok: boolean, text: string }): FastifyReply {
     if (!txIdRegExp.test(id)) return send(reply, 400, errorPage(400, 'INVALID_ID', `"${id.slice(0, 128)}" is not a transaction id`, apiToken !== undefined))
-    const tx = log.load(id)
+    const tx = log.view(id)
     if (tx === undefined) return send(reply, 404, errorPage(404, 'TX_NOT_FOUND', `transaction ${id} not found`, apiToken !== undefined))
     return send(reply, status, detailPage(ctx(), {
       tx,

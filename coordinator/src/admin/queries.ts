@@ -50,7 +50,7 @@ export function listTransactions (log: CoordinatorLog, filter: ListFilter, now: 
   const ids = log.db.prepare<unknown[], { id: string }>(sql).all(...params)
   const out: Transaction[] = []
   for (const { id } of ids) {
-    const tx = log.load(id)
+    const tx = log.view(id)
     if (tx !== undefined) out.push(tx)
   }
   return out

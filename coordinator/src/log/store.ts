@@ -275,6 +275,10 @@ export class CoordinatorLog {
   private readonly latest = new Map<string, Transaction>()
   /** For each id in `latest`: its record as last synced (null: none on disk yet). */
   private readonly synced = new Map<string, Transaction | null>()
+  /** For each id in `latest` with written steps: the newest written record (what SQLite has). */
+  private readonly written = new Map<string, Transaction>()
+  /** For each transaction whose commit decision is saved but not synced: its record just before it. */
+  private readonly beforeCommit = new Map<string, Transaction | null>()
   /** Synced records of unfinished transactions, oldest first, at most RECENT_RECORDS. */
   private readonly recent = new Map<string, Transaction>()
   private flushScheduled = false
@@ -489,6 +493,20 @@ export class CoordinatorLog {
     return this.latest.get(id) ?? this.recent.get(id) ?? this.read(id)
   }
 
+  /**
+   * What the API shows: the newest written record (so it agrees with the attention, timeline and
+   * outbox rows written with it), except that a commit decision shows only once it is synced —
+   * until then (a few milliseconds) the record as it was just before the decision. Nobody may
+   * learn of a commit that a power cut could still take back; anything else is safe to show
+   * before it is synced (under presumed abort a lost vote or abort is an abort again).
+   */
+  view (id: string): Transaction | undefined {
+    if (!this.latest.has(id)) return this.recent.get(id) ?? this.read(id)
+    const written = this.written.get(id) ?? this.synced.get(id) ?? undefined
+    if (written?.state === 'committed' && this.beforeCommit.has(id)) return this.beforeCommit.get(id) ?? undefined
+    return written
+  }
+
   /** True while the transaction has steps that are not yet synced to disk. */
   hasUnsynced (id: string): boolean {
     return this.latest.has(id)
@@ -509,6 +527,7 @@ export class CoordinatorLog {
     const id = next.id
     // An id without unsynced steps was loaded from what is synced: that is its durable image.
     if (!this.latest.has(id)) this.synced.set(id, prev)
+    if (next.state === 'committed' && prev?.state !== 'committed') this.beforeCommit.set(id, prev)
     this.latest.set(id, next)
     this.recent.delete(id)
     this.pending.push({ prev, next, writes, now, forced, done, outboxMax: 0 })
@@ -550,6 +569,7 @@ export class CoordinatorLog {
     this.onFlush?.(batch.length, ms)
     let forced = false
     for (const step of batch) {
+      this.written.set(step.next.id, step.next)
       this.unsynced.push(step)
       if (step.forced) forced = true
       else step.done()
@@ -609,11 +629,13 @@ export class CoordinatorLog {
     for (const step of steps) {
       if (step.outboxMax > this.syncedOutboxId) this.syncedOutboxId = step.outboxMax
       const id = step.next.id
+      if (step.next.state === 'committed') this.beforeCommit.delete(id)
       if (this.latest.get(id) === step.next) {
         this.latest.delete(id)
         this.synced.delete(id)
+        this.written.delete(id)
         if (step.next.completedAt === null) this.remember(step.next)
-      } else {
+      } else if (this.latest.has(id)) {
         this.synced.set(id, step.next)
       }
     }
@@ -629,10 +651,19 @@ export class CoordinatorLog {
   private forget (batch: PendingStep[]): void {
     for (const step of batch) {
       const id = step.next.id
+      // Its newest written step: in a sync still running, or waiting for the next one.
       let newest: Transaction | undefined
+      for (const running of this.syncsInFlight) for (const s of running.covered) if (s.next.id === id) newest = s.next
       for (const s of this.unsynced) if (s.next.id === id) newest = s.next
-      if (newest !== undefined) this.latest.set(id, newest)
-      else { this.latest.delete(id); this.synced.delete(id) }
+      if (newest !== undefined) {
+        this.latest.set(id, newest)
+        this.written.set(id, newest)
+      } else {
+        this.latest.delete(id)
+        this.synced.delete(id)
+        this.written.delete(id)
+      }
+      if (newest?.state !== 'committed') this.beforeCommit.delete(id)
     }
   }
 
@@ -714,10 +745,10 @@ export class CoordinatorLog {
     const rows = this.db.prepare<unknown[], TxRow>(sql).all(...params)
     const out: Transaction[] = []
     for (const row of rows) {
-      // Rows of a transaction with unsynced steps are shown as last synced (the filter matched
-      // the newer row, so a page may show a state it did not ask for, for a few milliseconds).
-      const tx = this.latest.has(row.id) ? this.synced.get(row.id) : toTransaction(row, this.stmts.getParticipants.all(row.id).map(toParticipant))
-      if (tx !== undefined && tx !== null) out.push(tx)
+      // A transaction with unwritten or unsynced steps is shown as `view` shows it (the filter
+      // matched the written row, so a page may show a state it did not ask for, for a few ms).
+      const tx = this.latest.has(row.id) ? this.view(row.id) : toTransaction(row, this.stmts.getParticipants.all(row.id).map(toParticipant))
+      if (tx !== undefined) out.push(tx)
     }
     return out
   }
