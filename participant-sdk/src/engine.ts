@@ -144,6 +144,9 @@ export interface EngineOptions {
 
 type Settled = { ok: true, value: unknown } | { ok: false, error: unknown }
 
+/** How long a batch of commits and aborts may wait for a sync a prepare would start anyway. */
+const DECISION_SYNC_DELAY_MS = 2
+
 /** A committed batch whose callers wait for the next sync. */
 interface Committed { batch: Job[], results: Settled[] }
 
@@ -187,6 +190,7 @@ export class ParticipantEngine {
   #walFd: number | null = null
   #unsynced: Committed[] = []
   #syncsInFlight: Array<{ covered: Committed[] }> = []
+  #lazySync: NodeJS.Timeout | undefined
   #closed = false
   /** Set when an fdatasync failed: nothing is answered as durable any more (restart). */
   #syncFailure: Error | undefined
@@ -407,7 +411,7 @@ export class ParticipantEngine {
     this.#observer.onFlush?.(batch.length, ms, failure === undefined)
     if (failure === undefined && this.#walFd !== null) {
       this.#unsynced.push({ batch, results })
-      this.#sync()
+      this.#syncSoon()
       return
     }
     this.#answer(batch, results, failure)
@@ -421,6 +425,8 @@ export class ParticipantEngine {
    */
   #sync (): void {
     if (this.#walFd === null || this.#unsynced.length === 0 || this.#syncsInFlight.length >= 2) return
+    clearTimeout(this.#lazySync)
+    this.#lazySync = undefined
     const sync = { covered: this.#unsynced }
     this.#unsynced = []
     this.#syncsInFlight.push(sync)
@@ -438,9 +444,22 @@ export class ParticipantEngine {
       if (this.#closed) {
         if (this.#syncsInFlight.length === 0) this.#closeWal()
       } else {
-        this.#sync()
+        this.#syncSoon()
       }
     })
+  }
+
+  /**
+   * A batch with a prepare is synced at once: a coordinator waits for the vote. A batch of
+   * commits and aborts only may wait up to DECISION_SYNC_DELAY_MS for the next sync (its callers
+   * are still answered only after it): phase 2 runs after the initiator has its answer, and a
+   * prepare arriving meanwhile (the next transaction) carries it in its own sync — one fsync
+   * instead of two, and no second sync competing for the disk with the prepare's.
+   */
+  #syncSoon (): void {
+    if (this.#unsynced.length === 0) return
+    if (this.#unsynced.some(c => c.batch.some(job => job.kind === 'prepare'))) this.#sync()
+    else this.#lazySync ??= setTimeout(() => { this.#lazySync = undefined; this.#sync() }, DECISION_SYNC_DELAY_MS)
   }
 
   /** Writes what is queued and makes everything committed durable, blocking (graceful close). */
@@ -464,6 +483,8 @@ export class ParticipantEngine {
 
   /** Flushes, syncs and releases the WAL descriptor (the plugin's onClose). */
   close (): void {
+    clearTimeout(this.#lazySync)
+    this.#lazySync = undefined
     this.flushAndSync()
     this.#closed = true
     if (this.#syncsInFlight.length === 0) this.#closeWal() // else the last running sync's callback closes it

@@ -250,3 +250,31 @@ t.test('a vote is answered only after an fdatasync of the WAL; the service keeps
   t.same(await Promise.all(answers), [{ type: 'vote', vote: 'yes' }, { type: 'vote', vote: 'yes' }])
   t.equal(engine.flushStats().syncs, 1, 'one fdatasync for the batch')
 })
+
+t.test('a batch of decisions waits briefly for a sync; the next prepare\'s sync carries it (one fsync for both)', async t => {
+  const { db } = inventoryDb(t, 10)
+  const calls = { prepare: 0, commit: 0, abort: 0 }
+  const engine = new ParticipantEngine(db, 'inventory', inventoryHandlers(calls, {}), { logger: pino({ level: 'silent' }) })
+  t.teardown(() => engine.close())
+  const first = txid()
+  const voted = engine.prepare(prepareBody(first, 1) as never)
+  engine.flush()
+  await voted
+  const syncs = engine.flushStats().syncs
+
+  let committed = false
+  const commit = engine.decide(first, 'commit').then(r => { committed = true; return r })
+  engine.flush()
+  for (let i = 0; i < 20; i++) await Promise.resolve()
+  t.equal(committed, false, 'the commit is written but not answered before a sync')
+  const next = engine.prepare(prepareBody(txid(), 1) as never)
+  engine.flush() // a prepare: synced at once, and that sync covers the commit written before it
+  t.same(await Promise.all([commit, next]), [{ type: 'ok' }, { type: 'vote', vote: 'yes' }])
+  t.equal(engine.flushStats().syncs, syncs + 1, 'one fdatasync for the commit and the prepare')
+
+  // Alone, a decision is answered after the short delay.
+  const alone = engine.decide(txid(), 'abort')
+  engine.flush()
+  t.same(await alone, { type: 'ok' })
+  t.equal(engine.flushStats().syncs, syncs + 2)
+})
