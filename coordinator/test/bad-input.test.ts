@@ -4,15 +4,13 @@
  * every table of the SQLite file, read through a separate read-only connection, before and after).
  * Also the environment schema: a bad value stops start-up with a message naming the variable.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import Database from 'better-sqlite3'
 import { spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { resolve } from 'node:path'
 import { configFromEnv } from '../src/config.js'
 import { startCoordinator, startParticipant, waitFor, type HttpAnswer, type TestCoordinator } from './support/participant.js'
-
-type Test = Parameters<Parameters<typeof t.test>[1]>[0]
 
 const root = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..')
 
@@ -203,7 +201,7 @@ t.test('while preparing: enlist and a second commit get 409 TX_NOT_ACTIVE; the f
   let timer: NodeJS.Timeout | undefined
   const answer = await Promise.race([
     first,
-    new Promise<undefined>(resolve => { timer = setTimeout(resolve, 5000) })
+    new Promise<undefined>(resolve => { timer = setTimeout(() => { resolve(undefined) }, 5000) })
   ])
   clearTimeout(timer)
   t.ok(answer !== undefined, 'the first commit request is answered')

@@ -3,7 +3,7 @@
  * it), and made durable by an fdatasync on the thread pool. These tests look at the window in
  * between — deterministic, because the fdatasync callback cannot run before the test yields.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { join } from 'node:path'
 import Database from 'better-sqlite3'
 import { CoordinatorLog, type StepWrites } from '../src/log/store.js'
@@ -12,7 +12,7 @@ import { newTransaction, step, type Policy, type Transaction } from '../src/core
 const policy: Policy = { maxParticipants: 8, maxMessages: 8, retryBaseMs: 100, retryMaxMs: 1000, retryBudget: 5 }
 const noWrites = (): StepWrites => ({ attention: [], messages: [], notices: [] })
 
-function open (t: Tap.Test): { log: CoordinatorLog, path: string } {
+function open (t: Test): { log: CoordinatorLog, path: string } {
   const path = join(t.testdir(), 'coordinator.db')
   const log = new CoordinatorLog(path, { exchange: 'twopc.decisions', routingKey: p => `p.${p}` })
   t.teardown(() => log.close())

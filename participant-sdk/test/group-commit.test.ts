@@ -3,7 +3,7 @@
  * SQLite transaction (one fsync), each in its own savepoint, and every caller is answered only
  * after that transaction committed. Real SQLite files, real HTTP on 127.0.0.1.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import Database from 'better-sqlite3'
@@ -32,7 +32,7 @@ function onDisk (file: string): (id: string) => string {
 }
 
 /** A WAL database with the inventory tables and the SDK's log, closed at the end of the test. */
-function inventoryDb (t: Tap.Test, apples: number): { file: string, db: Database.Database } {
+function inventoryDb (t: Test, apples: number): { file: string, db: Database.Database } {
   const file = join(t.testdir(), 'engine.db')
   const db = new Database(file)
   db.pragma('journal_mode = WAL')
