@@ -6,17 +6,13 @@
  */
 import t from 'tap'
 import type { Test } from 'tap'
-import { spawn, type ChildProcess } from 'node:child_process'
-import { createServer } from 'node:net'
-import { once } from 'node:events'
-import { fileURLToPath } from 'node:url'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { startParticipant, waitFor, http } from '../coordinator/test/support/participant.js'
+import { freePort, startCoordinatorProcess, type CoordinatorChild } from '../coordinator/test/support/process.js'
 import { amqpUrl, listBrokerNames, requireRabbit } from './support/rabbit.js'
 import { BrokerSide } from './support/broker-side.js'
 
-const BIN = fileURLToPath(new URL('../coordinator/dist/bin.js', import.meta.url))
 const CRASH_POINT = 'coordinator.after-outbox-write-before-publish'
 const root = `twopc-cc-${randomBytes(3).toString('hex')}`
 let seq = 0
@@ -31,59 +27,21 @@ async function setup (tt: Test): Promise<BrokerSide | undefined> {
   return broker
 }
 
-async function freePort (): Promise<number> {
-  const server = createServer()
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const port = (server.address() as { port: number }).port
-  server.close()
-  await once(server, 'close')
-  return port
-}
-
-interface Child {
-  proc: ChildProcess
-  url: string
-  stderr: () => string
-  exited: Promise<{ code: number | null, signal: NodeJS.Signals | null }>
-}
-
 /** A coordinator process on the broker with `prefix`; killed (and awaited) in teardown. */
-async function startChild (tt: Test, dbPath: string, port: number, prefix: string, env: Record<string, string> = {}): Promise<Child> {
-  const proc = spawn(process.execPath, ['--enable-source-maps', BIN], {
-    env: {
-      ...process.env,
-      PORT: String(port),
-      HOST: '127.0.0.1',
-      TWOPC_DB: dbPath,
-      TWOPC_COORDINATOR_ID: 'crashq',
-      TWOPC_RETRY_BASE_MS: '20',
-      TWOPC_RETRY_MAX_MS: '200',
-      TWOPC_RETRY_BUDGET: '1000',
-      AMQP_URL: amqpUrl(),
-      TWOPC_AMQP_PREFIX: prefix,
-      LOG_LEVEL: 'warn',
-      ...env
-    },
-    stdio: ['ignore', 'ignore', 'pipe']
-  })
-  let stderr = ''
-  proc.stderr?.on('data', (d: Buffer) => { stderr += d.toString() })
-  const exited = new Promise<{ code: number | null, signal: NodeJS.Signals | null }>(resolve => {
-    proc.on('exit', (code, signal) => resolve({ code, signal }))
+async function startChild (tt: Test, dbPath: string, port: number, prefix: string, env: Record<string, string> = {}): Promise<CoordinatorChild> {
+  const child = await startCoordinatorProcess({
+    dbPath,
+    port,
+    env: { TWOPC_COORDINATOR_ID: 'crashq', TWOPC_RETRY_BUDGET: '1000', AMQP_URL: amqpUrl(), TWOPC_AMQP_PREFIX: prefix, ...env },
+    // Ready, connected, and its coordinator.started published: the outbox is empty.
+    ready: r => r.status === 200 && r.body.amqp.connected === true && r.body.amqp.outboxDepth === 0,
+    readyWhat: 'coordinator process ready and connected'
   })
   tt.teardown(async () => {
-    if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL')
-    await exited
+    if (child.proc.exitCode === null && child.proc.signalCode === null) child.proc.kill('SIGKILL')
+    await child.exited
   })
-  const url = `http://127.0.0.1:${port}`
-  await waitFor(async () => {
-    if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`coordinator exited early: ${stderr}`)
-    const r = await http(url).get('/readyz')
-    // Ready, connected, and its coordinator.started published: the outbox is empty.
-    return r.status === 200 && r.body.amqp.connected === true && r.body.amqp.outboxDepth === 0
-  }, 30_000, 'coordinator process ready and connected')
-  return { proc, url, stderr: () => stderr, exited }
+  return child
 }
 
 t.test('SIGKILL after the commit decision wrote a transactional message to the outbox: the restart publishes it', async t => {

@@ -15,7 +15,6 @@ import t, { type Test } from 'tap'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { existsSync, mkdtempSync, rmSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -24,6 +23,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import { request } from 'undici'
 import { twoPhaseParticipant } from '@fastify-2pc/participant-sdk'
 import { startConformanceParticipant, type Flaw } from './fixtures/conformance-participant.js'
+import { freePort } from '../coordinator/test/support/process.js'
 
 const ROOT = dirname(dirname(fileURLToPath(import.meta.url)))
 const CLI = join(ROOT, 'participant-sdk', 'dist', 'conformance', 'cli.js')
@@ -70,16 +70,6 @@ async function runJson (args: string[]): Promise<{ run: Run, report: Report }> {
 
 const failedIds = (r: Report): string[] => r.checks.filter(c => c.result === 'fail').map(c => c.id).sort()
 const explain = (r: Report): string => r.checks.filter(c => c.result !== 'pass').map(c => `${c.result} ${c.id}: ${c.detail}`).join('\n')
-
-async function freePort (): Promise<number> {
-  const srv = createServer()
-  srv.listen(0, '127.0.0.1')
-  await once(srv, 'listening')
-  const { port } = srv.address() as { port: number }
-  srv.close()
-  await once(srv, 'close')
-  return port
-}
 
 async function until<T> (what: string, timeoutMs: number, probe: () => Promise<T | undefined>): Promise<T> {
   const end = Date.now() + timeoutMs

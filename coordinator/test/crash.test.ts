@@ -4,60 +4,15 @@
  * Also: SIGTERM lets a request in flight finish before the log closes.
  */
 import t from 'tap'
-import { spawn, type ChildProcess } from 'node:child_process'
-import { createServer } from 'node:net'
+import { spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { fileURLToPath } from 'node:url'
 import { join } from 'node:path'
 import { startParticipant, waitFor, http, type TestParticipant } from './support/participant.js'
+import { COORDINATOR_BIN as BIN, freePort, startCoordinatorProcess, type CoordinatorChild } from './support/process.js'
 
-// The built bin (`npm test` runs `tsc -b` first): a child starts in ~1 s instead of several with a
-// TypeScript loader, and its coverage maps back to src/ through the source maps.
-const BIN = fileURLToPath(new URL('../dist/bin.js', import.meta.url))
-
-async function freePort (): Promise<number> {
-  const server = createServer()
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const port = (server.address() as { port: number }).port
-  server.close()
-  await once(server, 'close')
-  return port
-}
-
-interface Child {
-  proc: ChildProcess
-  url: string
-  stderr: () => string
-  exited: Promise<{ code: number | null, signal: NodeJS.Signals | null }>
-}
-
-async function startCoordinatorProcess (dbPath: string, port: number, env: Record<string, string> = {}): Promise<Child> {
-  const proc = spawn(process.execPath, ['--enable-source-maps', BIN], {
-    env: {
-      ...process.env,
-      PORT: String(port),
-      HOST: '127.0.0.1',
-      TWOPC_DB: dbPath,
-      TWOPC_COORDINATOR_ID: 'crashy',
-      TWOPC_RETRY_BASE_MS: '20',
-      TWOPC_RETRY_MAX_MS: '200',
-      LOG_LEVEL: 'warn',
-      ...env
-    },
-    stdio: ['ignore', 'ignore', 'pipe']
-  })
-  let stderr = ''
-  proc.stderr?.on('data', (d: Buffer) => { stderr += d.toString() })
-  const exited = new Promise<{ code: number | null, signal: NodeJS.Signals | null }>(resolve => {
-    proc.on('exit', (code, signal) => resolve({ code, signal }))
-  })
-  const url = `http://127.0.0.1:${port}`
-  await waitFor(async () => {
-    if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`coordinator exited early: ${stderr}`)
-    return (await http(url).get('/readyz')).status === 200
-  }, 30_000, 'coordinator process ready')
-  return { proc, url, stderr: () => stderr, exited }
+/** The crash tests' coordinator: its own id, fast retries. */
+async function startChild (dbPath: string, port: number, env: Record<string, string> = {}): Promise<CoordinatorChild> {
+  return await startCoordinatorProcess({ dbPath, port, env: { TWOPC_COORDINATOR_ID: 'crashy', ...env } })
 }
 
 function txidOf (p: TestParticipant): string {
@@ -71,7 +26,7 @@ t.test('crash after the commit decision is logged, before phase 2: the restart c
   const b = await startParticipant(t)
   const dbPath = join(t.testdir(), 'coordinator.db')
   const port = await freePort()
-  const first = await startCoordinatorProcess(dbPath, port, { TWOPC_CRASH_AT: 'coordinator.after-decision-before-phase2' })
+  const first = await startChild(dbPath, port, { TWOPC_CRASH_AT: 'coordinator.after-decision-before-phase2' })
   t.teardown(() => { first.proc.kill('SIGKILL') })
 
   const answer = http(first.url).post('/v1/transactions', {
@@ -87,7 +42,7 @@ t.test('crash after the commit decision is logged, before phase 2: the restart c
   t.equal(b.state(txid), 'prepared', 'b voted yes and waits')
   t.equal(a.callsTo('commit').length + b.callsTo('commit').length, 0, 'nobody heard the decision before the crash')
 
-  const second = await startCoordinatorProcess(dbPath, port)
+  const second = await startChild(dbPath, port)
   t.teardown(() => { second.proc.kill('SIGKILL') })
   await waitFor(() => a.state(txid) === 'committed' && b.state(txid) === 'committed', 10_000, 'both participants committed')
   const record = await waitFor(async () => {
@@ -104,7 +59,7 @@ t.test('crash after the votes, before the decision: the restart aborts every pre
   const b = await startParticipant(t)
   const dbPath = join(t.testdir(), 'coordinator.db')
   const port = await freePort()
-  const first = await startCoordinatorProcess(dbPath, port, { TWOPC_CRASH_AT: 'coordinator.after-votes-before-decision' })
+  const first = await startChild(dbPath, port, { TWOPC_CRASH_AT: 'coordinator.after-votes-before-decision' })
   t.teardown(() => { first.proc.kill('SIGKILL') })
 
   const answer = http(first.url).post('/v1/transactions', {
@@ -117,7 +72,7 @@ t.test('crash after the votes, before the decision: the restart aborts every pre
   t.equal(a.state(txid), 'prepared')
   t.equal(b.state(txid), 'prepared')
 
-  const second = await startCoordinatorProcess(dbPath, port)
+  const second = await startChild(dbPath, port)
   t.teardown(() => { second.proc.kill('SIGKILL') })
   await waitFor(() => a.state(txid) === 'aborted' && b.state(txid) === 'aborted', 10_000, 'both participants aborted')
   const record = (await http(second.url).get(`/v1/transactions/${txid}`)).body
@@ -131,13 +86,13 @@ t.test('crash right after begin: the restart aborts the transaction, nobody was 
   const a = await startParticipant(t)
   const dbPath = join(t.testdir(), 'coordinator.db')
   const port = await freePort()
-  const first = await startCoordinatorProcess(dbPath, port, { TWOPC_CRASH_AT: 'coordinator.after-begin' })
+  const first = await startChild(dbPath, port, { TWOPC_CRASH_AT: 'coordinator.after-begin' })
   t.teardown(() => { first.proc.kill('SIGKILL') })
   await t.rejects(http(first.url).post('/v1/transactions', { participants: [{ name: 'a', url: a.url }] }))
   t.equal((await first.exited).signal, 'SIGKILL')
   t.equal(a.calls.length, 0)
 
-  const second = await startCoordinatorProcess(dbPath, port)
+  const second = await startChild(dbPath, port)
   t.teardown(() => { second.proc.kill('SIGKILL') })
   const list = (await http(second.url).get('/v1/transactions')).body
   t.equal(list.items.length, 1)
@@ -150,13 +105,13 @@ t.test('crash after a one-shot begin: the restart aborts, and the enlisted parti
   const a = await startParticipant(t)
   const dbPath = join(t.testdir(), 'coordinator.db')
   const port = await freePort()
-  const first = await startCoordinatorProcess(dbPath, port, { TWOPC_CRASH_AT: 'coordinator.after-begin' })
+  const first = await startChild(dbPath, port, { TWOPC_CRASH_AT: 'coordinator.after-begin' })
   t.teardown(() => { first.proc.kill('SIGKILL') })
   await t.rejects(http(first.url).post('/v1/transactions', { participants: [{ name: 'a', url: a.url }], commit: true }))
   t.equal((await first.exited).signal, 'SIGKILL')
   t.equal(a.calls.length, 0, 'the crash came before any prepare was sent')
 
-  const second = await startCoordinatorProcess(dbPath, port)
+  const second = await startChild(dbPath, port)
   t.teardown(() => { second.proc.kill('SIGKILL') })
   await waitFor(() => a.callsTo('abort').length === 1, 10_000, 'abort delivered')
   const txid = a.callsTo('abort')[0]?.body.txid as string
@@ -169,7 +124,7 @@ t.test('SIGTERM: the request in flight finishes, then the process exits cleanly'
   const slow = await startParticipant(t, { prepareDelayMs: 600 })
   const dbPath = join(t.testdir(), 'coordinator.db')
   const port = await freePort()
-  const child = await startCoordinatorProcess(dbPath, port)
+  const child = await startChild(dbPath, port)
   t.teardown(() => { child.proc.kill('SIGKILL') })
   const answer = http(child.url).post('/v1/transactions', { participants: [{ name: 'slow', url: slow.url }], commit: true })
   await waitFor(() => slow.callsTo('prepare').length === 1, 5000, 'prepare in flight')
@@ -181,7 +136,7 @@ t.test('SIGTERM: the request in flight finishes, then the process exits cleanly'
   t.equal(exit.code, 0, 'clean exit')
 
   // The log was closed cleanly and holds the outcome.
-  const again = await startCoordinatorProcess(dbPath, port)
+  const again = await startChild(dbPath, port)
   t.teardown(() => { again.proc.kill('SIGKILL') })
   t.equal((await http(again.url).get(`/v1/transactions/${res.body.id as string}`)).body.state, 'committed')
 })
