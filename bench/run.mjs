@@ -24,6 +24,7 @@ const { values: flags } = parseArgs({
     rss: { type: 'string' },
     'rss-concurrency': { type: 'string', default: '64' },
     profile: { type: 'string' },
+    'coordinator-node-args': { type: 'string', default: '' },
     strace: { type: 'boolean', default: true },
     'no-strace': { type: 'boolean', default: false },
     secret: { type: 'boolean', default: true },
@@ -54,6 +55,7 @@ if (flags.help) {
   --profile <s>          coordinator --cpu-prof run, one-shot at the highest concurrency (10; 0 = skip)
   --rss <n>              also: one-shot run of n transactions, coordinator RSS every 10% (0 = skip)
   --rss-concurrency <c>  concurrency of the RSS run (64)
+  --coordinator-node-args "<flags>"  extra node/V8 flags for the coordinator process (e.g. "--max-semi-space-size=8")
   --no-strace            do not count fsyncs (strace adds a ptrace stop per fsync)
   --no-secret            unsigned callbacks (default: TWOPC_SECRET set, every callback HMAC-signed)
   --log-level <lvl>      coordinator and participants LOG_LEVEL (warn: no per-request logs)
@@ -78,7 +80,8 @@ const cfg = {
   rssConcurrency: Number(flags['rss-concurrency']),
   strace: flags.strace && !flags['no-strace'],
   secret: flags.secret && !flags['no-secret'],
-  logLevel: flags['log-level'] ?? 'warn'
+  logLevel: flags['log-level'] ?? 'warn',
+  coordinatorNodeArgs: (flags['coordinator-node-args'] ?? '').split(' ').filter(Boolean)
 }
 for (const [k, v] of Object.entries(cfg)) {
   if (typeof v === 'number' && !(v >= 0)) throw new Error(`bad --${k}: ${v}`)
@@ -124,7 +127,7 @@ async function startCluster (o) {
   const coordinator = new ServerProcess({
     name: 'coordinator',
     script: 'coordinator-entry.mjs',
-    nodeArgs: o.coordinatorNodeArgs ?? [],
+    nodeArgs: [...cfg.coordinatorNodeArgs, ...(o.coordinatorNodeArgs ?? [])],
     ...(o.strace ? { strace: join(dir, 'coordinator.strace') } : {}),
     cwd: dir,
     env: { PORT: String(cPort), HOST: '127.0.0.1', TWOPC_DB: join(dir, 'coordinator.db'), LOG_LEVEL: cfg.logLevel, TWOPC_COORDINATOR_ID: 'bench', ...secretEnv }
@@ -176,6 +179,22 @@ async function startCluster (o) {
 }
 
 /** @typedef {Awaited<ReturnType<typeof startCluster>>} Cluster */
+
+/** The coordinator's V8 heap spaces (prom-client's default metrics): committed and used MB. */
+async function heapSpaces (/** @type {string} */ url) {
+  const res = await fetch(url)
+  const text = await res.text()
+  /** @type {Map<string, { space: string, sizeMb: number, usedMb: number }>} */
+  const spaces = new Map()
+  for (const m of text.matchAll(/^twopc_nodejs_heap_space_size_(total|used)_bytes\{space="([^"]+)"\} (\S+)$/gm)) {
+    const [, kind, space, value] = /** @type {[string, string, string, string]} */ (/** @type {unknown} */ (m))
+    const entry = spaces.get(space) ?? { space, sizeMb: 0, usedMb: 0 }
+    if (kind === 'total') entry.sizeMb = Number(value) / 2 ** 20
+    else entry.usedMb = Number(value) / 2 ** 20
+    spaces.set(space, entry)
+  }
+  return [...spaces.values()].filter(h => h.sizeMb >= 0.5)
+}
 
 // ---- inside the processes: histograms from their /metrics, as means over a window ------------
 const COORDINATOR_SERIES = {
@@ -464,8 +483,11 @@ if (cfg.rss > 0) {
     await drainPhase2(cluster)
     await sleep(2000)
     const settled = rssMb(pid)
-    rss = { transactions: cfg.rss, concurrency: cfg.rssConcurrency, samples, afterDrainMb: settled, maxMb: Math.max(settled, ...samples.map(s => s.rssMb)), run: done }
-    log(`rss: after drain ${settled.toFixed(1)} MB`)
+    if (process.env.SNAP) { process.kill(pid, 'SIGUSR2'); await sleep(8000) }
+    if (process.env.SMAPS) { const { execSync } = await import('node:child_process'); log(execSync(`cat /proc/${pid}/smaps_rollup; awk '/^[0-9a-f]+-/{name=$6} /^Rss:/{r[name]+=$2} END{for(n in r) if (r[n]>2000) print r[n], n}' /proc/${pid}/smaps | sort -rn | head -15`).toString()) }
+    const heap = await heapSpaces(`${cluster.coordinatorUrl}/metrics`)
+    rss = { transactions: cfg.rss, concurrency: cfg.rssConcurrency, nodeArgs: cfg.coordinatorNodeArgs, samples, afterDrainMb: settled, maxMb: Math.max(settled, ...samples.map(s => s.rssMb)), heap, run: done }
+    log(`rss: after drain ${settled.toFixed(1)} MB; V8 heap spaces (MB size/used): ${heap.map(h => `${h.space} ${h.sizeMb.toFixed(1)}/${h.usedMb.toFixed(1)}`).join(', ')}`)
   } finally {
     await cluster.stop()
   }

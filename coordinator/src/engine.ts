@@ -106,7 +106,7 @@ export class Engine {
 
   /**
    * The one-shot form: begin, enlist and commit-requested folded into one step, saved with one
-   * forced write; resolves once the decision is durable.
+   * (unforced) write, its prepares sent at once; resolves once the decision is durable.
    */
   async beginAndCommit (timeoutMs: number, metadata: unknown, participants: NewParticipant[], messages: TxMessage[] = [], traceparent: string | null = null): Promise<Outcome> {
     const started = this.start(timeoutMs, metadata, participants, messages, true, traceparent)
@@ -125,11 +125,19 @@ export class Engine {
     if (!result.ok) throw new Rejected(result.code, result.tx)
     // Registered before the effects run: an empty transaction is decided as soon as it is durable.
     const waiter = commit ? this.waitForDecision(initial.id) : undefined
-    // A one-shot answers only with the decision, which is forced by itself.
-    const durable = this.persist(null, result.tx, result.effects, now, !commit || isCommitted(result.tx), () => {
+    // A one-shot answers only with the decision, which is forced by itself. Its prepares go out
+    // now, while the begin is written: the record is in the log's newest view at once (so the
+    // decision endpoint says "pending"), no vote can be applied before the write has finished
+    // (the write runs at the end of this event-loop turn, answers come in later ones), and if
+    // the write fails or the process dies first, the id is unknown: presumed abort, which is
+    // what the participants would hear. Not for a one-phase prepare: that one commits by itself.
+    const forced = !commit || isCommitted(result.tx)
+    const early = commit && !forced && result.effects.every(e => e.type === 'send-prepare' && !e.onePhase)
+    const durable = this.persist(null, result.tx, early ? [] : result.effects, now, forced, () => {
       this.crash('coordinator.after-begin')
       this.logger.info({ txid: initial.id, traceId: traceIdOf(traceparent), participants: participants.length, commit }, 'transaction begun')
     })
+    if (early) this.run(result.tx, result.effects)
     return waiter === undefined ? { tx: result.tx, durable } : { tx: result.tx, durable, decided: waiter.decided }
   }
 
