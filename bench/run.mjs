@@ -24,7 +24,7 @@ const { values: flags } = parseArgs({
     rss: { type: 'string' },
     'rss-concurrency': { type: 'string', default: '64' },
     profile: { type: 'string' },
-    'coordinator-node-args': { type: 'string', default: '' },
+    'coordinator-node-args': { type: 'string' },
     strace: { type: 'boolean', default: true },
     'no-strace': { type: 'boolean', default: false },
     secret: { type: 'boolean', default: true },
@@ -55,7 +55,8 @@ if (flags.help) {
   --profile <s>          coordinator --cpu-prof run, one-shot at the highest concurrency (10; 0 = skip)
   --rss <n>              also: one-shot run of n transactions, coordinator RSS every 10% (0 = skip)
   --rss-concurrency <c>  concurrency of the RSS run (64)
-  --coordinator-node-args "<flags>"  extra node/V8 flags for the coordinator process (e.g. "--max-semi-space-size=8")
+  --coordinator-node-args=<flags>  node/V8 flags of the coordinator process (default: the shipped ones,
+                         "--max-semi-space-size=8 --heap-growing-percent=50"; "--coordinator-node-args=" for none)
   --no-strace            do not count fsyncs (strace adds a ptrace stop per fsync)
   --no-secret            unsigned callbacks (default: TWOPC_SECRET set, every callback HMAC-signed)
   --log-level <lvl>      coordinator and participants LOG_LEVEL (warn: no per-request logs)
@@ -65,6 +66,13 @@ if (flags.help) {
 `)
   process.exit(0)
 }
+
+/**
+ * The V8 flags the coordinator ships with (Dockerfile CMD, docker-compose.yml; README "Memory"):
+ * the bench measures the coordinator as it is run. test/shipped-node-flags.test.ts checks the
+ * three places agree.
+ */
+const COORDINATOR_NODE_FLAGS = ['--max-semi-space-size=8', '--heap-growing-percent=50']
 
 const quick = flags.quick
 const num = (/** @type {string | undefined} */ v, /** @type {number} */ d) => v === undefined ? d : Number(v)
@@ -81,7 +89,7 @@ const cfg = {
   strace: flags.strace && !flags['no-strace'],
   secret: flags.secret && !flags['no-secret'],
   logLevel: flags['log-level'] ?? 'warn',
-  coordinatorNodeArgs: (flags['coordinator-node-args'] ?? '').split(' ').filter(Boolean)
+  coordinatorNodeArgs: (flags['coordinator-node-args'] ?? COORDINATOR_NODE_FLAGS.join(' ')).split(' ').filter(Boolean)
 }
 for (const [k, v] of Object.entries(cfg)) {
   if (typeof v === 'number' && !(v >= 0)) throw new Error(`bad --${k}: ${v}`)
@@ -179,6 +187,27 @@ async function startCluster (o) {
 }
 
 /** @typedef {Awaited<ReturnType<typeof startCluster>>} Cluster */
+
+/**
+ * Where a process's RSS is, from /proc/<pid>/smaps: the node binary's pages (shared, file-backed),
+ * malloc's main heap ([heap]: SQLite, OpenSSL, libuv/Node buffers), anonymous mappings (the V8
+ * heap, thread stacks and malloc arenas) and the rest (libraries, the native addon).
+ */
+function rssByMapping (/** @type {number} */ pid) {
+  const out = { 'node binary': 0, 'malloc heap': 0, anonymous: 0, other: 0 }
+  let kind = /** @type {keyof typeof out} */ ('other')
+  for (const line of readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
+    const head = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$/.exec(line)
+    if (head !== null) {
+      const name = head[1] ?? ''
+      kind = name === '' ? 'anonymous' : name === '[heap]' ? 'malloc heap' : name === process.execPath || name.endsWith('/bin/node') ? 'node binary' : 'other'
+      continue
+    }
+    const rss = /^Rss:\s+(\d+) kB/.exec(line)
+    if (rss !== null) out[kind] += Number(rss[1]) / 1024
+  }
+  return out
+}
 
 /** The coordinator's V8 heap spaces (prom-client's default metrics): committed and used MB. */
 async function heapSpaces (/** @type {string} */ url) {
@@ -483,10 +512,10 @@ if (cfg.rss > 0) {
     await drainPhase2(cluster)
     await sleep(2000)
     const settled = rssMb(pid)
-    if (process.env.SNAP) { process.kill(pid, 'SIGUSR2'); await sleep(8000) }
-    if (process.env.SMAPS) { const { execSync } = await import('node:child_process'); log(execSync(`cat /proc/${pid}/smaps_rollup; awk '/^[0-9a-f]+-/{name=$6} /^Rss:/{r[name]+=$2} END{for(n in r) if (r[n]>2000) print r[n], n}' /proc/${pid}/smaps | sort -rn | head -15`).toString()) }
     const heap = await heapSpaces(`${cluster.coordinatorUrl}/metrics`)
-    rss = { transactions: cfg.rss, concurrency: cfg.rssConcurrency, nodeArgs: cfg.coordinatorNodeArgs, samples, afterDrainMb: settled, maxMb: Math.max(settled, ...samples.map(s => s.rssMb)), heap, run: done }
+    const mappings = rssByMapping(pid)
+    rss = { transactions: cfg.rss, concurrency: cfg.rssConcurrency, nodeArgs: cfg.coordinatorNodeArgs, samples, afterDrainMb: settled, maxMb: Math.max(settled, ...samples.map(s => s.rssMb)), heap, mappings, run: done }
+    log(`rss: by mapping (MB): ${Object.entries(mappings).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ')}`)
     log(`rss: after drain ${settled.toFixed(1)} MB; V8 heap spaces (MB size/used): ${heap.map(h => `${h.space} ${h.sizeMb.toFixed(1)}/${h.usedMb.toFixed(1)}`).join(', ')}`)
   } finally {
     await cluster.stop()

@@ -136,3 +136,19 @@ t.test('Dockerfile: multi-stage, production dependencies only, non-root', async 
   const ignore = readFileSync(join(ROOT, '.dockerignore'), 'utf8')
   t.match(ignore, /node_modules/, '.dockerignore keeps host node_modules out')
 })
+
+t.test('the coordinator runs with the same V8 flags in the Dockerfile, docker-compose.yml and the bench, and node accepts them', async t => {
+  const flagsIn = (text: string): string[] => [...text.matchAll(/"(--[a-z-]+=\d+)"|'(--[a-z-]+=\d+)'/g)].map(m => m[1] ?? m[2] ?? '')
+  const dockerCmd = readFileSync(join(ROOT, 'Dockerfile'), 'utf8').split('\n').find(l => l.startsWith('CMD ')) ?? ''
+  const compose = parse(readFileSync(COMPOSE, 'utf8')) as ComposeFile
+  const composeCmd = compose.services.coordinator?.command
+  const bench = /const COORDINATOR_NODE_FLAGS = \[(.*)\]/.exec(readFileSync(join(ROOT, 'bench', 'run.mjs'), 'utf8'))?.[1] ?? ''
+  const shipped = flagsIn(dockerCmd)
+  t.ok(shipped.length > 0, `the Dockerfile's CMD passes V8 flags: ${dockerCmd}`)
+  t.same(Array.isArray(composeCmd) ? composeCmd.filter(a => a.startsWith('--')) : [], shipped, 'docker-compose.yml: the same flags')
+  t.same(flagsIn(bench), shipped, 'bench/run.mjs: the same flags')
+  const readme = readFileSync(join(ROOT, 'README.md'), 'utf8')
+  t.ok(readme.includes(shipped.join(' ')), 'the README names them')
+  const run = spawnSync(process.execPath, [...shipped, '-e', 'process.exit(0)'], { encoding: 'utf8' })
+  t.equal(run.status, 0, `node accepts them\n${run.stderr}`)
+})

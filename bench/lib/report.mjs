@@ -94,6 +94,7 @@ export function renderMarkdown (r) {
   L.push(`Settings: ${c.reps} windows × ${c.durationS} s after a ${c.warmupS} s warm-up, per mode and concurrency; ` +
     `signatures ${c.secret ? 'on (TWOPC_SECRET: every callback HMAC-signed and checked)' : 'off'}; LOG_LEVEL=${c.logLevel}; ` +
     `fsyncs ${c.strace ? 'counted in a separate window per mode and concurrency with every server under strace (seccomp-bpf filter: one ptrace stop per fsync), so the strace overhead is in no other figure' : 'not counted'}. ` +
+    `Coordinator started as shipped: \`node ${(c.coordinatorNodeArgs ?? []).join(' ')} coordinator/dist/bin.js\`. ` +
     'Figures are the median over the windows, with min–max in small print.', '')
 
   L.push('## Throughput and latency', '')
@@ -182,6 +183,11 @@ export function renderMarkdown (r) {
     L.push('| transactions | RSS MB | at s |', '| ---: | ---: | ---: |')
     for (const s of r.rss.samples) L.push(`| ${s.transactions} | ${s.rssMb.toFixed(1)} | ${s.seconds.toFixed(0)} |`)
     L.push(`| after phase 2 drained (+2 s) | ${r.rss.afterDrainMb.toFixed(1)} | |`, '')
+    if (r.rss.mappings) {
+      L.push(`After the drain, by mapping (/proc/<pid>/smaps, MB): ${Object.entries(r.rss.mappings).map(([k, v]) => `${k} ${Number(v).toFixed(1)}`).join(', ')}. ` +
+        `V8 heap spaces, committed / used MB: ${(r.rss.heap ?? []).map((/** @type {any} */ h) => `${h.space} ${h.sizeMb.toFixed(1)} / ${h.usedMb.toFixed(1)}`).join(', ')}. ` +
+        `Node flags: \`${(r.rss.nodeArgs ?? []).join(' ') || '(none)'}\`.`, '')
+    }
   }
 
   if (r.profile) {
