@@ -43,21 +43,26 @@ export class ParticipantDriver {
     })
   }
 
+  /**
+   * One POST through the dispatcher's handler interface: no response stream, no promise per
+   * stage — the answer's chunks are collected (bounded) and the call settles once. The timeout
+   * covers the whole call, queueing and connecting included, as a request signal would.
+   */
   private async post (baseUrl: string, path: string, body: unknown, timeoutMs: number, traceparent: string | undefined): Promise<{ status: number, text: string }> {
     const raw = JSON.stringify(body)
     const headers: Record<string, string> = { 'content-type': 'application/json' }
     if (traceparent !== undefined) headers.traceparent = traceparent
     if (this.options.secret !== undefined) headers[SIGNATURE_HEADER] = signBody(this.options.secret, raw)
     const target = this.target(baseUrl)
-    const res = await this.agent.request({
-      origin: target.origin,
-      path: target.basePath + path,
-      method: 'POST',
-      body: raw,
-      headers,
-      signal: this.timeoutSignal(timeoutMs)
+    const signal = this.timeoutSignal(timeoutMs)
+    return await new Promise((resolve, reject) => {
+      const call = new BoundedCall(this.options.maxResponseBytes, signal, resolve, reject)
+      try {
+        this.agent.dispatch({ origin: target.origin, path: target.basePath + path, method: 'POST', body: raw, headers }, call)
+      } catch (err) {
+        call.onError(err as Error)
+      }
     })
-    return { status: res.statusCode, text: await readBounded(res, this.options.maxResponseBytes) }
   }
 
   /**
@@ -136,23 +141,67 @@ function describe (err: unknown, what: string, timeoutMs: number): string {
   return `${what} failed: ${e.code ?? e.name ?? 'Error'} ${e.message ?? String(err)}`.slice(0, 1000)
 }
 
-/** Reads at most `limit` bytes of an answer; a longer one is cut off and the rest dropped. */
-async function readBounded (res: Dispatcher.ResponseData, limit: number): Promise<string> {
-  const body = res.body
-  const length = Number(res.headers['content-length'])
-  // The usual case, a short answer of known length: read it in one go.
-  if (Number.isInteger(length) && length <= limit) return await body.text()
-  const chunks: Buffer[] = []
-  let size = 0
-  for await (const chunk of body) {
-    const buf = chunk as Buffer
-    if (size + buf.length > limit) {
-      chunks.push(buf.subarray(0, limit - size))
-      body.destroy()
-      break
-    }
-    chunks.push(buf)
-    size += buf.length
+/**
+ * undici's handler for one call: the status and at most `limit` bytes of the answer (a longer
+ * one is cut off there and the connection dropped), or the error. Settles exactly once.
+ */
+class BoundedCall implements Dispatcher.DispatchHandler {
+  private status = 0
+  private chunks: Buffer[] = []
+  private size = 0
+  private settled = false
+  private abort: ((err?: Error) => void) | undefined
+  private readonly onAbort = (): void => { this.abort?.(this.signal.reason as Error) }
+
+  constructor (
+    private readonly limit: number,
+    private readonly signal: AbortSignal,
+    private readonly resolve: (value: { status: number, text: string }) => void,
+    private readonly reject: (err: Error) => void
+  ) {}
+
+  onConnect (abort: (err?: Error) => void): void {
+    if (this.settled) { abort(); return }
+    this.abort = abort
+    if (this.signal.aborted) { abort(this.signal.reason as Error); return }
+    this.signal.addEventListener('abort', this.onAbort, { once: true })
   }
-  return Buffer.concat(chunks).toString('utf8')
+
+  onHeaders (statusCode: number): boolean {
+    this.status = statusCode
+    return true
+  }
+
+  onData (chunk: Buffer): boolean {
+    if (this.settled) return true
+    if (this.size + chunk.length > this.limit) {
+      this.chunks.push(chunk.subarray(0, this.limit - this.size))
+      this.finish()
+      this.abort?.(new Error('answer longer than maxResponseBytes: cut off'))
+      return false
+    }
+    this.chunks.push(chunk)
+    this.size += chunk.length
+    return true
+  }
+
+  onComplete (): void {
+    this.finish()
+  }
+
+  onError (err: Error): void {
+    if (this.settled) return
+    this.settled = true
+    this.signal.removeEventListener('abort', this.onAbort)
+    this.reject(err)
+  }
+
+  private finish (): void {
+    if (this.settled) return
+    this.settled = true
+    this.signal.removeEventListener('abort', this.onAbort)
+    const text = this.chunks.length === 1 ? (this.chunks[0] as Buffer).toString('utf8') : Buffer.concat(this.chunks).toString('utf8')
+    this.chunks = []
+    this.resolve({ status: this.status, text })
+  }
 }

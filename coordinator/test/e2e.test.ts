@@ -485,3 +485,26 @@ t.test('closing while a commit waits for votes: the commit is answered and close
   t.equal((await completed(again.api, id)).state, 'committed')
   t.equal(slow.state(id), 'committed')
 })
+
+t.test('an answer longer than maxResponseBytes is cut off there: an unreadable vote aborts, the connection is dropped', async t => {
+  const Fastify = (await import('fastify')).default
+  const big = Fastify()
+  let prepares = 0
+  big.post('/2pc/prepare', async () => { prepares++; return { vote: 'yes', padding: 'x'.repeat(64 * 1024) } })
+  big.post('/2pc/abort', async () => ({ ok: true }))
+  big.post('/2pc/commit', async () => ({ ok: true }))
+  await big.listen({ port: 0, host: '127.0.0.1' })
+  t.teardown(async () => { await big.close() })
+  const address = big.server.address() as { port: number }
+  const c = await startCoordinator(t, { maxResponseBytes: 1024 })
+  const other = await startParticipant(t)
+  const res = await c.api.post('/v1/transactions', {
+    participants: [{ name: 'big', url: `http://127.0.0.1:${address.port}/2pc` }, { name: 'other', url: other.url }],
+    commit: true
+  })
+  t.match(res.body, { state: 'aborted', reason: 'prepare-failed' })
+  t.equal(prepares, 1)
+  const tx = await completed(c.api, res.body.id)
+  t.match(part(tx, 'big'), { vote: null, lastError: /prepare answered without a valid vote: \{"vote":"yes","padding":"x+$/ })
+  t.ok((part(tx, 'big').lastError ?? '').length < 1100, 'only the first 1024 bytes were kept (and at most 500 of them quoted)')
+})
