@@ -65,6 +65,9 @@ export class Rejected extends Error {
   }
 }
 
+/** The side writes of a step that has none (shared: nobody adds to it). */
+const NO_WRITES: StepWrites = Object.freeze({ attention: Object.freeze([]) as never[], messages: Object.freeze([]) as never[], notices: Object.freeze([]) as never[] }) as StepWrites
+
 /** Recovery and sweeps work in pages so a large log never blocks the event loop for long. */
 const PAGE = 200
 
@@ -277,17 +280,22 @@ export class Engine {
    * written (`forced`: on disk), carries out its effects. Resolves then; rejects — and fails
    * whoever waits for this transaction's decision — when the log cannot be written.
    */
-  private async persist (prev: Transaction | null, next: Transaction, effects: Effect[], now: number, forced: boolean, onDurable?: () => void): Promise<void> {
-    const writes: StepWrites = { attention: [], messages: [], notices: [] }
+  private persist (prev: Transaction | null, next: Transaction, effects: Effect[], now: number, forced: boolean, onDurable?: () => void): Promise<void> {
+    // Most steps (votes, acks, decisions without messages) write nothing beside the record:
+    // they share one empty, frozen set of side writes instead of allocating their own.
+    let writes = NO_WRITES
     for (const e of effects) {
+      if (e.type !== 'record-attention' && e.type !== 'record-message' && e.type !== 'notify' && e.type !== 'record-audit' && e.type !== 'resolve-attention') continue
+      if (writes === NO_WRITES) writes = { attention: [], messages: [], notices: [] }
       if (e.type === 'record-attention') writes.attention.push({ participant: e.participant, kind: e.kind, detail: e.detail })
       else if (e.type === 'record-message') writes.messages.push({ position: e.position, message: e.message })
       else if (e.type === 'notify') writes.notices.push({ participant: e.participant, decision: e.decision })
       else if (e.type === 'record-audit') (writes.audit ??= []).push({ action: e.action, actor: e.actor, reason: e.reason })
-      else if (e.type === 'resolve-attention') writes.resolveAttention = e.resolution
+      else writes.resolveAttention = e.resolution
     }
-    await new Promise<void>((resolve, reject) => {
-      this.log.save(prev, next, writes, now, forced, (err?: Error) => {
+    const sideWrites = writes
+    return new Promise<void>((resolve, reject) => {
+      this.log.save(prev, next, sideWrites, now, forced, (err?: Error) => {
         if (err !== undefined) {
           this.logger.error({ txid: next.id, err }, 'could not write the log')
           const list = this.waiters.get(next.id)
@@ -297,7 +305,7 @@ export class Engine {
           return
         }
         onDurable?.()
-        this.afterDurable(prev, next, writes, effects)
+        this.afterDurable(prev, next, sideWrites, effects)
         resolve()
       })
     })

@@ -23,7 +23,7 @@
  * never sent before its record is on disk, whatever `synchronous` the service chose for its own
  * writes. Other databases (in memory, rollback journal) commit and sync as SQLite is set up.
  */
-import type { Database } from 'better-sqlite3'
+import type { Database, Statement } from 'better-sqlite3'
 import { closeSync, constants, fdatasync, fdatasyncSync, openSync } from 'node:fs'
 import type { FastifyBaseLogger } from 'fastify'
 import { crashPoint } from '@fastify-2pc/protocol'
@@ -211,7 +211,17 @@ export class ParticipantEngine {
     this.#commit = db.prepare('COMMIT')
     this.#rollback = db.prepare('ROLLBACK')
     this.#getSynchronous = db.prepare('PRAGMA synchronous').pluck()
-    this.#setSynchronous = (level: number) => { db.pragma(`synchronous = ${level}`) }
+    // One prepared statement per level (0-3): `db.pragma()` would compile one on every batch.
+    const setLevel = new Map<number, Statement>()
+    this.#setSynchronous = (level: number) => {
+      let stmt = setLevel.get(level)
+      if (stmt === undefined) {
+        if (!Number.isInteger(level) || level < 0 || level > 3) throw new RangeError(`synchronous level ${level}`)
+        stmt = db.prepare(`PRAGMA synchronous = ${level}`)
+        setLevel.set(level, stmt)
+      }
+      stmt.run()
+    }
     if (!db.memory && db.pragma('journal_mode', { simple: true }) === 'wal') {
       this.#walFd = openSync(`${db.name}-wal`, constants.O_RDWR | constants.O_CREAT)
     }
