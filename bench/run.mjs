@@ -56,7 +56,7 @@ if (flags.help) {
   --rss <n>              also: one-shot run of n transactions, coordinator RSS every 10% (0 = skip)
   --rss-concurrency <c>  concurrency of the RSS run (64)
   --coordinator-node-args=<flags>  node/V8 flags of the coordinator process (default: the shipped ones,
-                         "--max-semi-space-size=8 --heap-growing-percent=50"; "--coordinator-node-args=" for none)
+                         "--heap-growing-percent=50 --v8-pool-size=1"; "--coordinator-node-args=" for none)
   --no-strace            do not count fsyncs (strace adds a ptrace stop per fsync)
   --no-secret            unsigned callbacks (default: TWOPC_SECRET set, every callback HMAC-signed)
   --log-level <lvl>      coordinator and participants LOG_LEVEL (warn: no per-request logs)
@@ -72,7 +72,7 @@ if (flags.help) {
  * the bench measures the coordinator as it is run. test/shipped-node-flags.test.ts checks the
  * three places agree.
  */
-const COORDINATOR_NODE_FLAGS = ['--max-semi-space-size=8', '--heap-growing-percent=50']
+const COORDINATOR_NODE_FLAGS = ['--heap-growing-percent=50', '--v8-pool-size=1']
 
 const quick = flags.quick
 const num = (/** @type {string | undefined} */ v, /** @type {number} */ d) => v === undefined ? d : Number(v)

@@ -138,7 +138,7 @@ t.test('Dockerfile: multi-stage, production dependencies only, non-root', async 
 })
 
 t.test('the coordinator runs with the same V8 flags in the Dockerfile, docker-compose.yml and the bench, and node accepts them', async t => {
-  const flagsIn = (text: string): string[] => [...text.matchAll(/"(--[a-z-]+=\d+)"|'(--[a-z-]+=\d+)'/g)].map(m => m[1] ?? m[2] ?? '')
+  const flagsIn = (text: string): string[] => [...text.matchAll(/"(--[a-z0-9-]+=\d+)"|'(--[a-z0-9-]+=\d+)'/g)].map(m => m[1] ?? m[2] ?? '')
   const dockerCmd = readFileSync(join(ROOT, 'Dockerfile'), 'utf8').split('\n').find(l => l.startsWith('CMD ')) ?? ''
   const compose = parse(readFileSync(COMPOSE, 'utf8')) as ComposeFile
   const composeCmd = compose.services.coordinator?.command
