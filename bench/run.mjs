@@ -48,7 +48,7 @@ if (flags.help) {
   process.stdout.write(`npm run bench -- [flags]
   --quick                smoke run: 2 s windows, 0.5 s warm-up, 1 rep, 3 s profile; writes to bench/.out/
   --duration <s>         length of one measured window (10)
-  --warmup <s>           warm-up before the windows of each mode × concurrency (3)
+  --warmup <s>           warm-up before the windows of each mode × concurrency (5)
   --reps <n>             measured windows per mode × concurrency (3)
   --concurrency <list>   closed-loop clients (1,16,64)
   --modes <list>         oneshot,interactive,baseline
@@ -79,7 +79,7 @@ const num = (/** @type {string | undefined} */ v, /** @type {number} */ d) => v 
 const cfg = {
   quick,
   durationS: num(flags.duration, quick ? 2 : 10),
-  warmupS: num(flags.warmup, quick ? 0.5 : 3),
+  warmupS: num(flags.warmup, quick ? 0.5 : 5),
   reps: num(flags.reps, quick ? 1 : 3),
   concurrency: (flags.concurrency ?? '1,16,64').split(',').map(Number),
   modes: (flags.modes ?? 'oneshot,interactive,baseline').split(','),
