@@ -125,7 +125,9 @@ export class ServerProcess {
           const kids = readFileSync(`/proc/${this.child.pid}/task/${this.child.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean)
           for (const kid of kids) {
             const cmdline = readFileSync(`/proc/${kid}/cmdline`, 'utf8')
-            if (cmdline.includes(this.script)) this.pid = Number(kid)
+            // The probe is a fork of strace: its command line is strace's, script included.
+            const argv0 = cmdline.split('\0')[0] ?? ''
+            if (cmdline.includes(this.script) && !/(^|\/)strace$/.test(argv0)) this.pid = Number(kid)
           }
         } catch {}
       }
