@@ -179,7 +179,7 @@ export function renderMarkdown (r) {
 
   if (r.rss) {
     L.push('## Coordinator RSS', '')
-    L.push(`${r.rss.transactions} one-shot transactions at ${r.rss.concurrency} clients (${r.rss.run.seconds.toFixed(0)} s, ${r.rss.run.errors} errors); fresh coordinator and log. The coordinator keeps no completed transaction in memory (only unfinished ones, and at most 20,000 of those); completed ones stay in the SQLite log until retention (TWOPC_RETENTION, default 7 d) prunes them — none is that old in this run.`, '')
+    L.push(`${r.rss.transactions} one-shot transactions at ${r.rss.concurrency} clients (${r.rss.run.seconds.toFixed(0)} s, ${r.rss.run.errors} errors); fresh coordinator and log. The coordinator keeps no completed transaction in memory (only unfinished ones: at most 20,000 of those and about 32 MiB of them, estimated); completed ones stay in the SQLite log until retention (TWOPC_RETENTION, default 7 d) prunes them — none is that old in this run.`, '')
     L.push('| transactions | RSS MB | at s |', '| ---: | ---: | ---: |')
     for (const s of r.rss.samples) L.push(`| ${s.transactions} | ${s.rssMb.toFixed(1)} | ${s.seconds.toFixed(0)} |`)
     L.push(`| after phase 2 drained (+2 s) | ${r.rss.afterDrainMb.toFixed(1)} | |`, '')

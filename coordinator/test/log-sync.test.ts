@@ -224,3 +224,32 @@ t.test('the API view: an abort shows once written (before its sync), a commit on
   t.equal(log.view(tx.id)?.state, 'aborted', 'written, not synced: shown (a power cut would make it an abort again)')
   t.equal(log.load(tx.id)?.state, 'active', 'the synced record is still the old one')
 })
+
+t.test('the cache of synced unfinished records keeps to its byte budget; what it drops is read back from SQLite', async t => {
+  const { log } = open(t)
+  // Five participants with a 60 KiB payload each: ~300 KiB a record, so 150 of them (~44 MiB)
+  // are more than the 32 MiB budget.
+  const big = 'x'.repeat(60 * 1024)
+  const ids: string[] = []
+  for (let i = 0; i < 150; i++) {
+    const now = Date.now()
+    const id = `c-test.${String(i).padStart(10, '0')}bbbbbbbbbbbbbbbb`
+    let tx = newTransaction(id, now, now + 60_000)
+    for (let p = 0; p < 5; p++) {
+      const r = step(tx, { type: 'enlist', participant: { name: `p${p}`, url: `http://127.0.0.1:1/p${p}`, payload: { big, p } }, now }, policy)
+      if (!r.ok) throw new Error(r.code)
+      tx = r.tx
+    }
+    ids.push(id)
+    const s = save(log, null, tx, true)
+    log.flush()
+    await s.done
+  }
+  const stats = log.recentStats()
+  t.ok(stats.bytes <= 32 * 1024 * 1024, `at most 32 MiB estimated (${(stats.bytes / 2 ** 20).toFixed(1)} MiB in ${stats.records} records)`)
+  t.ok(stats.records < 150 && stats.records > 80, `older records were dropped, the newest kept (${stats.records})`)
+  t.ok(stats.bytes >= stats.records * 5 * 60 * 1024, 'the estimate counts the payloads')
+  const oldest = log.load(ids[0] as string)
+  t.equal(oldest?.participants.length, 5, 'a dropped record is read back from the log')
+  t.equal((oldest?.participants[4]?.payload as { big: string }).big.length, 60 * 1024)
+})

@@ -79,6 +79,14 @@ const MAX_SYNCS_IN_FLIGHT = 2
 
 /** Synced records of unfinished transactions kept in memory, so steps do not re-read SQLite. */
 const RECENT_RECORDS = 20_000
+/**
+ * ...and at most about this many bytes of them (estimated: the payloads' and metadata's JSON
+ * plus a fixed share per record and participant). Payloads may be 64 KiB each, 32 to a
+ * transaction: a backlog of large ones is read back from SQLite instead of filling the heap.
+ */
+const RECENT_BYTES = 32 * 1024 * 1024
+const RECORD_OVERHEAD_BYTES = 512
+const PARTICIPANT_OVERHEAD_BYTES = 256
 /** SQLite's page cache for the log's connection, in KiB. */
 const PAGE_CACHE_KIB = 4096
 
@@ -249,6 +257,37 @@ function toAttention (row: AttentionRow): AttentionEntry {
   }
 }
 
+/**
+ * JSON sizes of payload and metadata objects, computed once per object: the machine copies a
+ * record on every step but keeps its payloads and metadata (they never change).
+ */
+const jsonSizes = new WeakMap<object, number>()
+function jsonBytes (value: unknown): number {
+  if (value === null || value === undefined) return 0
+  if (typeof value !== 'object') return typeof value === 'string' ? value.length + 2 : 16
+  let size = jsonSizes.get(value)
+  if (size === undefined) {
+    size = JSON.stringify(value).length
+    jsonSizes.set(value, size)
+  }
+  return size
+}
+
+/** A payload as stored (JSON, or null); its size is noted for the cache's byte budget. */
+function payloadJson (payload: unknown): string | null {
+  if (payload === null || payload === undefined) return null
+  const json = JSON.stringify(payload)
+  if (typeof payload === 'object') jsonSizes.set(payload, json.length)
+  return json
+}
+
+/** A record's estimated size in memory, for the cache's byte budget. */
+function recordBytes (tx: Transaction): number {
+  let size = RECORD_OVERHEAD_BYTES + jsonBytes(tx.metadata)
+  for (const p of tx.participants) size += PARTICIPANT_OVERHEAD_BYTES + p.name.length + p.url.length + jsonBytes(p.payload)
+  return size
+}
+
 function sameTxRow (a: Transaction, b: Transaction): boolean {
   return a.state === b.state && a.updatedAt === b.updatedAt && a.expiresAt === b.expiresAt && a.decidedAt === b.decidedAt &&
     a.completedAt === b.completedAt && a.reason === b.reason && a.needsAttention === b.needsAttention &&
@@ -281,8 +320,11 @@ export class CoordinatorLog {
   private readonly written = new Map<string, Transaction>()
   /** For each transaction whose commit decision is saved but not synced: its record just before it. */
   private readonly beforeCommit = new Map<string, Transaction | null>()
-  /** Synced records of unfinished transactions, oldest first, at most RECENT_RECORDS. */
+  /** Synced records of unfinished transactions, oldest first, at most RECENT_RECORDS and about RECENT_BYTES. */
   private readonly recent = new Map<string, Transaction>()
+  /** The estimated size of each record in `recent`, and their sum. */
+  private readonly recentSizes = new Map<string, number>()
+  private recentBytes = 0
   private flushScheduled = false
   /** fdatasyncs running on the thread pool, in the order they started. */
   private syncsInFlight: Array<{ covered: PendingStep[] }> = []
@@ -386,7 +428,7 @@ export class CoordinatorLog {
         const before = prev?.participants[i]
         if (before === p) continue // untouched by this step (the machine copies what it changes)
         if (before === undefined) {
-          this.stmts.insertParticipant.run(next.id, i, p.name, p.url, p.payload === null || p.payload === undefined ? null : JSON.stringify(p.payload),
+          this.stmts.insertParticipant.run(next.id, i, p.name, p.url, payloadJson(p.payload),
             p.onePhase ? 1 : 0, p.vote, p.voteReason, p.ack, p.attempts, p.lastError, p.nextAttemptAt)
         } else {
           this.stmts.updateParticipant.run(p.vote, p.voteReason, p.ack, p.attempts, p.lastError, p.nextAttemptAt, next.id, p.name)
@@ -535,7 +577,7 @@ export class CoordinatorLog {
     if (!this.latest.has(id)) this.synced.set(id, prev)
     if (next.state === 'committed' && prev?.state !== 'committed') this.beforeCommit.set(id, prev)
     this.latest.set(id, next)
-    this.recent.delete(id)
+    this.forgetRecent(id)
     this.pending.push({ prev, next, writes, now, forced, done, outboxMax: 0 })
     if (this.pending.length >= this.maxBatch) {
       this.flush()
@@ -649,8 +691,27 @@ export class CoordinatorLog {
   }
 
   private remember (tx: Transaction): void {
+    this.forgetRecent(tx.id)
+    const size = recordBytes(tx)
     this.recent.set(tx.id, tx)
-    if (this.recent.size > RECENT_RECORDS) this.recent.delete(this.recent.keys().next().value as string)
+    this.recentSizes.set(tx.id, size)
+    this.recentBytes += size
+    while (this.recent.size > RECENT_RECORDS || (this.recentBytes > RECENT_BYTES && this.recent.size > 0)) {
+      this.forgetRecent(this.recent.keys().next().value as string)
+    }
+  }
+
+  private forgetRecent (id: string): void {
+    const size = this.recentSizes.get(id)
+    if (size === undefined) return
+    this.recent.delete(id)
+    this.recentSizes.delete(id)
+    this.recentBytes -= size
+  }
+
+  /** What the cache of synced unfinished records holds (for tests and the bench). */
+  recentStats (): { records: number, bytes: number } {
+    return { records: this.recent.size, bytes: this.recentBytes }
   }
 
   /** Steps rolled back: each transaction's newest record is again its newest committed one. */
