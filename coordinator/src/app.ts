@@ -63,7 +63,9 @@ export const coordinatorPlugin = fp<{ options: ResolvedOptions }>(async (app, { 
   const driver = new ParticipantDriver({
     ...(options.secret !== undefined ? { secret: options.secret } : {}),
     maxResponseBytes: options.maxResponseBytes,
-    connectionsPerOrigin: options.connectionsPerOrigin
+    connectionsPerOrigin: options.connectionsPerOrigin,
+    batchMaxCalls: options.batchMaxCalls,
+    onBatch: (calls) => { metrics.callbackBatch.observe(calls) }
   })
   let link: AmqpLink | undefined
   let outbox: OutboxPublisher | undefined

@@ -4,7 +4,7 @@
  */
 import envSchema from 'env-schema'
 import { Type, type Static } from '@sinclair/typebox'
-import { COORDINATOR_ID_PATTERN } from '@fastify-2pc/protocol'
+import { COORDINATOR_ID_PATTERN, MAX_BATCH_CALLS } from '@fastify-2pc/protocol'
 import { parseAllowlist } from './allowlist.js'
 
 export interface CoordinatorOptions {
@@ -42,6 +42,11 @@ export interface CoordinatorOptions {
   maxResponseBytes?: number
   /** Open connections per participant origin. */
   connectionsPerOrigin?: number
+  /**
+   * Callbacks per batch request at most, to participants that advertise a batch route (the
+   * SDK's `/batch`); 1 = never batch (TWOPC_BATCH_MAX_CALLS).
+   */
+  batchMaxCalls?: number
   /** Completed transactions older than this are pruned (TWOPC_RETENTION). */
   retentionMs?: number
   /** How often the retention pruner runs. */
@@ -69,6 +74,7 @@ export const defaults = {
   sweepIntervalMs: 1_000,
   maxResponseBytes: 64 * 1024,
   connectionsPerOrigin: 64,
+  batchMaxCalls: 64,
   retentionMs: 7 * 86_400_000,
   pruneIntervalMs: 60_000,
   logger: false as boolean | { level?: string }
@@ -83,9 +89,10 @@ export function resolveOptions (options: CoordinatorOptions): ResolvedOptions {
   if (typeof resolved.dbPath !== 'string' || resolved.dbPath === '') throw new Error('dbPath is required')
   for (const key of ['defaultTimeoutMs', 'minTimeoutMs', 'maxTimeoutMs', 'prepareTimeoutMs', 'phase2TimeoutMs', 'maxParticipants', 'maxMessages',
     'maxPayloadBytes', 'bodyLimitBytes', 'retryBaseMs', 'retryMaxMs', 'retryBudget', 'sweepIntervalMs', 'maxResponseBytes',
-    'connectionsPerOrigin', 'retentionMs', 'pruneIntervalMs'] as const) {
+    'connectionsPerOrigin', 'batchMaxCalls', 'retentionMs', 'pruneIntervalMs'] as const) {
     positiveInt(key, resolved[key])
   }
+  if (resolved.batchMaxCalls > MAX_BATCH_CALLS) throw new Error(`batchMaxCalls must be at most ${MAX_BATCH_CALLS}, got ${resolved.batchMaxCalls}`)
   if (resolved.minTimeoutMs > resolved.maxTimeoutMs) throw new Error('minTimeoutMs must not exceed maxTimeoutMs')
   if (resolved.defaultTimeoutMs < resolved.minTimeoutMs || resolved.defaultTimeoutMs > resolved.maxTimeoutMs) {
     throw new Error(`defaultTimeoutMs must be between minTimeoutMs (${resolved.minTimeoutMs}) and maxTimeoutMs (${resolved.maxTimeoutMs})`)
@@ -126,6 +133,7 @@ export const EnvSchema = Type.Object({
   TWOPC_RETRY_BUDGET: Type.Integer({ minimum: 1, default: defaults.retryBudget }),
   TWOPC_COORDINATOR_ID: Type.Optional(Type.String({ pattern: COORDINATOR_ID_PATTERN })),
   TWOPC_AMQP_PREFIX: Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$', default: 'twopc' }),
+  TWOPC_BATCH_MAX_CALLS: Type.Integer({ minimum: 1, maximum: MAX_BATCH_CALLS, default: defaults.batchMaxCalls }),
   TWOPC_RETENTION: Type.String({ pattern: '^[0-9]+(ms|s|m|h|d)$', default: '7d' }),
   LOG_LEVEL: Type.Union([
     Type.Literal('fatal'), Type.Literal('error'), Type.Literal('warn'),
@@ -162,6 +170,7 @@ const ENV_NAMES: Record<string, string> = {
   retryBaseMs: 'TWOPC_RETRY_BASE_MS',
   retryMaxMs: 'TWOPC_RETRY_MAX_MS',
   retryBudget: 'TWOPC_RETRY_BUDGET',
+  batchMaxCalls: 'TWOPC_BATCH_MAX_CALLS',
   coordinatorId: 'TWOPC_COORDINATOR_ID',
   secret: 'TWOPC_SECRET',
   apiToken: 'TWOPC_API_TOKEN',
@@ -194,6 +203,7 @@ export function configFromEnv (env: NodeJS.ProcessEnv = process.env): ServerConf
     retryBaseMs: e.TWOPC_RETRY_BASE_MS,
     retryMaxMs: e.TWOPC_RETRY_MAX_MS,
     retryBudget: e.TWOPC_RETRY_BUDGET,
+    batchMaxCalls: e.TWOPC_BATCH_MAX_CALLS,
     logger: e.LOG_LEVEL === 'silent' ? false : { level: e.LOG_LEVEL }
   }
   try {

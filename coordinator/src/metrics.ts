@@ -19,6 +19,7 @@ export interface CoordinatorMetrics {
   flushSeconds: Histogram
   syncBatch: Histogram
   syncSeconds: Histogram
+  callbackBatch: Histogram
   httpRequests: Counter<'method' | 'route' | 'status'>
   httpSeconds: Histogram<'method' | 'route'>
   outboxPublished: Counter
@@ -100,6 +101,7 @@ export function createMetrics (log: CoordinatorLog, outboxEnabled: () => boolean
     flushSeconds: new Histogram({ name: 'twopc_log_flush_duration_seconds', help: 'Duration of one log write (SQLite transaction, without the fsync)', buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25], registers: [registry] }),
     syncBatch: new Histogram({ name: 'twopc_log_sync_batch_size', help: 'Steps made durable by one fdatasync of the log', buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024], registers: [registry] }),
     syncSeconds: new Histogram({ name: 'twopc_log_sync_duration_seconds', help: 'Duration of one fdatasync of the log (on the thread pool)', buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25], registers: [registry] }),
+    callbackBatch: new Histogram({ name: 'twopc_callback_batch_size', help: 'Callbacks per batch request to a participant (lone calls go out singly and are not counted)', buckets: [2, 4, 8, 16, 32, 64, 128, 256], registers: [registry] }),
     httpRequests: new Counter({ name: 'twopc_http_requests_total', help: 'HTTP requests by route and status', labelNames: ['method', 'route', 'status'], registers: [registry] }),
     httpSeconds: new Histogram({ name: 'twopc_http_request_duration_seconds', help: 'HTTP request duration by route', labelNames: ['method', 'route'], buckets: latency, registers: [registry] }),
     outboxPublished: new Counter({ name: 'twopc_outbox_published_total', help: 'Outbox rows confirmed by RabbitMQ', registers: [registry] })

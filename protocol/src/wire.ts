@@ -24,6 +24,49 @@ export interface PrepareRequest {
 export interface PrepareResponse {
   vote: Vote
   reason?: string
+  /**
+   * Optional: this participant also serves `POST {url}/batch` (several callbacks in one request)
+   * within these limits. The coordinator batches only to participants that said so.
+   */
+  batch?: BatchCapability
+}
+
+/** What a participant's `/batch` route accepts; advertised in its prepare answers. */
+export interface BatchCapability {
+  /** Calls per batch request at most (1 .. MAX_BATCH_CALLS). */
+  maxCalls: number
+  /** Body bytes per batch request at most. */
+  maxBytes: number
+}
+
+/** The largest `maxCalls` either side uses, whatever a participant advertises. */
+export const MAX_BATCH_CALLS = 256
+
+/**
+ * One callback inside a batch: the body the single route would get, and the `traceparent`
+ * header it would carry.
+ */
+export type BatchCall =
+  | { op: 'prepare', body: PrepareRequest, traceparent?: string }
+  | { op: 'commit' | 'abort', body: DecisionRequest, traceparent?: string }
+
+/** Body of `POST {participant url}/batch`. */
+export interface BatchRequest {
+  calls: BatchCall[]
+}
+
+/**
+ * One call's answer: the status and body the single route would have answered (a vote,
+ * `{ok:true}`, or the error shape `{statusCode, code, error, message}`).
+ */
+export interface BatchResult {
+  status: number
+  body: unknown
+}
+
+/** Answer of `POST {participant url}/batch` (200): one result per call, in the calls' order. */
+export interface BatchResponse {
+  results: BatchResult[]
 }
 
 /** Body of `POST {participant url}/commit` and `/abort`. */
@@ -58,7 +101,9 @@ export const ParticipantErrorCodes = {
 export const CallbackPath = {
   prepare: '/prepare',
   commit: '/commit',
-  abort: '/abort'
+  abort: '/abort',
+  /** Optional (a participant advertises it in its prepare answers): several calls in one request. */
+  batch: '/batch'
 } as const
 
 /** A coordinator id: what prefixes every transaction id it issues. */
