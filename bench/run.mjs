@@ -25,6 +25,7 @@ const { values: flags } = parseArgs({
     'rss-concurrency': { type: 'string', default: '64' },
     profile: { type: 'string' },
     'coordinator-node-args': { type: 'string' },
+    'batch-max-calls': { type: 'string' },
     strace: { type: 'boolean', default: true },
     'no-strace': { type: 'boolean', default: false },
     secret: { type: 'boolean', default: true },
@@ -57,6 +58,8 @@ if (flags.help) {
   --rss-concurrency <c>  concurrency of the RSS run (64)
   --coordinator-node-args=<flags>  node/V8 flags of the coordinator process (default: the shipped ones,
                          "--heap-growing-percent=50 --v8-pool-size=1"; "--coordinator-node-args=" for none)
+  --batch-max-calls <n>  the coordinator's TWOPC_BATCH_MAX_CALLS (default: unset, the coordinator's default 64;
+                         1 = never batch callbacks, every call its own request)
   --no-strace            do not count fsyncs (strace adds a ptrace stop per fsync)
   --no-secret            unsigned callbacks (default: TWOPC_SECRET set, every callback HMAC-signed)
   --log-level <lvl>      coordinator and participants LOG_LEVEL (warn: no per-request logs)
@@ -89,11 +92,13 @@ const cfg = {
   strace: flags.strace && !flags['no-strace'],
   secret: flags.secret && !flags['no-secret'],
   logLevel: flags['log-level'] ?? 'warn',
+  batchMaxCalls: flags['batch-max-calls'] === undefined ? undefined : Number(flags['batch-max-calls']),
   coordinatorNodeArgs: (flags['coordinator-node-args'] ?? COORDINATOR_NODE_FLAGS.join(' ')).split(' ').filter(Boolean)
 }
 for (const [k, v] of Object.entries(cfg)) {
   if (typeof v === 'number' && !(v >= 0)) throw new Error(`bad --${k}: ${v}`)
 }
+if (cfg.batchMaxCalls !== undefined && !(Number.isInteger(cfg.batchMaxCalls) && cfg.batchMaxCalls >= 1)) throw new Error('bad --batch-max-calls')
 if (cfg.concurrency.some(c => !Number.isInteger(c) || c < 1)) throw new Error('bad --concurrency')
 for (const m of cfg.modes) if (!['oneshot', 'interactive', 'baseline'].includes(m)) throw new Error(`bad mode ${m}`)
 if (cfg.strace && !straceAvailable()) {
@@ -138,7 +143,8 @@ async function startCluster (o) {
     nodeArgs: [...cfg.coordinatorNodeArgs, ...(o.coordinatorNodeArgs ?? [])],
     ...(o.strace ? { strace: join(dir, 'coordinator.strace') } : {}),
     cwd: dir,
-    env: { PORT: String(cPort), HOST: '127.0.0.1', TWOPC_DB: join(dir, 'coordinator.db'), LOG_LEVEL: cfg.logLevel, TWOPC_COORDINATOR_ID: 'bench', ...secretEnv }
+    env: { PORT: String(cPort), HOST: '127.0.0.1', TWOPC_DB: join(dir, 'coordinator.db'), LOG_LEVEL: cfg.logLevel, TWOPC_COORDINATOR_ID: 'bench', ...secretEnv,
+      ...(cfg.batchMaxCalls !== undefined ? { TWOPC_BATCH_MAX_CALLS: String(cfg.batchMaxCalls) } : {}) }
   })
   started.add(coordinator)
   const participant = (/** @type {string} */ name, /** @type {number} */ port) => {
@@ -232,7 +238,8 @@ const COORDINATOR_SERIES = {
   flushBatch: ['twopc_log_flush_batch_size', '', 1],
   flushMs: ['twopc_log_flush_duration_seconds', '', 1000],
   syncBatch: ['twopc_log_sync_batch_size', '', 1],
-  syncMs: ['twopc_log_sync_duration_seconds', '', 1000]
+  syncMs: ['twopc_log_sync_duration_seconds', '', 1000],
+  callbackBatch: ['twopc_callback_batch_size', '', 1]
 }
 const PARTICIPANT_SERIES = {
   flushBatch: ['twopc_participant_log_flush_batch_size', '', 1],
@@ -284,6 +291,7 @@ function internalsDelta (/** @type {any} */ before, /** @type {any} */ after) {
       row[key] = dc > 0 ? scale * (a.sum - b.sum) / dc : null
       if (key === 'syncMs') row.syncsPerSec = dc / seconds
       if (key === 'flushMs') row.flushesPerSec = dc / seconds
+      if (key === 'callbackBatch') row.batchesPerSec = dc / seconds
     }
     out[proc] = row
   }

@@ -94,7 +94,8 @@ export function renderMarkdown (r) {
   L.push(`Settings: ${c.reps} windows × ${c.durationS} s after a ${c.warmupS} s warm-up, per mode and concurrency; ` +
     `signatures ${c.secret ? 'on (TWOPC_SECRET: every callback HMAC-signed and checked)' : 'off'}; LOG_LEVEL=${c.logLevel}; ` +
     `fsyncs ${c.strace ? 'counted in a separate window per mode and concurrency with every server under strace (seccomp-bpf filter: one ptrace stop per fsync), so the strace overhead is in no other figure' : 'not counted'}. ` +
-    `Coordinator started as shipped: \`node ${(c.coordinatorNodeArgs ?? []).join(' ')} coordinator/dist/bin.js\`. ` +
+    `Coordinator started as shipped: \`node ${(c.coordinatorNodeArgs ?? []).join(' ')} coordinator/dist/bin.js\`` +
+    `${c.batchMaxCalls === undefined ? ', batched callbacks at its default (TWOPC_BATCH_MAX_CALLS 64)' : c.batchMaxCalls === 1 ? ', batched callbacks OFF (TWOPC_BATCH_MAX_CALLS=1)' : `, TWOPC_BATCH_MAX_CALLS=${c.batchMaxCalls}`}. ` +
     'Figures are the median over the windows, with min–max in small print.', '')
 
   L.push('## Throughput and latency', '')
@@ -132,16 +133,17 @@ export function renderMarkdown (r) {
     L.push('## Inside the processes', '')
     L.push('Means over each window of the histograms the processes export on `/metrics` (median over the windows): how long the ' +
       'coordinator held the request, phase 1 (prepare sent to decision logged), and the logs\' writes (one SQLite transaction, ' +
-      'on the event loop) and syncs (one fdatasync of the WAL, on the thread pool), with the steps or callbacks each carried.', '')
-    L.push('| path | clients | request ms | phase 1 ms | coordinator: write batch / ms | sync batch / ms | syncs/s | inventory: write batch / ms | sync batch / ms | syncs/s |',
-      '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
+      'on the event loop) and syncs (one fdatasync of the WAL, on the thread pool), with the steps or callbacks each carried; ' +
+      'and the coordinator\'s batched callbacks (calls per batch request, batch requests per second to both participants; a lone call goes out singly and is not counted).', '')
+    L.push('| path | clients | request ms | phase 1 ms | coordinator: write batch / ms | sync batch / ms | syncs/s | callbacks per batch | batches/s | inventory: write batch / ms | sync batch / ms | syncs/s |',
+      '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
     const v = (/** @type {any} */ s, /** @type {(n: number) => string} */ f) => s === null || s === undefined ? '–' : f(s.median)
     const f1 = (/** @type {number} */ n) => n.toFixed(1)
     const f3 = (/** @type {number} */ n) => n < 1 ? n.toFixed(3) : n.toFixed(2)
     for (const x of inside) {
       const co = x.internals.coordinator
       const inv = x.internals.inventory ?? {}
-      L.push(`| ${MODE_NAMES[x.mode]} | ${x.concurrency} | ${v(co.requestMs, lat)} | ${v(co.phase1Ms, lat)} | ${v(co.flushBatch, f1)} / ${v(co.flushMs, f3)} | ${v(co.syncBatch, f1)} / ${v(co.syncMs, f3)} | ${v(co.syncsPerSec, n0)} | ` +
+      L.push(`| ${MODE_NAMES[x.mode]} | ${x.concurrency} | ${v(co.requestMs, lat)} | ${v(co.phase1Ms, lat)} | ${v(co.flushBatch, f1)} / ${v(co.flushMs, f3)} | ${v(co.syncBatch, f1)} / ${v(co.syncMs, f3)} | ${v(co.syncsPerSec, n0)} | ${v(co.callbackBatch, f1)} | ${v(co.batchesPerSec, n0)} | ` +
         `${v(inv.flushBatch, f1)} / ${v(inv.flushMs, f3)} | ${v(inv.syncBatch, f1)} / ${v(inv.syncMs, f3)} | ${v(inv.syncsPerSec, n0)} |`)
     }
     L.push('')

@@ -150,13 +150,16 @@ export class ParticipantDriver {
       calls.push(queued)
       if (!this.flushScheduled) {
         this.flushScheduled = true
-        setImmediate(() => { this.flushQueued() })
+        setImmediate(() => { this.flush() })
       }
     })
   }
 
-  /** Sends every call queued in this turn: per participant, as few batches as its limits allow. */
-  private flushQueued (): void {
+  /**
+   * Sends every call queued in this turn: per participant, as few batches as its limits allow.
+   * Runs at the end of the turn, or earlier when the log is about to write (store.beforeWrite).
+   */
+  flush (): void {
     this.flushScheduled = false
     const queued = this.queued
     this.queued = new Map()
@@ -298,7 +301,7 @@ export class ParticipantDriver {
   async close (): Promise<void> {
     this.closed = true
     // Calls queued for this turn go out now (their answers may still be read before the agent closes).
-    if (this.flushScheduled) this.flushQueued()
+    if (this.flushScheduled) this.flush()
     await this.agent.close()
   }
 }

@@ -345,6 +345,12 @@ export class CoordinatorLog {
   maxBatch = 256
   /** How long unforced steps may wait for a sync when no forced step brings one sooner. */
   lazySyncMs = 20
+  /**
+   * Runs at the start of each write, before SQLite: the app sends the participant callbacks
+   * queued in this turn (driver.flush) first, so participants work on them while the log is
+   * written — a one-shot's prepares go out while its begin is written, as without batching.
+   */
+  beforeWrite: (() => void) | undefined
   /** Observer of each write (steps in the batch, ms to write it). */
   onFlush: ((steps: number, ms: number) => void) | undefined
   /** Observer of each fdatasync (steps it made durable, ms it took). */
@@ -590,8 +596,9 @@ export class CoordinatorLog {
   /** Writes every pending step in one transaction, then reports or syncs them. */
   flush (): void {
     this.flushScheduled = false
+    if (this.pending.length === 0) return
+    this.beforeWrite?.()
     const batch = this.pending
-    if (batch.length === 0) return
     this.pending = []
     if (this.failure !== undefined) {
       this.forget(batch)
