@@ -22,6 +22,11 @@ export const HandlerFailedError = createError('HANDLER_FAILED', 'The %s handler 
  * committed: nothing of it is visible, the coordinator retries (5xx).
  */
 export const LogWriteFailedError = createError('LOG_WRITE_FAILED', 'The participant log could not be written; nothing was applied, retry', 503)
+/**
+ * The body of one call of a batch does not match its route's schema: that call alone is refused,
+ * with the code and message Fastify gives the same body sent to the single route.
+ */
+export const CallValidationError = createError('FST_ERR_VALIDATION', '%s', 400)
 /** Plugin options that cannot work; thrown at register time. */
 export const InvalidOptionError = createError('TWOPC_INVALID_OPTION', 'Invalid twoPhaseParticipant option: %s')
 

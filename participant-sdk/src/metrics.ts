@@ -22,6 +22,8 @@ export interface ParticipantMetrics {
   onQuery: (result: 'committed' | 'aborted' | 'pending' | 'failed') => void
   onPrune: (deleted: number) => void
   onAmqp: (counter: AmqpCounter) => void
+  /** For the batch route: calls carried by one request. */
+  onBatch: (calls: number) => void
 }
 
 const AMQP_NOTICE_RESULTS: Partial<Record<AmqpCounter, string>> = {
@@ -97,6 +99,13 @@ export function createParticipantMetrics (name: string, db: Database, log: Parti
     labelNames: ['participant'],
     registers: [registry]
   })
+  const batchCalls = new Histogram({
+    name: 'twopc_participant_batch_calls',
+    help: 'Callbacks carried by one batch request (POST {prefix}/batch)',
+    buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256],
+    labelNames: ['participant'],
+    registers: [registry]
+  })
   const flushFailures = new Counter({
     name: 'twopc_participant_log_flush_failures_total',
     help: 'Flushes whose local transaction failed (every callback of the batch got a retryable error)',
@@ -143,6 +152,7 @@ export function createParticipantMetrics (name: string, db: Database, log: Parti
     },
     onQuery (result) { queries.inc({ result, ...p }) },
     onPrune (deleted) { if (deleted > 0) pruned.inc(p, deleted) },
+    onBatch (calls) { batchCalls.observe(p, calls) },
     onAmqp (counter) {
       const result = AMQP_NOTICE_RESULTS[counter]
       if (result !== undefined) notices.inc({ result, ...p })

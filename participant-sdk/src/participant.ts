@@ -1,7 +1,8 @@
 /**
- * `twoPhaseParticipant`: one `register` call mounts `POST {prefix}/prepare|commit|abort`, keeps
- * the participant log in the service's own SQLite database and resolves in-doubt transactions
- * with the coordinator after the server listens.
+ * `twoPhaseParticipant`: one `register` call mounts `POST {prefix}/prepare|commit|abort` (and,
+ * unless `batchMaxCalls: 0`, `POST {prefix}/batch`: several of them in one request), keeps the
+ * participant log in the service's own SQLite database and resolves in-doubt transactions with
+ * the coordinator after the server listens.
  *
  * The plugin is wrapped with fastify-plugin so `app.twoPhase` and the onListen/onClose hooks
  * reach the host app; the routes live in an inner, encapsulated plugin so their raw-body JSON
@@ -12,16 +13,18 @@ import { STATUS_CODES } from 'node:http'
 import fp from 'fastify-plugin'
 import type { FastifyBaseLogger, FastifyError, FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify'
 import { Type } from '@sinclair/typebox'
+import type { Static } from '@sinclair/typebox'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { Database } from 'better-sqlite3'
-import { AMQP_PREFIX_PATTERN, PARTICIPANT_NAME_PATTERN, SIGNATURE_HEADER, TX_ID_PATTERN, verifySignature } from '@fastify-2pc/protocol'
+import { AMQP_PREFIX_PATTERN, MAX_BATCH_CALLS, PARTICIPANT_NAME_PATTERN, SIGNATURE_HEADER, TX_ID_PATTERN, verifySignature } from '@fastify-2pc/protocol'
+import type { BatchCapability, BatchResult } from '@fastify-2pc/protocol'
 import { createCoordinatorClient } from './client.js'
 import type { Registry } from 'prom-client'
 import { HandlerThrew, LogWriteFailed, ParticipantEngine } from './engine.js'
 import type { FlushStats } from './engine.js'
 import type { AbortHandler, CommitHandler, PrepareHandler } from './engine.js'
 import {
-  BadSignatureError, HandlerFailedError, InvalidOptionError, LogWriteFailedError, ParticipantMismatchError,
+  BadSignatureError, CallValidationError, HandlerFailedError, InvalidOptionError, LogWriteFailedError, ParticipantMismatchError,
   TxAlreadyAbortedError, TxAlreadyCommittedError, TxUnknownError
 } from './errors.js'
 import { migrate } from './log.js'
@@ -80,8 +83,16 @@ export interface TwoPhaseParticipantOptions {
    * (default false: merge `app.twoPhase.metrics` into the service's own `/metrics`).
    */
   metricsRoute?: boolean | string
-  /** Largest callback body in bytes (default 1 MiB). */
+  /** Largest callback body in bytes (default 1 MiB); also the largest batch body. */
   bodyLimit?: number
+  /**
+   * Calls per `POST {prefix}/batch` request at most (default 128; an integer 1 ..
+   * MAX_BATCH_CALLS). Every prepare answer advertises `batch: {maxCalls, maxBytes: bodyLimit}`,
+   * and a coordinator that understands it sends the calls of one turn to this participant in one
+   * request (they then share one group-committed local transaction). `0`: no batch route, nothing
+   * advertised — the coordinator calls one callback per request.
+   */
+  batchMaxCalls?: number
   /**
    * RabbitMQ (`amqp://` or `amqps://`). Set: the participant also consumes its decision queue
    * `<amqpPrefix>.participant.<name>`, acks to `<amqpPrefix>.acks` and re-checks in-doubt
@@ -140,11 +151,40 @@ const DecisionBody = Type.Object({
   txid: TxId,
   participant: Type.Optional(ParticipantName)
 }, { additionalProperties: false })
+const BatchAdvert = Type.Object({
+  maxCalls: Type.Integer({ minimum: 1, maximum: MAX_BATCH_CALLS }),
+  maxBytes: Type.Integer({ minimum: 1 })
+}, { additionalProperties: false })
+// fast-json-stringify drops what the response schema does not name: `batch` must be listed here
+// or the advertisement never leaves the single route.
 const PrepareAnswer = Type.Object({
   vote: Type.Union([Type.Literal('yes'), Type.Literal('no'), Type.Literal('read-only')]),
-  reason: Type.Optional(Type.String())
+  reason: Type.Optional(Type.String()),
+  batch: Type.Optional(BatchAdvert)
 }, { additionalProperties: false })
 const OkAnswer = Type.Object({ ok: Type.Literal(true) }, { additionalProperties: false })
+type PrepareBodyType = Static<typeof PrepareBody>
+type DecisionBodyType = Static<typeof DecisionBody>
+type PrepareAnswerType = Static<typeof PrepareAnswer>
+
+const BATCH_OPS = ['prepare', 'commit', 'abort'] as const
+type BatchOp = typeof BATCH_OPS[number]
+/**
+ * The batch envelope; each call's `body` is checked on its own afterwards (against the single
+ * route's schema), so that one bad call fails alone instead of the whole batch.
+ */
+function batchBody (maxCalls: number) {
+  return Type.Object({
+    calls: Type.Array(Type.Object({
+      op: Type.Union(BATCH_OPS.map(op => Type.Literal(op))),
+      body: Type.Object({}),
+      traceparent: Type.Optional(Type.String({ maxLength: 128 }))
+    }, { additionalProperties: false }), { minItems: 1, maxItems: maxCalls })
+  }, { additionalProperties: false })
+}
+const BatchAnswer = Type.Object({
+  results: Type.Array(Type.Object({ status: Type.Integer(), body: Type.Unknown() }, { additionalProperties: false }))
+}, { additionalProperties: false })
 
 function positiveInteger (name: string, value: number | undefined, fallback: number): number {
   const result = value ?? fallback
@@ -186,6 +226,10 @@ function checkOptions (options: TwoPhaseParticipantOptions): void {
   if (options.amqpPrefix !== undefined && (typeof options.amqpPrefix !== 'string' || !new RegExp(AMQP_PREFIX_PATTERN).test(options.amqpPrefix))) {
     throw new InvalidOptionError(`amqpPrefix must match ${AMQP_PREFIX_PATTERN}`)
   }
+  const maxCalls = options.batchMaxCalls
+  if (maxCalls !== undefined && (!Number.isSafeInteger(maxCalls) || maxCalls < 0 || maxCalls > MAX_BATCH_CALLS)) {
+    throw new InvalidOptionError(`batchMaxCalls must be 0 (no batch route) or an integer 1 .. ${MAX_BATCH_CALLS}`)
+  }
 }
 
 /** Maps a state-machine reply to the HTTP answer (throws the protocol's error codes). */
@@ -206,6 +250,10 @@ interface RouteOptions {
   recovery: InDoubtRecovery
   secret: string | undefined
   bodyLimit: number
+  /** What prepare answers advertise and `/batch` accepts; undefined: no batch route. */
+  batch: BatchCapability | undefined
+  /** Observes the calls of each batch request (metrics). */
+  onBatch: ((calls: number) => void) | undefined
   logger: FastifyBaseLogger
 }
 
@@ -216,18 +264,45 @@ function callbackError (err: unknown, decision: 'prepare' | 'commit' | 'abort'):
   return err
 }
 
+/** The protocol's error answer: `{statusCode, code, error, message}`. */
+interface ErrorAnswer { statusCode: number, code: string, error: string, message: string }
+
+/**
+ * The error answer of a failed callback, the same for a single route (its error handler) and
+ * for one call of a batch (its result): the coordinator reads `code` either way. A status outside
+ * 400..599 becomes 500, and the message of an unexpected 5xx is hidden (it may carry internals).
+ */
+function errorAnswer (error: FastifyError): ErrorAnswer {
+  const statusCode = typeof error.statusCode === 'number' && error.statusCode >= 400 && error.statusCode < 600 ? error.statusCode : 500
+  const known = statusCode < 500 || error.code === 'HANDLER_FAILED' || error.code === 'LOG_WRITE_FAILED'
+  return {
+    statusCode,
+    code: typeof error.code === 'string' ? error.code : 'INTERNAL_ERROR',
+    error: STATUS_CODES[statusCode] ?? 'Error',
+    message: known ? error.message : 'Internal Server Error'
+  }
+}
+
+/** A 5xx is the participant's failure (error); a 4xx is the caller's (info). */
+function logFailure (log: FastifyBaseLogger, error: unknown, statusCode: number, fields: Record<string, unknown>): void {
+  if (statusCode >= 500) log.error({ err: error, ...fields }, '2pc callback failed')
+  else log.info({ err: error, ...fields }, '2pc callback refused')
+}
+
+/** One callback's request context: its trace, and its child logger once its txid is known. */
+interface CallScope {
+  reqId: string
+  traceparent: string | undefined
+  /** txid, traceId and spanId of its traceparent, the request id; set once the participant name was checked. */
+  log?: FastifyBaseLogger
+}
+
 /** The callback routes, encapsulated (NOT wrapped in fastify-plugin). */
-const callbackRoutes: FastifyPluginAsync<RouteOptions> = async (instance, { engine, recovery, secret, bodyLimit, logger }) => {
+const callbackRoutes: FastifyPluginAsync<RouteOptions> = async (instance, { engine, recovery, secret, bodyLimit, batch, onBatch, logger }) => {
   // Requests whose signature was checked against their exact raw bytes.
   const verified = new WeakSet<FastifyRequest>()
-  // Each callback's child logger: txid, traceId and spanId of its traceparent, the request id.
-  const loggers = new WeakMap<FastifyRequest, FastifyBaseLogger>()
-  const requestLogger = (request: FastifyRequest, txid: string): { log: FastifyBaseLogger, traceparent: string | undefined } => {
-    const traceparent = parseTraceparent(request.headers.traceparent)
-    const log = logger.child({ txid, ...traceFields(traceparent), reqId: request.id })
-    loggers.set(request, log)
-    return { log, traceparent }
-  }
+  // Each single callback's scope, so that the error handler logs through its child logger.
+  const scopes = new WeakMap<FastifyRequest, CallScope>()
   const parseJson = instance.getDefaultJsonParser('error', 'error')
   // The protocol's bodies are strict: an unknown field is refused, not silently dropped (Fastify's
   // default Ajv removes additional properties), whatever validator options the host app chose.
@@ -258,57 +333,102 @@ const callbackRoutes: FastifyPluginAsync<RouteOptions> = async (instance, { engi
 
   // The coordinator reads `code`: whatever error handler the host app set, answer the protocol's shape.
   instance.setErrorHandler((error: FastifyError, request, reply) => {
-    const statusCode = typeof error.statusCode === 'number' && error.statusCode >= 400 && error.statusCode < 600 ? error.statusCode : 500
-    const log = loggers.get(request) ?? logger
-    if (statusCode >= 500) log.error({ err: error, url: request.url }, '2pc callback failed')
-    else log.info({ err: error, url: request.url }, '2pc callback refused')
-    const known = statusCode < 500 || error.code === 'HANDLER_FAILED' || error.code === 'LOG_WRITE_FAILED'
-    void reply.code(statusCode).send({
-      statusCode,
-      code: typeof error.code === 'string' ? error.code : 'INTERNAL_ERROR',
-      error: STATUS_CODES[statusCode] ?? 'Error',
-      message: known ? error.message : 'Internal Server Error'
-    })
+    const body = errorAnswer(error)
+    logFailure(scopes.get(request)?.log ?? logger, error, body.statusCode, { url: request.url })
+    void reply.code(body.statusCode).send(body)
   })
 
   const app = instance.withTypeProvider<TypeBoxTypeProvider>()
   const checkParticipant = (participant: string | undefined): void => {
     if (participant !== undefined && participant !== engine.name) throw new ParticipantMismatchError(engine.name, participant)
   }
+  const callLogger = (scope: CallScope, txid: string): FastifyBaseLogger => {
+    scope.log = logger.child({ txid, ...traceFields(scope.traceparent), reqId: scope.reqId })
+    return scope.log
+  }
+
+  // One function per callback kind: a single route and each call of a batch run exactly this,
+  // so a batched call is answered what the single route would have answered.
+  const runPrepare = async (body: PrepareBodyType, scope: CallScope): Promise<PrepareAnswerType> => {
+    checkParticipant(body.participant)
+    const log = callLogger(scope, body.txid)
+    let reply: Reply
+    try {
+      reply = await engine.prepare(body, { source: 'http', traceparent: scope.traceparent, logger: log })
+    } catch (err) {
+      throw callbackError(err, 'prepare')
+    }
+    const vote = answer(reply) as PrepareAnswerType
+    // Every vote says the batch route is there: a coordinator learns it from any prepare answer.
+    return batch === undefined ? vote : { ...vote, batch }
+  }
+  const runDecision = async (decision: 'commit' | 'abort', body: DecisionBodyType, scope: CallScope): Promise<{ ok: true }> => {
+    checkParticipant(body.participant)
+    const log = callLogger(scope, body.txid)
+    let reply: Reply
+    try {
+      // The same path as a decision notice over RabbitMQ (amqp.ts).
+      reply = (await applyDecision(engine, recovery, body.txid, decision, { source: 'http', traceparent: scope.traceparent, logger: log })).reply
+    } catch (err) {
+      // Not swallowed: logged (by the error handler, or as the batch call's failure) with its
+      // cause; 5xx tells the coordinator to retry.
+      throw callbackError(err, decision)
+    }
+    return answer(reply) as { ok: true }
+  }
+  const scopeOf = (request: FastifyRequest): CallScope => {
+    const scope: CallScope = { reqId: request.id, traceparent: parseTraceparent(request.headers.traceparent) }
+    scopes.set(request, scope)
+    return scope
+  }
 
   app.post('/prepare', {
     bodyLimit,
     schema: { body: PrepareBody, response: { 200: PrepareAnswer } }
-  }, async request => {
-    checkParticipant(request.body.participant)
-    const { log, traceparent } = requestLogger(request, request.body.txid)
-    let reply: Reply
-    try {
-      reply = await engine.prepare(request.body, { source: 'http', traceparent, logger: log })
-    } catch (err) {
-      throw callbackError(err, 'prepare')
-    }
-    return answer(reply) as { vote: 'yes' | 'no' | 'read-only', reason?: string }
-  })
+  }, async request => await runPrepare(request.body, scopeOf(request)))
 
   for (const decision of ['commit', 'abort'] as const) {
     app.post(`/${decision}`, {
       bodyLimit,
       schema: { body: DecisionBody, response: { 200: OkAnswer } }
-    }, async request => {
-      checkParticipant(request.body.participant)
-      const { log, traceparent } = requestLogger(request, request.body.txid)
-      let reply: Reply
-      try {
-        // The same path as a decision notice over RabbitMQ (amqp.ts).
-        reply = (await applyDecision(engine, recovery, request.body.txid, decision, { source: 'http', traceparent, logger: log })).reply
-      } catch (err) {
-        // Not swallowed: logged by the error handler with its cause; 5xx tells the coordinator to retry.
-        throw callbackError(err, decision)
-      }
-      return answer(reply) as { ok: true }
-    })
+    }, async request => await runDecision(decision, request.body, scopeOf(request)))
   }
+
+  if (batch === undefined) return
+  // Each call's body against its single route's schema, with the same strict Ajv, compiled once.
+  const validatePrepare = ajv.compile<PrepareBodyType>(PrepareBody)
+  const validateDecision = ajv.compile<DecisionBodyType>(DecisionBody)
+  const runCall = async (op: BatchOp, body: object, scope: CallScope): Promise<unknown> => {
+    if (op === 'prepare') {
+      if (!validatePrepare(body)) throw new CallValidationError(ajv.errorsText(validatePrepare.errors, { dataVar: 'body' }))
+      return await runPrepare(body, scope)
+    }
+    if (!validateDecision(body)) throw new CallValidationError(ajv.errorsText(validateDecision.errors, { dataVar: 'body' }))
+    return await runDecision(op, body, scope)
+  }
+
+  // Several callbacks in one request (signature, parser and error handler as above: a bad
+  // signature or a malformed envelope fails the whole request). Each call gets its own result.
+  app.post('/batch', {
+    bodyLimit,
+    schema: { body: batchBody(batch.maxCalls), response: { 200: BatchAnswer } }
+  }, async request => {
+    const { calls } = request.body
+    onBatch?.(calls.length)
+    // Every call is started before any is awaited: all of them are queued in this turn, so they
+    // share one group-committed local transaction (one fsync), like concurrent single callbacks.
+    const results = await Promise.all(calls.map(async (call, index): Promise<BatchResult> => {
+      const scope: CallScope = { reqId: request.id, traceparent: parseTraceparent(call.traceparent) }
+      try {
+        return { status: 200, body: await runCall(call.op, call.body, scope) }
+      } catch (err) {
+        const body = errorAnswer(err as FastifyError)
+        logFailure(scope.log ?? logger, err, body.statusCode, { url: request.url, op: call.op, call: index })
+        return { status: body.statusCode, body }
+      }
+    }))
+    return { results }
+  })
 }
 
 const plugin: FastifyPluginAsync<TwoPhaseParticipantOptions> = async (fastify: FastifyInstance, options) => {
@@ -324,6 +444,9 @@ const plugin: FastifyPluginAsync<TwoPhaseParticipantOptions> = async (fastify: F
     retentionMs: positiveInteger('retentionMs', options.retentionMs, 7 * DAY_MS)
   }
   const maxBatch = positiveInteger('groupCommitMaxBatch', options.groupCommitMaxBatch, 128)
+  const batchMaxCalls = options.batchMaxCalls ?? 128
+  // The largest batch body is the largest callback body: one limit, enforced by the same parser.
+  const batch: BatchCapability | undefined = batchMaxCalls === 0 ? undefined : Object.freeze({ maxCalls: batchMaxCalls, maxBytes: bodyLimit })
   if (recoveryOptions.retentionMs < MIN_SAFE_RETENTION_MS) {
     logger.warn({ retentionMs: recoveryOptions.retentionMs },
       'retentionMs is shorter than the longest transaction timeout plus clock skew (15 min): a late prepare may outlive its tombstone')
@@ -378,7 +501,7 @@ const plugin: FastifyPluginAsync<TwoPhaseParticipantOptions> = async (fastify: F
     prune: () => recovery.prune()
   } satisfies TwoPhaseParticipantApi)
 
-  await fastify.register(callbackRoutes, { prefix, engine, recovery, secret: options.secret, bodyLimit, logger })
+  await fastify.register(callbackRoutes, { prefix, engine, recovery, secret: options.secret, bodyLimit, batch, onBatch: metrics?.onBatch, logger })
   if (metrics !== undefined && options.metricsRoute !== undefined && options.metricsRoute !== false) {
     // Outside the callback routes: no signature (a scraper has none), like any /metrics.
     const registry = metrics.registry

@@ -2,7 +2,7 @@ import t from 'tap'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { buildStockService } from '../examples/reserve-stock.js'
-import { callback, txid } from './helpers.js'
+import { BATCH, callback, txid } from './helpers.js'
 
 t.test('the README example is the file that is tested here', async t => {
   const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8')
@@ -18,7 +18,7 @@ t.test('the example reserves on prepare, spends on commit, releases on abort', a
   const [kept, released] = [txid(), txid()]
   for (const id of [kept, released]) {
     const res = await app.inject(callback('/2pc/prepare', { txid: id, participant: 'inventory', payload: { sku: 'apple', qty: 4 }, deadline: Date.now() + 10_000 }))
-    t.same(res.json(), { vote: 'yes' })
+    t.same(res.json(), { vote: 'yes', batch: BATCH })
   }
   t.equal(await stock(), 2)
   const tooMuch = await app.inject(callback('/2pc/prepare', { txid: txid(), participant: 'inventory', payload: { sku: 'apple', qty: 3 }, deadline: Date.now() + 10_000 }))

@@ -11,6 +11,8 @@ import { twoPhaseParticipant } from '../src/index.js'
 import type { TwoPhaseParticipantOptions } from '../src/index.js'
 
 export const SECRET = 'test-secret'
+/** What every prepare answer advertises with the default options (`batchMaxCalls` 128, `bodyLimit` 1 MiB). */
+export const BATCH = { maxCalls: 128, maxBytes: 1024 * 1024 }
 let counter = 0
 /** A valid transaction id (`<coordinator>.<26 base32 chars>`), unique per call. */
 export function txid (coordinator = 'c1'): string {

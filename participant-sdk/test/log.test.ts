@@ -4,7 +4,7 @@ import Database from 'better-sqlite3'
 import Fastify from 'fastify'
 import { migrate, SchemaTooNewError, twoPhaseParticipant, PARTICIPANT_LOG_TABLE, SCHEMA_VERSION_TABLE } from '../src/index.js'
 import { ParticipantLog } from '../src/log.js'
-import { callback, prepareBody, txid } from './helpers.js'
+import { BATCH, callback, prepareBody, txid } from './helpers.js'
 
 t.test('the migration creates the SDK tables once and records its version', async t => {
   const db = new Database(join(t.testdir(), 'x.db'))
@@ -41,7 +41,7 @@ t.test('two participants sharing one database keep separate records', async t =>
   }
   const [inventory, payment] = apps as [typeof apps[number], typeof apps[number]]
   const id = txid()
-  t.same((await inventory.inject(callback('/2pc/prepare', prepareBody(id)))).json(), { vote: 'yes' })
+  t.same((await inventory.inject(callback('/2pc/prepare', prepareBody(id)))).json(), { vote: 'yes', batch: BATCH })
   t.equal(inventory.twoPhase.stateOf(id), 'prepared')
   t.equal(payment.twoPhase.stateOf(id), 'none', 'the other participant has not heard of it')
   t.equal((await payment.inject(callback('/2pc/commit', { txid: id }))).json().code, 'TX_UNKNOWN')

@@ -12,7 +12,7 @@ import { request } from 'undici'
 import { buildCoordinator } from '@fastify-2pc/coordinator'
 import { createCoordinatorClient, twoPhaseParticipant } from '../src/index.js'
 import type { TransactionContext } from '../src/index.js'
-import { buildInventory, callback, prepareBody, SECRET, txid } from './helpers.js'
+import { BATCH, buildInventory, callback, prepareBody, SECRET, txid } from './helpers.js'
 
 const E2E_SECRET = 'observability-secret-0123456789'
 const TRACE_ID = '4bf92f3577b34da6a3ce929d0e0e4736'
@@ -152,10 +152,10 @@ t.test('traceparent: handed to the handlers, logged with the txid on the callbac
     return await res.body.json()
   }
   const [a, b, c] = [txid(), txid(), txid()]
-  t.same(await send('/2pc/prepare', prepareBody(a), TRACEPARENT), { vote: 'yes' })
+  t.same(await send('/2pc/prepare', prepareBody(a), TRACEPARENT), { vote: 'yes', batch: BATCH })
   t.same(await send('/2pc/commit', { txid: a }, TRACEPARENT.toUpperCase()), { ok: true })
-  t.same(await send('/2pc/prepare', { ...prepareBody(b), payload: { fail: true } }, TRACEPARENT), { vote: 'no', reason: 'prepare handler failed' })
-  t.same(await send('/2pc/prepare', prepareBody(c), 'not-a-traceparent'), { vote: 'yes' })
+  t.same(await send('/2pc/prepare', { ...prepareBody(b), payload: { fail: true } }, TRACEPARENT), { vote: 'no', reason: 'prepare handler failed', batch: BATCH })
+  t.same(await send('/2pc/prepare', prepareBody(c), 'not-a-traceparent'), { vote: 'yes', batch: BATCH })
   t.same(seen, [
     { handler: 'prepare', traceparent: TRACEPARENT },
     { handler: 'commit', traceparent: TRACEPARENT },
@@ -266,7 +266,7 @@ t.test('retention: settled records and tombstones older than retentionMs are pru
   t.same([inv.app.twoPhase.prune(), inv.app.twoPhase.prune(), inv.app.twoPhase.prune(), inv.app.twoPhase.prune()], [500, 500, 200, 0], 'at most 500 per batch')
   t.equal(inv.app.twoPhase.stateOf(oldPrepared), 'prepared', 'an in-doubt record is never pruned')
   t.equal(inv.app.twoPhase.stateOf(youngTombstone), 'tombstone', 'a tombstone within the retention is kept')
-  t.same((await inv.app.inject(callback('/2pc/prepare', prepareBody(youngTombstone)))).json(), { vote: 'no', reason: 'abort arrived before prepare' }, 'and still refuses a late prepare')
+  t.same((await inv.app.inject(callback('/2pc/prepare', prepareBody(youngTombstone)))).json(), { vote: 'no', reason: 'abort arrived before prepare', batch: BATCH }, 'and still refuses a late prepare')
   t.equal((inv.db.prepare("SELECT count(*) AS n FROM twopc_participant_log WHERE participant = 'payment'").get() as { n: number }).n, 1, 'another participant\'s records are its own business')
   t.equal(sample(await (inv.app.twoPhase.metrics as Registry).metrics(), 'twopc_participant_log_pruned_total{participant="inventory"}'), 1200)
 })

@@ -3,7 +3,7 @@ import Fastify from 'fastify'
 import Database from 'better-sqlite3'
 import { join } from 'node:path'
 import { twoPhaseParticipant } from '../src/index.js'
-import { buildInventory, callback, prepareBody, txid } from './helpers.js'
+import { BATCH, buildInventory, callback, prepareBody, txid } from './helpers.js'
 
 t.test('prepare reserves and records prepared; a repeated prepare answers yes without calling the handler', async t => {
   const inv = await buildInventory(t.testdir())
@@ -11,12 +11,12 @@ t.test('prepare reserves and records prepared; a repeated prepare answers yes wi
   const id = txid()
   const first = await inv.app.inject(callback('/2pc/prepare', prepareBody(id)))
   t.equal(first.statusCode, 200)
-  t.same(first.json(), { vote: 'yes' })
+  t.same(first.json(), { vote: 'yes', batch: BATCH })
   t.equal(inv.app.twoPhase.stateOf(id), 'prepared')
   t.same(inv.stock('apple'), { available: 7, reserved: 3 })
 
   const again = await inv.app.inject(callback('/2pc/prepare', prepareBody(id)))
-  t.same(again.json(), { vote: 'yes' })
+  t.same(again.json(), { vote: 'yes', batch: BATCH })
   t.equal(inv.calls.prepare, 1, 'handler ran once')
   t.same(inv.stock('apple'), { available: 7, reserved: 3 }, 'nothing reserved twice')
 })
@@ -68,7 +68,7 @@ t.test('abort before prepare leaves a tombstone: the late prepare votes no witho
   t.same(abort.json(), { ok: true })
   t.equal(inv.app.twoPhase.stateOf(id), 'tombstone')
   const prepare = await inv.app.inject(callback('/2pc/prepare', prepareBody(id)))
-  t.same(prepare.json(), { vote: 'no', reason: 'abort arrived before prepare' })
+  t.same(prepare.json(), { vote: 'no', reason: 'abort arrived before prepare', batch: BATCH })
   t.equal(inv.calls.prepare, 0)
   t.equal(inv.calls.abort, 0, 'nothing to undo, abort handler not called')
   t.same(inv.stock('apple'), { available: 10, reserved: 0 })
@@ -94,7 +94,7 @@ t.test('a prepare handler that throws after writing votes no and leaves business
   const id = txid()
   const res = await inv.app.inject(callback('/2pc/prepare', prepareBody(id)))
   t.equal(res.statusCode, 200)
-  t.same(res.json(), { vote: 'no', reason: 'prepare handler failed' })
+  t.same(res.json(), { vote: 'no', reason: 'prepare handler failed', batch: BATCH })
   t.same(inv.stock('apple'), { available: 10, reserved: 0 })
   t.same(inv.reservations(), [])
   t.equal(inv.app.twoPhase.stateOf(id), 'aborted')
@@ -108,10 +108,10 @@ t.test('a no vote and a read-only vote roll the handler writes back', async t =>
   t.teardown(() => inv.app.close())
   inv.behaviour.prepare = () => 'no'
   const no = txid()
-  t.same((await inv.app.inject(callback('/2pc/prepare', prepareBody(no)))).json(), { vote: 'no', reason: 'prepare handler voted no' })
+  t.same((await inv.app.inject(callback('/2pc/prepare', prepareBody(no)))).json(), { vote: 'no', reason: 'prepare handler voted no', batch: BATCH })
   inv.behaviour.prepare = () => 'read-only'
   const ro = txid()
-  t.same((await inv.app.inject(callback('/2pc/prepare', prepareBody(ro)))).json(), { vote: 'read-only' })
+  t.same((await inv.app.inject(callback('/2pc/prepare', prepareBody(ro)))).json(), { vote: 'read-only', batch: BATCH })
   t.same(inv.stock('apple'), { available: 10, reserved: 0 })
   t.same(inv.reservations(), [])
   t.equal(inv.app.twoPhase.stateOf(no), 'aborted')
@@ -134,7 +134,7 @@ t.test('a prepare past its deadline votes no without calling the handler', async
   t.teardown(() => inv.app.close())
   const id = txid()
   const res = await inv.app.inject(callback('/2pc/prepare', prepareBody(id, 3, { deadline: Date.now() - 1 })))
-  t.same(res.json(), { vote: 'no', reason: 'prepare arrived after its deadline' })
+  t.same(res.json(), { vote: 'no', reason: 'prepare arrived after its deadline', batch: BATCH })
   t.equal(inv.calls.prepare, 0)
   t.equal(inv.app.twoPhase.stateOf(id), 'aborted')
 })
@@ -144,7 +144,7 @@ t.test('one-phase: yes means prepared and committed in one local transaction', a
   t.teardown(() => inv.app.close())
   const id = txid()
   const res = await inv.app.inject(callback('/2pc/prepare', prepareBody(id, 3, { onePhase: true })))
-  t.same(res.json(), { vote: 'yes' })
+  t.same(res.json(), { vote: 'yes', batch: BATCH })
   t.equal(inv.app.twoPhase.stateOf(id), 'committed')
   t.same(inv.stock('apple'), { available: 7, reserved: 0 })
   t.same(inv.calls, { prepare: 1, commit: 1, abort: 0 })

@@ -1,7 +1,7 @@
 import t from 'tap'
 import Fastify from 'fastify'
 import type { FastifyInstance } from 'fastify'
-import { buildInventory, callback, prepareBody, txid } from './helpers.js'
+import { BATCH, buildInventory, callback, prepareBody, txid } from './helpers.js'
 
 /** A real HTTP server standing in for the coordinator's decision endpoint. */
 async function decisionServer (t: { teardown: (fn: () => unknown) => void }, token?: string): Promise<{ app: FastifyInstance, url: string, decisions: Map<string, string>, asked: string[], auth: Array<string | undefined> }> {
@@ -39,7 +39,7 @@ t.test('after listen, prepared transactions are resolved from the coordinator, e
   t.teardown(() => inv.app.close())
   const [toCommit, toAbort, stillPending] = [txid(), txid(), txid()]
   for (const id of [toCommit, toAbort, stillPending]) {
-    t.same((await inv.app.inject(callback('/2pc/prepare', prepareBody(id, 2)))).json(), { vote: 'yes' })
+    t.same((await inv.app.inject(callback('/2pc/prepare', prepareBody(id, 2)))).json(), { vote: 'yes', batch: BATCH })
   }
   t.same(inv.stock('apple'), { available: 4, reserved: 6 })
   t.equal(inv.app.twoPhase.inDoubt().length, 3)

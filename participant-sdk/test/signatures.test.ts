@@ -2,7 +2,7 @@ import t from 'tap'
 import type { Test } from 'tap'
 import { request } from 'undici'
 import { signBody, SIGNATURE_MAX_AGE_MS } from '@fastify-2pc/protocol'
-import { buildInventory, callback, prepareBody, SECRET, txid } from './helpers.js'
+import { BATCH, buildInventory, callback, prepareBody, SECRET, txid } from './helpers.js'
 import type { Inventory } from './helpers.js'
 
 function assertUntouched (t: Test, inv: Inventory, id: string): void {
@@ -38,7 +38,7 @@ t.test('with a secret, bad signatures get 401 BAD_SIGNATURE and change nothing',
 
   // The same request, correctly signed, goes through: the 401s were about the signature.
   const ok = await inv.app.inject(callback('/2pc/prepare', prepareBody(id), SECRET))
-  t.same(ok.json(), { vote: 'yes' })
+  t.same(ok.json(), { vote: 'yes', batch: BATCH })
   t.equal(inv.app.twoPhase.stateOf(id), 'prepared')
 })
 
@@ -66,12 +66,12 @@ t.test('signature checks over real HTTP: the exact raw bytes are what is verifie
     body: reformatted
   })
   t.equal(good.statusCode, 200)
-  t.same(await good.body.json(), { vote: 'yes' })
+  t.same(await good.body.json(), { vote: 'yes', batch: BATCH })
 })
 
 t.test('without a secret, unsigned callbacks are accepted', async t => {
   const inv = await buildInventory(t.testdir())
   t.teardown(() => inv.app.close())
   const res = await inv.app.inject(callback('/2pc/prepare', prepareBody(txid())))
-  t.same(res.json(), { vote: 'yes' })
+  t.same(res.json(), { vote: 'yes', batch: BATCH })
 })

@@ -1,6 +1,7 @@
 /**
  * The conformance checks: what any participant (whatever its language) must answer on
- * `POST {base}/prepare|commit|abort` (DESIGN.md, "Participant callbacks"; protocol/src/wire.ts).
+ * `POST {base}/prepare|commit|abort` (DESIGN.md, "Participant callbacks"; protocol/src/wire.ts),
+ * and on the optional `POST {base}/batch` when its prepare answers advertise `batch`.
  *
  * Every check works on fresh random transaction ids and only over HTTP. Checks are MUST (the
  * coordinator's safety or the contract depends on it: a failure makes the run fail) or SHOULD
@@ -9,7 +10,7 @@
  * votes otherwise for `--payload`; signature checks are skipped without `--secret`.
  */
 import { randomBytes } from 'node:crypto'
-import { SIGNATURE_MAX_AGE_MS, signBody, type Vote } from '@fastify-2pc/protocol'
+import { MAX_BATCH_CALLS, SIGNATURE_MAX_AGE_MS, TX_ID_PATTERN, signBody, type BatchCapability, type Vote } from '@fastify-2pc/protocol'
 import { ParticipantHttp, TransportError, show, type Answer, type Route, type Signing } from './http.js'
 
 export type Level = 'MUST' | 'SHOULD'
@@ -66,10 +67,13 @@ const codeOf = (a: Answer): string | undefined => {
 }
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v)
 
+const TXID = new RegExp(TX_ID_PATTERN)
 /** Crockford base32, lower case, as in TX_ID_PATTERN. */
 const BASE32 = '0123456789abcdefghjkmnpqrstvwxyz'
 
 type Prepared = { txid: string, body: Record<string, unknown> }
+/** One call of a batch, as the coordinator sends it. */
+type BatchCall = { op: 'prepare' | 'commit' | 'abort', body: Record<string, unknown> }
 
 export class Context {
   vote: Vote | undefined
@@ -79,6 +83,10 @@ export class Context {
   committedTx: string | undefined
   abortedTx: string | undefined
   tombstoneTx: string | undefined
+  /** What the first prepare answer said in `batch` (undefined: no batch route advertised). */
+  advertised: unknown
+  /** The advertised batch capability, once batch-advertised-valid found it well formed. */
+  batch: BatchCapability | undefined
   readonly saved = new Map<string, Answer>()
   /** Transactions the participant voted yes for and that are not known settled yet. */
   readonly held = new Set<string>()
@@ -104,6 +112,24 @@ export class Context {
     if (txid !== undefined && a.status === 200) {
       if (route === 'prepare' && isObject(a.json) && a.json.vote === 'yes') this.held.add(txid)
       if (route !== 'prepare') this.held.delete(txid)
+    }
+    return a
+  }
+
+  /** Sends a batch and keeps track of what its calls may have left prepared. */
+  async postBatch (calls: BatchCall[], signing?: Signing): Promise<Answer> {
+    // A batched prepare may have been applied whatever the answer says (results garbled, out of
+    // order, lost): it is held — aborted at the end — until a decision for it succeeds.
+    for (const call of calls) {
+      if (call.op === 'prepare' && typeof call.body.txid === 'string' && TXID.test(call.body.txid)) this.held.add(call.body.txid)
+    }
+    const a = await this.http.post('batch', { calls }, signing)
+    const results = isObject(a.json) ? a.json.results : undefined
+    if (a.status === 200 && Array.isArray(results) && results.length === calls.length) {
+      calls.forEach((call, i) => {
+        const txid = call.body.txid
+        if (call.op !== 'prepare' && typeof txid === 'string' && (results[i] as { status?: unknown } | undefined)?.status === 200) this.held.delete(txid)
+      })
     }
     return a
   }
@@ -238,6 +264,31 @@ async function rejectsForged (c: Context, forge: (body: Record<string, unknown>)
 
 const OTHER_SECRET_SUFFIX = '-not-the-secret'
 
+const NOT_ADVERTISED = 'not advertised: prepare answers carry no "batch" (the batch route is optional), nothing to check'
+
+/** The advertised capability, or undefined when there is none to check (throws Skip when it was malformed). */
+function batchOf (c: Context): BatchCapability | undefined {
+  if (c.advertised === undefined) return undefined
+  if (c.batch === undefined) throw new Skip('skipped: batch-advertised-valid failed')
+  return c.batch
+}
+
+/** A 200 `{results:[{status, body}, …]}` with one result per call; each as an Answer of its op. */
+function expectResults (a: Answer, calls: BatchCall[], what: string): Answer[] {
+  if (a.status !== 200) fail(`${what} answered ${show(a)}, expected 200 {"results":[…]}`)
+  const results = isObject(a.json) ? a.json.results : undefined
+  if (!Array.isArray(results)) fail(`${what} answered without a "results" array: ${show(a)}`)
+  const list = results as unknown[]
+  if (list.length !== calls.length) fail(`${what} sent ${calls.length} calls and got ${list.length} results: ${show(a)}`)
+  return list.map((r, i) => {
+    const status = (r as { status?: unknown } | null)?.status
+    if (!isObject(r) || typeof status !== 'number' || !Number.isInteger(status)) fail(`${what}: result #${i + 1} is not {status, body}: ${JSON.stringify(r)?.slice(0, 120)}`)
+    const body = (r as { body?: unknown }).body
+    const text = JSON.stringify(body) ?? ''
+    return { route: (calls[i] as BatchCall).op, status: status as number, contentType: a.contentType, text, json: body, isJson: body !== undefined }
+  })
+}
+
 export const CHECKS: CheckDef[] = [
   // --- prepare -------------------------------------------------------------------------------
   {
@@ -256,6 +307,7 @@ export const CHECKS: CheckDef[] = [
       }
       if (is4xx(a) && codeOf(a) === 'PARTICIPANT_MISMATCH') fail(`${show(a)} — pass --name <the participant's name>`)
       c.vote = expectVote(a, 'prepare')
+      c.advertised = (a.json as { batch?: unknown }).batch
       return show(a)
     }
   },
@@ -624,6 +676,89 @@ export const CHECKS: CheckDef[] = [
       kind: 'header', value: c.http.sign(JSON.stringify(body), Date.now() + SIGNATURE_MAX_AGE_MS + 60_000)
     }))
   },
+  // --- the batch route (optional) -------------------------------------------------------------
+  // A participant that advertises nothing passes these: the coordinator then never batches to it.
+  {
+    id: 'batch-advertised-valid',
+    level: 'MUST',
+    description: `if prepare answers advertise "batch", it is {maxCalls: integer 1..${MAX_BATCH_CALLS}, maxBytes: positive integer}`,
+    async run (c) {
+      if (c.advertised === undefined) return NOT_ADVERTISED
+      const { maxCalls, maxBytes } = (isObject(c.advertised) ? c.advertised : {}) as { maxCalls?: unknown, maxBytes?: unknown }
+      const valid = isObject(c.advertised) &&
+        typeof maxCalls === 'number' && Number.isInteger(maxCalls) && maxCalls >= 1 && maxCalls <= MAX_BATCH_CALLS &&
+        typeof maxBytes === 'number' && Number.isSafeInteger(maxBytes) && maxBytes >= 1
+      if (!valid) fail(`prepare advertised "batch": ${JSON.stringify(c.advertised)?.slice(0, 120)}`)
+      c.batch = { maxCalls: maxCalls as number, maxBytes: maxBytes as number }
+      return `maxCalls ${String(maxCalls)}, maxBytes ${String(maxBytes)}`
+    }
+  },
+  {
+    id: 'batch-results-in-order',
+    level: 'MUST',
+    needs: 'yes',
+    description: 'a batch [prepare, commit of another prepared tx, abort of a third, an invalid call] answers 200 {results} in the calls\' order (vote yes, ok, ok, 4xx), each applied as its single call would be; with --secret, the same batch unsigned gets 401 and changes nothing',
+    async run (c) {
+      const capability = batchOf(c)
+      if (capability === undefined) return NOT_ADVERTISED
+      if (capability.maxCalls < 4) throw new Skip(`skipped: maxCalls ${capability.maxCalls} is under the 4 calls this check sends`)
+      const committed = (await c.prepareYes()).txid
+      const aborted = (await c.prepareYes()).txid
+      const fresh = c.newTx()
+      const calls: BatchCall[] = [
+        { op: 'prepare', body: c.prepareBody(fresh) },
+        { op: 'commit', body: { txid: committed, participant: c.options.name } },
+        { op: 'abort', body: { txid: aborted, participant: c.options.name } },
+        { op: 'prepare', body: c.prepareBody('not a transaction id') }
+      ]
+      let forged = ''
+      if (c.signed) {
+        const unsigned = await c.postBatch(calls, { kind: 'none' })
+        expect401(unsigned, 'the batch without x-2pc-signature')
+        const still = await c.prepare(aborted)
+        const vote = expectVote(still, 'a prepare after the refused batch')
+        if (vote !== 'yes') fail(`the refused batch was applied anyway: its abort went through (a prepare afterwards voted "${vote}")`)
+        forged = 'unsigned: 401, nothing applied; '
+      }
+      const a = await c.postBatch(calls)
+      const [p, cm, ab, bad] = expectResults(a, calls, 'the batch') as [Answer, Answer, Answer, Answer]
+      const vote = expectVote(p, 'result #1 (prepare of a fresh tx)')
+      if (vote !== 'yes') fail(`result #1 (prepare of a fresh tx) voted "${vote}" (the same payload voted yes singly): ${show(a)}`)
+      expectOk(cm, 'result #2 (commit)')
+      expectOk(ab, 'result #3 (abort)')
+      expect4xx(bad, 'result #4 (a prepare with txid "not a transaction id")')
+      // Each result was applied: a conflicting single call is refused now, and the prepare holds.
+      const afterCommit = await c.decide('abort', committed)
+      if (is2xx(afterCommit)) fail(`the batched commit was not applied: an abort afterwards answered ${show(afterCommit)}`)
+      const afterAbort = await c.decide('commit', aborted)
+      if (is2xx(afterAbort)) fail(`the batched abort was not applied: a commit afterwards answered ${show(afterAbort)}`)
+      const again = expectVote(await c.prepare(fresh), 'a prepare of the batched one')
+      if (again !== 'yes') fail(`the batched prepare voted yes but a repeat voted "${again}"`)
+      expectOk(await c.decide('abort', fresh), 'abort (clean-up)')
+      return `${forged}signed: 200, results ${[p, cm, ab, bad].map(r => r.status).join(', ')}; applied`
+    }
+  },
+  {
+    id: 'batch-too-many-calls-refused',
+    level: 'MUST',
+    description: 'a batch of maxCalls + 1 calls is refused whole with 4xx (the SDK: 400) and changes nothing',
+    async run (c) {
+      const capability = batchOf(c)
+      if (capability === undefined) return NOT_ADVERTISED
+      const ids = Array.from({ length: capability.maxCalls + 1 }, () => c.newTx())
+      const calls: BatchCall[] = ids.map(txid => ({ op: 'abort', body: { txid, participant: c.options.name } }))
+      const a = await c.postBatch(calls)
+      expect4xx(a, `a batch of ${calls.length} calls (maxCalls ${capability.maxCalls})`)
+      if (c.vote !== 'yes') return `${a.status} ${codeOf(a) ?? '(no code)'} (state follow-ups need a yes vote for --payload)`
+      // Its aborts left no tombstone: a prepare of the first and the last still votes yes.
+      for (const txid of [ids[0] as string, ids[ids.length - 1] as string]) {
+        const vote = expectVote(await c.prepare(txid), 'a prepare after the refused batch')
+        if (vote !== 'yes') fail(`the refused batch was applied anyway: a prepare of one of its aborted txids voted "${vote}"`)
+        expectOk(await c.decide('abort', txid), 'abort (clean-up)')
+      }
+      return `${a.status} ${codeOf(a) ?? '(no code)'}; nothing changed`
+    }
+  },
   // --- every answer of the run -----------------------------------------------------------------
   {
     id: 'answers-json-content-type',
@@ -638,9 +773,9 @@ export const CHECKS: CheckDef[] = [
   {
     id: 'success-answers-documented-fields',
     level: 'SHOULD',
-    description: '2xx answers carry only the documented fields ({vote, reason?} or {ok:true})',
+    description: '2xx answers carry only the documented fields ({vote, reason?, batch?}, {ok:true} or {results})',
     async run (c) {
-      const allowed: Record<Route, string[]> = { prepare: ['vote', 'reason'], commit: ['ok'], abort: ['ok'] }
+      const allowed: Record<Route, string[]> = { prepare: ['vote', 'reason', 'batch'], commit: ['ok'], abort: ['ok'], batch: ['results'] }
       const ok = c.http.answers.filter(is2xx)
       const bad = ok.filter(a => !isObject(a.json) || Object.keys(a.json).some(k => !allowed[a.route].includes(k)))
       if (bad.length > 0) fail(`${bad.length} of ${ok.length} had other fields: first ${bad[0]?.route} ${show(bad[0] as Answer, 80)}`)

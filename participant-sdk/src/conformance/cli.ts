@@ -12,7 +12,8 @@ import { formatReport } from './format.js'
 const USAGE = `usage: twopc-conformance <participant-base-url> [options]
 
   <participant-base-url>   the participant's callback base, e.g. http://127.0.0.1:3001/2pc
-                           (the kit POSTs to <url>/prepare, <url>/commit, <url>/abort)
+                           (the kit POSTs to <url>/prepare, <url>/commit, <url>/abort, and
+                           <url>/batch when prepare answers advertise a batch route)
   --name NAME              participant name sent in prepare bodies (default: conformance)
   --payload JSON           prepare payload (default: {}); give one the participant votes yes to,
                            or the checks that need a yes vote are skipped

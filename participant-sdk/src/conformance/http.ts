@@ -8,7 +8,8 @@
 import { Agent, request } from 'undici'
 import { SIGNATURE_HEADER, signBody } from '@fastify-2pc/protocol'
 
-export type Route = 'prepare' | 'commit' | 'abort'
+/** `batch`: the optional `POST {base}/batch`, only called when prepare answers advertise it. */
+export type Route = 'prepare' | 'commit' | 'abort' | 'batch'
 
 /** How a request is signed: with `--secret` (the default), not at all, or with a given header. */
 export type Signing =
