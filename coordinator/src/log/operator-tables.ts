@@ -1,8 +1,8 @@
 /**
  * The operator side of the log (migration 3): the `tx_events` timeline, the `audit` trail and
  * attention resolutions. `write` runs inside the step's own SQLite transaction (called by
- * CoordinatorLog's writeStep), so a timeline entry or an audit row exists exactly when the
- * change it describes does. The timeline is derived from the step's before/after records
+ * CoordinatorLog's writeStep; the batch's timeline rows are inserted together at its end), so a
+ * timeline entry or an audit row exists exactly when the change it describes does. The timeline is derived from the step's before/after records
  * (`timelineOf`, pure): the machine copies only what it changes, so the diff is a few reference
  * comparisons and usually one insert.
  */
@@ -88,12 +88,69 @@ export function timelineOf (prev: Transaction | null, next: Transaction): Timeli
   return out
 }
 
+/**
+ * Rows of one table collected over a batch and inserted with as few statements as possible:
+ * `INSERT … VALUES (…), (…), …` of up to `maxRows` rows each. A statement per row was most of
+ * the log's cost (each one crosses into SQLite and back, binds, steps and resets); the rows
+ * themselves are cheap. Statements are prepared once per row count (at most `maxRows` of them).
+ */
+export class MultiRowInsert {
+  private readonly params: unknown[] = []
+  private rows = 0
+  private static readonly cache = new WeakMap<Database.Database, Map<string, Database.Statement>>()
+
+  constructor (
+    private readonly db: Database.Database,
+    private readonly head: string,
+    private readonly tail: string,
+    private readonly columns: number,
+    private readonly maxRows: number
+  ) {}
+
+  get size (): number { return this.rows }
+
+  add (...values: unknown[]): void {
+    for (let i = 0; i < values.length; i++) this.params.push(values[i])
+    this.rows++
+  }
+
+  clear (): void {
+    this.params.length = 0
+    this.rows = 0
+  }
+
+  /** Inserts every row added, in the order added (ids and upserts follow that order). */
+  flush (): void {
+    let offset = 0
+    while (offset < this.rows) {
+      const n = Math.min(this.maxRows, this.rows - offset)
+      const params = offset === 0 && n === this.rows ? this.params : this.params.slice(offset * this.columns, (offset + n) * this.columns)
+      this.statement(n).run(params)
+      offset += n
+    }
+    this.params.length = 0
+    this.rows = 0
+  }
+
+  private statement (n: number): Database.Statement {
+    let byKey = MultiRowInsert.cache.get(this.db)
+    if (byKey === undefined) MultiRowInsert.cache.set(this.db, byKey = new Map())
+    const key = `${this.head}|${this.tail}|${n}`
+    let stmt = byKey.get(key)
+    if (stmt === undefined) {
+      const row = `(${Array(this.columns).fill('?').join(', ')})`
+      stmt = this.db.prepare(`${this.head} ${Array(n).fill(row).join(', ')} ${this.tail}`)
+      byKey.set(key, stmt)
+    }
+    return stmt
+  }
+}
+
 export class OperatorTables {
   private readonly stmts
 
   constructor (private readonly db: Database.Database) {
     this.stmts = {
-      insertEvent: db.prepare('INSERT INTO tx_events (tx_id, at, kind, participant, detail) VALUES (?, ?, ?, ?, ?)'),
       insertAudit: db.prepare('INSERT INTO audit (tx_id, action, reason, actor, at) VALUES (?, ?, ?, ?, ?)'),
       resolveAttention: db.prepare('UPDATE attention SET resolved_at = ?, resolution = ? WHERE tx_id = ? AND resolved_at IS NULL'),
       auditFor: db.prepare<[string], { id: number, tx_id: string, action: string, reason: string | null, actor: string, at: number }>(
@@ -103,31 +160,20 @@ export class OperatorTables {
     }
   }
 
-  private readonly multiInsert = new Map<number, Database.Statement>()
-
-  private insertEvents (n: number): Database.Statement {
-    let stmt = this.multiInsert.get(n)
-    if (stmt === undefined) {
-      stmt = this.db.prepare(`INSERT INTO tx_events (tx_id, at, kind, participant, detail) VALUES ${Array(n).fill('(?, ?, ?, ?, ?)').join(', ')}`)
-      this.multiInsert.set(n, stmt)
-    }
-    return stmt
-  }
-
-  /** Inside the step's SQLite transaction: its timeline events, audit rows and attention resolution. */
-  write (prev: Transaction | null, next: Transaction, audit: NewAudit[] | undefined, resolution: string | undefined, now: number): void {
-    const events = timelineOf(prev, next)
-    if (events.length === 1) {
-      const e = events[0] as TimelineEvent
-      this.stmts.insertEvent.run(next.id, now, e.kind, e.participant, e.detail)
-    } else if (events.length > 1) {
-      // One statement for a step's events (a begin or a decision has several).
-      const params: unknown[] = []
-      for (const e of events) params.push(next.id, now, e.kind, e.participant, e.detail)
-      this.insertEvents(events.length).run(params)
-    }
+  /**
+   * Inside the step's SQLite transaction: its timeline events go to `events` (written for the
+   * whole batch with one statement by CoordinatorLog), its audit rows and attention resolution
+   * are written now.
+   */
+  write (prev: Transaction | null, next: Transaction, audit: NewAudit[] | undefined, resolution: string | undefined, now: number, events: MultiRowInsert): void {
+    for (const e of timelineOf(prev, next)) events.add(next.id, now, e.kind, e.participant, e.detail)
     for (const a of audit ?? []) this.stmts.insertAudit.run(next.id, a.action, a.reason, a.actor, now)
     if (resolution !== undefined) this.stmts.resolveAttention.run(now, resolution, next.id)
+  }
+
+  /** The timeline's rows of one batch: `add` each event in order, then `flush` once. */
+  timelineRows (): MultiRowInsert {
+    return new MultiRowInsert(this.db, 'INSERT INTO tx_events (tx_id, at, kind, participant, detail) VALUES', '', 5, 128)
   }
 
   audit (txId: string): AuditEntry[] {

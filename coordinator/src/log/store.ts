@@ -19,7 +19,7 @@ import { dirname } from 'node:path'
 import type { Decision } from '@fastify-2pc/protocol'
 import { migrations } from './migrations.js'
 import type { AttentionKind, Participant, Transaction, TxMessage, TxState } from '../core/machine.js'
-import { OperatorTables, type NewAudit } from './operator-tables.js'
+import { MultiRowInsert, OperatorTables, type NewAudit } from './operator-tables.js'
 
 export interface AttentionEntry {
   id: number
@@ -59,6 +59,16 @@ interface PendingStep {
   done: (err?: Error) => void
   /** The largest outbox row id this step inserted (0: none). */
   outboxMax: number
+}
+
+/** The rows of one batch that are written with one statement per table at its end. */
+interface BatchRows {
+  newTransactions: MultiRowInsert
+  transactions: MultiRowInsert
+  newParticipants: MultiRowInsert
+  participants: MultiRowInsert
+  decisions: MultiRowInsert
+  events: MultiRowInsert
 }
 
 /** The side rows of several steps of one transaction, in order. */
@@ -306,7 +316,7 @@ export class CoordinatorLog {
   /** Timeline events, the audit trail and attention resolutions (migration 3). */
   readonly operator: OperatorTables
   private readonly stmts
-  private readonly writeStep: (prev: Transaction | null, next: Transaction, writes: StepWrites, now: number) => number
+  private readonly writeStep: (prev: Transaction | null, next: Transaction, writes: StepWrites, now: number, rows: BatchRows) => number
   private readonly writeBatch: (batch: PendingStep[]) => void
   /** Steps saved but not yet written, in order; written together (group commit). */
   private pending: PendingStep[] = []
@@ -381,18 +391,6 @@ export class CoordinatorLog {
     this.stmts = {
       getTx: this.db.prepare<[string], TxRow>('SELECT * FROM transactions WHERE id = ?'),
       getParticipants: this.db.prepare<[string], ParticipantRow>('SELECT * FROM participants WHERE tx_id = ? ORDER BY position'),
-      insertTx: this.db.prepare(`INSERT INTO transactions
-        (state, updated_at, expires_at, decided_at, completed_at, reason, needs_attention, one_phase, metadata, message_count, heuristic, id, created_at, traceparent)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
-      updateTx: this.db.prepare(`UPDATE transactions SET state = ?, updated_at = ?, expires_at = ?,
-        decided_at = ?, completed_at = ?, reason = ?, needs_attention = ?,
-        one_phase = ?, metadata = ?, message_count = ?, heuristic = ? WHERE id = ?`),
-      insertParticipant: this.db.prepare(`INSERT INTO participants
-        (tx_id, position, name, url, payload, one_phase, vote, vote_reason, ack, attempts, last_error, next_attempt_at)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
-      updateParticipant: this.db.prepare(`UPDATE participants SET vote = ?, vote_reason = ?, ack = ?, attempts = ?, last_error = ?,
-        next_attempt_at = ? WHERE tx_id = ? AND name = ?`),
-      insertDecision: this.db.prepare('INSERT INTO decisions (tx_id, decision, decided_at, reason) VALUES (?, ?, ?, ?)'),
       insertAttention: this.db.prepare('INSERT INTO attention (tx_id, participant, kind, detail, created_at) VALUES (?, ?, ?, ?, ?)'),
       attentionFor: this.db.prepare<[string], AttentionRow>('SELECT * FROM attention WHERE tx_id = ? ORDER BY id'),
       openIds: this.db.prepare<[number, number], { id: string }>(
@@ -424,28 +422,26 @@ export class CoordinatorLog {
 
     this.operator = new OperatorTables(this.db)
     this.syncedOutboxId = this.stmts.maxOutboxId.get()?.id ?? 0
-    this.writeStep = (prev: Transaction | null, next: Transaction, writes: StepWrites, now: number): number => {
+    this.writeStep = (prev: Transaction | null, next: Transaction, writes: StepWrites, now: number, rows: BatchRows): number => {
       let outboxMax = 0
-      // A vote or an ack changes a participant row only (the machine keeps the rest as it was).
-      if (prev === null) this.stmts.insertTx.run(...txParams(next), next.createdAt, next.traceparent)
-      else if (!sameTxRow(prev, next)) this.stmts.updateTx.run(...txParams(next))
+      // The record's row is written before this (recordRow); its participants, decision and
+      // timeline go to the batch's rows (written together at the end of the batch); the rare
+      // side rows are written here.
       for (let i = 0; i < next.participants.length; i++) {
         const p = next.participants[i] as Participant
         const before = prev?.participants[i]
         if (before === p) continue // untouched by this step (the machine copies what it changes)
-        if (before === undefined) {
-          this.stmts.insertParticipant.run(next.id, i, p.name, p.url, payloadJson(p.payload),
-            p.onePhase ? 1 : 0, p.vote, p.voteReason, p.ack, p.attempts, p.lastError, p.nextAttemptAt)
-        } else {
-          this.stmts.updateParticipant.run(p.vote, p.voteReason, p.ack, p.attempts, p.lastError, p.nextAttemptAt, next.id, p.name)
-        }
+        // An existing row keeps its url, position and payload (the upsert updates only the
+        // mutable columns), so the payload is serialized for a new row only.
+        ;(before === undefined ? rows.newParticipants : rows.participants).add(next.id, i, p.name, p.url, before === undefined ? payloadJson(p.payload) : null,
+          p.onePhase ? 1 : 0, p.vote, p.voteReason, p.ack, p.attempts, p.lastError, p.nextAttemptAt)
       }
       for (const m of writes.messages) {
         this.stmts.insertMessage.run(next.id, m.position, m.message.exchange, m.message.routingKey,
           JSON.stringify(m.message.body), m.message.headers === undefined ? null : JSON.stringify(m.message.headers))
       }
       if (next.decidedAt !== null && (prev === null || prev.decidedAt === null)) {
-        this.stmts.insertDecision.run(next.id, next.state === 'committed' ? 'commit' : 'abort', next.decidedAt, next.reason)
+        rows.decisions.add(next.id, next.state === 'committed' ? 'commit' : 'abort', next.decidedAt, next.reason)
         // Transactional messages exist for the outside world only from the commit decision on.
         if (next.state === 'committed' && next.messageCount > 0) {
           const info = this.stmts.releaseMessages.run(now, next.id)
@@ -465,10 +461,39 @@ export class CoordinatorLog {
           if (info.changes > 0) outboxMax = Number(info.lastInsertRowid)
         }
       }
-      this.operator.write(prev, next, writes.audit, writes.resolveAttention, now)
+      this.operator.write(prev, next, writes.audit, writes.resolveAttention, now, rows.events)
       return outboxMax
     }
+    // Rows of the batch, multi-row statements (operator-tables.ts, MultiRowInsert). A new record
+    // or participant is a plain insert (a second one with the same key fails the batch, as it
+    // must); a changed one is written as an upsert that sets only its mutable columns
+    // (created_at, traceparent, url, position and payload never change).
+    const txColumns = '(state, updated_at, expires_at, decided_at, completed_at, reason, needs_attention, one_phase, metadata, message_count, heuristic, id, created_at, traceparent)'
+    const participantColumns = '(tx_id, position, name, url, payload, one_phase, vote, vote_reason, ack, attempts, last_error, next_attempt_at)'
+    const rows: BatchRows = {
+      newTransactions: new MultiRowInsert(this.db, `INSERT INTO transactions ${txColumns} VALUES`, '', 14, 64),
+      newParticipants: new MultiRowInsert(this.db, `INSERT INTO participants ${participantColumns} VALUES`, '', 12, 64),
+      transactions: new MultiRowInsert(this.db, `INSERT INTO transactions
+        (state, updated_at, expires_at, decided_at, completed_at, reason, needs_attention, one_phase, metadata, message_count, heuristic, id, created_at, traceparent) VALUES`,
+      `ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at, expires_at = excluded.expires_at,
+        decided_at = excluded.decided_at, completed_at = excluded.completed_at, reason = excluded.reason,
+        needs_attention = excluded.needs_attention, one_phase = excluded.one_phase, metadata = excluded.metadata,
+        message_count = excluded.message_count, heuristic = excluded.heuristic`, 14, 64),
+      participants: new MultiRowInsert(this.db, `INSERT INTO participants
+        (tx_id, position, name, url, payload, one_phase, vote, vote_reason, ack, attempts, last_error, next_attempt_at) VALUES`,
+      `ON CONFLICT (tx_id, name) DO UPDATE SET vote = excluded.vote, vote_reason = excluded.vote_reason, ack = excluded.ack,
+        attempts = excluded.attempts, last_error = excluded.last_error, next_attempt_at = excluded.next_attempt_at`, 12, 64),
+      decisions: new MultiRowInsert(this.db, 'INSERT INTO decisions (tx_id, decision, decided_at, reason) VALUES', '', 4, 128),
+      events: this.operator.timelineRows()
+    }
+    // A vote or an ack changes a participant row only (the machine keeps the rest as it was).
+    const recordRow = (prev: Transaction | null, next: Transaction): void => {
+      if (prev === null) rows.newTransactions.add(...txParams(next), next.createdAt, next.traceparent)
+      else if (!sameTxRow(prev, next)) rows.transactions.add(...txParams(next), next.createdAt, next.traceparent)
+    }
     const writeAll = this.db.transaction((batch: PendingStep[]) => {
+      // Nothing left over from a batch that failed half-way (it was rolled back).
+      for (const r of Object.values(rows)) r.clear()
       // Steps of one transaction in the same batch (two votes, two acks arriving together) are
       // written as one: every write is a diff of `prev` against `next`, so the first step's
       // `prev` against the last one's `next`, with all their side rows, is the same change.
@@ -478,17 +503,26 @@ export class CoordinatorLog {
         if (steps === undefined) byId.set(step.next.id, [step])
         else steps.push(step)
       }
+      // The records first (one statement each for the new and the changed ones), so every row
+      // that references one — written step by step below — finds it (foreign keys are on).
+      for (const steps of byId.values()) recordRow((steps[0] as PendingStep).prev, (steps[steps.length - 1] as PendingStep).next)
+      rows.newTransactions.flush()
+      rows.transactions.flush()
       for (const steps of byId.values()) {
         const first = steps[0] as PendingStep
         if (steps.length === 1) {
-          first.outboxMax = this.writeStep(first.prev, first.next, first.writes, first.now)
+          first.outboxMax = this.writeStep(first.prev, first.next, first.writes, first.now, rows)
           continue
         }
         const last = steps[steps.length - 1] as PendingStep
-        const outboxMax = this.writeStep(first.prev, last.next, mergeWrites(steps), last.now)
+        const outboxMax = this.writeStep(first.prev, last.next, mergeWrites(steps), last.now, rows)
         for (const step of steps) step.outboxMax = outboxMax
         this.flushStats.merged += steps.length - 1
       }
+      rows.newParticipants.flush()
+      rows.participants.flush()
+      rows.decisions.flush()
+      rows.events.flush()
     })
     const normal = this.db.prepare('PRAGMA synchronous = NORMAL')
     const full = this.db.prepare('PRAGMA synchronous = FULL')
