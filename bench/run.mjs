@@ -26,6 +26,7 @@ const { values: flags } = parseArgs({
     profile: { type: 'string' },
     'coordinator-node-args': { type: 'string' },
     'batch-max-calls': { type: 'string' },
+    'profile-participant': { type: 'boolean', default: false },
     strace: { type: 'boolean', default: true },
     'no-strace': { type: 'boolean', default: false },
     secret: { type: 'boolean', default: true },
@@ -54,6 +55,8 @@ if (flags.help) {
   --concurrency <list>   closed-loop clients (1,16,64)
   --modes <list>         oneshot,interactive,baseline
   --profile <s>          coordinator --cpu-prof run, one-shot at the highest concurrency (10; 0 = skip)
+  --profile-participant  in the profile run, also the inventory participant under --cpu-prof
+                         (left in <out>/profile/inventory/, not summarized)
   --rss <n>              also: one-shot run of n transactions, coordinator RSS every 10% (0 = skip)
   --rss-concurrency <c>  concurrency of the RSS run (64)
   --coordinator-node-args=<flags>  node/V8 flags of the coordinator process (default: the shipped ones,
@@ -128,7 +131,7 @@ const SECRET = 'bench-secret-0123456789abcdef'
 let clusterNo = 0
 
 /**
- * @param {{ strace: boolean, coordinatorNodeArgs?: string[] }} o
+ * @param {{ strace: boolean, coordinatorNodeArgs?: string[], inventoryNodeArgs?: string[] }} o
  */
 async function startCluster (o) {
   const n = ++clusterNo
@@ -151,6 +154,7 @@ async function startCluster (o) {
     const p = new ServerProcess({
       name,
       script: 'participant.mjs',
+      ...(name === 'inventory' && o.inventoryNodeArgs !== undefined ? { nodeArgs: o.inventoryNodeArgs } : {}),
       ...(o.strace ? { strace: join(dir, `${name}.strace`) } : {}),
       env: { NAME: name, PORT: String(port), DB_PATH: join(dir, `${name}.db`), COORDINATOR_URL: coordinatorUrl, LOG_LEVEL: cfg.logLevel, ...secretEnv }
     })
@@ -471,7 +475,12 @@ if (cfg.profileS > 0) {
   mkdirSync(profDir, { recursive: true })
   const concurrency = Math.max(...cfg.concurrency)
   log(`profile: coordinator under --cpu-prof, one-shot, c=${concurrency}, ${cfg.profileS} s`)
-  const cluster = await startCluster({ strace: false, coordinatorNodeArgs: ['--cpu-prof', '--cpu-prof-dir', profDir] })
+  const cluster = await startCluster({
+    strace: false,
+    coordinatorNodeArgs: ['--cpu-prof', '--cpu-prof-dir', profDir],
+    // The inventory participant too, by hand (not summarized in RESULTS.md; it slows the run).
+    ...(flags['profile-participant'] ? { inventoryNodeArgs: ['--cpu-prof', '--cpu-prof-dir', join(profDir, 'inventory')] } : {})
+  })
   let figures
   /** @type {{ start: number, end: number }} */
   const window = { start: 0, end: 0 }

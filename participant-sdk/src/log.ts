@@ -74,7 +74,7 @@ export class ParticipantLog {
     this.#get = db.prepare(`SELECT txid, state, reason, created_at, updated_at FROM ${PARTICIPANT_LOG_TABLE}
                             WHERE participant = ? AND txid = ?`)
     this.#upsert = db.prepare(`INSERT INTO ${PARTICIPANT_LOG_TABLE} (participant, txid, state, reason, created_at, updated_at)
-                               VALUES (@participant, @txid, @state, @reason, @now, @now)
+                               VALUES (?, ?, ?, ?, ?, ?)
                                ON CONFLICT (participant, txid) DO UPDATE
                                SET state = excluded.state, reason = excluded.reason, updated_at = excluded.updated_at`)
     this.#prepared = db.prepare(`SELECT txid, state, reason, created_at, updated_at FROM ${PARTICIPANT_LOG_TABLE}
@@ -107,7 +107,8 @@ export class ParticipantLog {
   }
 
   write (txid: string, state: LogRecord['state'], reason: string | null, now: number): void {
-    this.#upsert.run({ participant: this.#participant, txid, state, reason, now })
+    // Positional parameters: binding an object by name costs more, on every callback.
+    this.#upsert.run(this.#participant, txid, state, reason, now, now)
   }
 
   /** Prepared records, in txid order after `afterTxid`, at most `limit` of them. */
