@@ -43,7 +43,7 @@ async function setup (t: Test) {
       await new Promise(resolve => setTimeout(resolve, 10))
     }
   }
-  return { client, inventory, payment, status, until }
+  return { client, coordinatorUrl, inventory, payment, status, until }
 }
 
 t.test('commit between two SDK participants: both databases spend their holds', async t => {
@@ -129,4 +129,38 @@ t.test('coordinator errors reach the initiator as typed CoordinatorErrors', asyn
   t.ok(err instanceof CoordinatorError)
   t.match(err, { code: 'PARTICIPANT_URL_NOT_ALLOWED', statusCode: 403 }, 'the coordinator\'s own code and status are carried')
   t.equal(tx.status, 'failed')
+})
+
+t.test('many transactions at once: callbacks go out batched, each gets its own outcome, both databases agree', async t => {
+  const { client, coordinatorUrl, inventory, payment, status, until } = await setup(t)
+  // 40 orders for 1 apple each; inventory has 10: exactly 10 commit, 30 abort on its no vote.
+  const outcomes = await Promise.all(Array.from({ length: 40 }, async () => {
+    const tx = await client.begin({ timeoutMs: 5000 })
+    tx.enlist({ name: 'inventory', url: inventory.url, payload: { item: 'apple', amount: 1 } })
+    tx.enlist({ name: 'payment', url: payment.url, payload: { item: 'alice', amount: 1 } })
+    return await tx.commit()
+  }))
+  const committed = outcomes.filter(o => o.state === 'committed')
+  t.equal(committed.length, 10, 'as many commits as there were apples')
+  t.equal(outcomes.filter(o => o.state === 'aborted').length, 30)
+  await until('phase 2 of every transaction', async () => (await Promise.all(outcomes.map(async o => (await status(o.id)).completed))).every(Boolean))
+  const inv = readService(inventory.dbPath)
+  const pay = readService(payment.dbPath)
+  t.same(inv.balance.apple, { available: 0, held: 0, spent: 10 })
+  t.same(pay.balance.alice, { available: 90, held: 0, spent: 10 })
+  t.same([inv.holds, pay.holds], [0, 0])
+  for (const o of outcomes) {
+    t.equal(inv.log[o.id], o.state, `inventory agrees on ${o.id}`)
+    t.equal(pay.log[o.id], o.state, `payment agrees on ${o.id}`)
+  }
+  // Batching happened on both sides (the counts of the histograms), and each call ran once.
+  const coordinatorMetrics = await (await fetch(`${coordinatorUrl}/metrics`)).text()
+  const batches = Number(/^twopc_callback_batch_size_count (\d+)/m.exec(coordinatorMetrics)?.[1] ?? 0)
+  const batched = Number(/^twopc_callback_batch_size_sum (\d+)/m.exec(coordinatorMetrics)?.[1] ?? 0)
+  t.ok(batches > 0 && batched > batches, `the coordinator sent ${batched} callbacks in ${batches} batch requests`)
+  const participantMetrics = await inventory.app.twoPhase.metrics?.getSingleMetricAsString('twopc_participant_batch_calls') ?? ''
+  t.match(participantMetrics, /twopc_participant_batch_calls_count\{[^}]*\} [1-9]/, 'inventory served batch requests')
+  // Handler calls: a no vote rolls back what its handler wrote, its call count included.
+  t.same(inv.calls, { prepare: 10, commit: 10 }, 'inventory: ten holds, ten spent; the no voters have nothing to undo')
+  t.same(pay.calls, { prepare: 40, commit: 10, abort: 30 }, 'payment: each decision applied exactly once')
 })
