@@ -471,19 +471,19 @@ export class CoordinatorLog {
     const txColumns = '(state, updated_at, expires_at, decided_at, completed_at, reason, needs_attention, one_phase, metadata, message_count, heuristic, id, created_at, traceparent)'
     const participantColumns = '(tx_id, position, name, url, payload, one_phase, vote, vote_reason, ack, attempts, last_error, next_attempt_at)'
     const rows: BatchRows = {
-      newTransactions: new MultiRowInsert(this.db, `INSERT INTO transactions ${txColumns} VALUES`, '', 14, 64),
-      newParticipants: new MultiRowInsert(this.db, `INSERT INTO participants ${participantColumns} VALUES`, '', 12, 64),
+      newTransactions: new MultiRowInsert(this.db, `INSERT INTO transactions ${txColumns} VALUES`, '', 14, 32),
+      newParticipants: new MultiRowInsert(this.db, `INSERT INTO participants ${participantColumns} VALUES`, '', 12, 32),
       transactions: new MultiRowInsert(this.db, `INSERT INTO transactions
         (state, updated_at, expires_at, decided_at, completed_at, reason, needs_attention, one_phase, metadata, message_count, heuristic, id, created_at, traceparent) VALUES`,
       `ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at, expires_at = excluded.expires_at,
         decided_at = excluded.decided_at, completed_at = excluded.completed_at, reason = excluded.reason,
         needs_attention = excluded.needs_attention, one_phase = excluded.one_phase, metadata = excluded.metadata,
-        message_count = excluded.message_count, heuristic = excluded.heuristic`, 14, 64),
+        message_count = excluded.message_count, heuristic = excluded.heuristic`, 14, 32),
       participants: new MultiRowInsert(this.db, `INSERT INTO participants
         (tx_id, position, name, url, payload, one_phase, vote, vote_reason, ack, attempts, last_error, next_attempt_at) VALUES`,
       `ON CONFLICT (tx_id, name) DO UPDATE SET vote = excluded.vote, vote_reason = excluded.vote_reason, ack = excluded.ack,
-        attempts = excluded.attempts, last_error = excluded.last_error, next_attempt_at = excluded.next_attempt_at`, 12, 64),
-      decisions: new MultiRowInsert(this.db, 'INSERT INTO decisions (tx_id, decision, decided_at, reason) VALUES', '', 4, 128),
+        attempts = excluded.attempts, last_error = excluded.last_error, next_attempt_at = excluded.next_attempt_at`, 12, 32),
+      decisions: new MultiRowInsert(this.db, 'INSERT INTO decisions (tx_id, decision, decided_at, reason) VALUES', '', 4, 64),
       events: this.operator.timelineRows()
     }
     // A vote or an ack changes a participant row only (the machine keeps the rest as it was).
