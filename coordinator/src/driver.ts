@@ -71,8 +71,9 @@ interface QueuedCall {
   op: Op
   body: PrepareRequest | DecisionRequest
   traceparent: string | undefined
-  /** `{"op":…,"body":…}`: its part of the batch body. */
+  /** `{"op":…,"body":…}`: its part of the batch body, and its size in bytes (UTF-8). */
   json: string
+  bytes: number
   timeoutMs: number
   deadline: number
   signal: AbortSignal
@@ -137,7 +138,7 @@ export class ParticipantDriver {
         : `{"op":"${op}","body":${JSON.stringify(body)},"traceparent":${JSON.stringify(traceparent)}}`
       const signal = this.timeoutSignal(timeoutMs)
       const queued: QueuedCall = {
-        op, body, traceparent, json, timeoutMs, deadline: performance.now() + timeoutMs, signal, settled: false,
+        op, body, traceparent, json, bytes: Buffer.byteLength(json), timeoutMs, deadline: performance.now() + timeoutMs, signal, settled: false,
         // Each call keeps its own deadline inside a batch: it settles as timed out on its own.
         onAbort: () => { settle(queued, undefined, signal.reason as Error) },
         resolve,
@@ -173,14 +174,15 @@ export class ParticipantDriver {
       let chunk: QueuedCall[] = []
       let bytes = BATCH_ENVELOPE_BYTES
       for (const c of live) {
-        if (c.json.length + 1 + BATCH_ENVELOPE_BYTES > capability.maxBytes) { this.sendSingly(baseUrl, c); continue }
-        if (chunk.length === capability.maxCalls || bytes + c.json.length + 1 > capability.maxBytes) {
-          this.sendBatch(baseUrl, chunk)
+        if (c.bytes + 1 + BATCH_ENVELOPE_BYTES > capability.maxBytes) { this.sendSingly(baseUrl, c); continue }
+        if (chunk.length === capability.maxCalls || bytes + c.bytes + 1 > capability.maxBytes) {
+          if (chunk.length === 1) this.sendSingly(baseUrl, chunk[0] as QueuedCall)
+          else this.sendBatch(baseUrl, chunk)
           chunk = []
           bytes = BATCH_ENVELOPE_BYTES
         }
         chunk.push(c)
-        bytes += c.json.length + 1
+        bytes += c.bytes + 1
       }
       if (chunk.length === 1) this.sendSingly(baseUrl, chunk[0] as QueuedCall)
       else if (chunk.length > 1) this.sendBatch(baseUrl, chunk)

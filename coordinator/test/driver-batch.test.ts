@@ -158,6 +158,18 @@ t.test('batches keep to the calls and bytes the participant advertises, and to t
   t.same(small.batchSizes, [4, 4])
 })
 
+t.test('maxBytes counts UTF-8 bytes, not characters', async t => {
+  const p = await participant(t, { advertise: { maxCalls: 64, maxBytes: 1500 } })
+  const { driver: d, batchSizes } = driver(t)
+  await d.prepare(p.url, prepareBody(0), 1000)
+  // 300 euro signs: 300 characters, 900 bytes. Two such calls fit by characters, not by bytes.
+  const euro = (n: number): any => ({ ...prepareBody(n), payload: { vote: 'yes', pad: '€'.repeat(300) } })
+  const votes = await Promise.all([1, 2, 3, 4].map(n => d.prepare(p.url, euro(n), 1000)))
+  t.ok(votes.every(v => v.ok && v.vote === 'yes'))
+  t.same(batchSizes, [], 'no two of them fit in 1,500 bytes: each went out singly')
+  t.same(p.received.slice(1).map(r => r.path), ['/prepare', '/prepare', '/prepare', '/prepare'])
+})
+
 t.test('batchMaxCalls 1 never batches', async t => {
   const p = await participant(t)
   const { driver: d, batchSizes } = driver(t, 1)
