@@ -254,6 +254,7 @@ t.test('unknown route: 404 ROUTE_NOT_FOUND', async t => {
 t.test('configFromEnv: a bad value throws a message naming the variable', async t => {
   const base = { TWOPC_DB: '/tmp/never-opened.db' }
   t.equal(configFromEnv(base).port, 7070, 'defaults')
+  t.equal(configFromEnv({ ...base, TWOPC_BATCH_MAX_CALLS: '1' }).options.batchMaxCalls, 1, 'batching can be turned off')
   const cases: Array<[Record<string, string>, string]> = [
     [{ PORT: 'abc' }, 'PORT'],
     [{ PORT: '70000' }, 'PORT'],
@@ -265,6 +266,8 @@ t.test('configFromEnv: a bad value throws a message naming the variable', async 
     [{ TWOPC_DEFAULT_TIMEOUT_MS: '90000', TWOPC_MAX_TIMEOUT_MS: '60000' }, 'TWOPC_DEFAULT_TIMEOUT_MS'],
     [{ TWOPC_RETRY_BASE_MS: '5000', TWOPC_RETRY_MAX_MS: '100' }, 'TWOPC_RETRY_BASE_MS'],
     [{ TWOPC_MAX_PARTICIPANTS: '0' }, 'TWOPC_MAX_PARTICIPANTS'],
+    [{ TWOPC_BATCH_MAX_CALLS: '0' }, 'TWOPC_BATCH_MAX_CALLS'],
+    [{ TWOPC_BATCH_MAX_CALLS: '257' }, 'TWOPC_BATCH_MAX_CALLS'],
     [{ TWOPC_COORDINATOR_ID: 'Bad Id' }, 'TWOPC_COORDINATOR_ID'],
     [{ TWOPC_PARTICIPANT_ALLOWLIST: 'not a host!' }, 'TWOPC_PARTICIPANT_ALLOWLIST'],
     [{ TWOPC_RETENTION: '7 weeks' }, 'TWOPC_RETENTION'],
