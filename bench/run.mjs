@@ -26,7 +26,9 @@ const { values: flags } = parseArgs({
     profile: { type: 'string' },
     'coordinator-node-args': { type: 'string' },
     'batch-max-calls': { type: 'string' },
+    'inline-sync-max-ms': { type: 'string' },
     'profile-participant': { type: 'boolean', default: false },
+    'profile-concurrency': { type: 'string' },
     strace: { type: 'boolean', default: true },
     'no-strace': { type: 'boolean', default: false },
     secret: { type: 'boolean', default: true },
@@ -55,6 +57,7 @@ if (flags.help) {
   --concurrency <list>   closed-loop clients (1,16,64)
   --modes <list>         oneshot,interactive,baseline
   --profile <s>          coordinator --cpu-prof run, one-shot at the highest concurrency (10; 0 = skip)
+  --profile-concurrency <c>  clients of the profile run (default: the highest of --concurrency)
   --profile-participant  in the profile run, also the inventory participant under --cpu-prof
                          (left in <out>/profile/inventory/, not summarized)
   --rss <n>              also: one-shot run of n transactions, coordinator RSS every 10% (0 = skip)
@@ -63,6 +66,9 @@ if (flags.help) {
                          "--heap-growing-percent=50 --v8-pool-size=1"; "--coordinator-node-args=" for none)
   --batch-max-calls <n>  the coordinator's TWOPC_BATCH_MAX_CALLS (default: unset, the coordinator's default 64;
                          1 = never batch callbacks, every call its own request)
+  --inline-sync-max-ms <n>  the logs' inline-sync threshold: the coordinator's TWOPC_LOG_INLINE_SYNC_MAX_MS
+                         and the participants' inlineSyncMaxMs (default: unset, their default 1;
+                         0 = every fdatasync on the thread pool)
   --no-strace            do not count fsyncs (strace adds a ptrace stop per fsync)
   --no-secret            unsigned callbacks (default: TWOPC_SECRET set, every callback HMAC-signed)
   --log-level <lvl>      coordinator and participants LOG_LEVEL (warn: no per-request logs)
@@ -90,12 +96,14 @@ const cfg = {
   concurrency: (flags.concurrency ?? '1,16,64').split(',').map(Number),
   modes: (flags.modes ?? 'oneshot,interactive,baseline').split(','),
   profileS: num(flags.profile, quick ? 3 : 10),
+  profileConcurrency: flags['profile-concurrency'] === undefined ? undefined : Number(flags['profile-concurrency']),
   rss: num(flags.rss, 0),
   rssConcurrency: Number(flags['rss-concurrency']),
   strace: flags.strace && !flags['no-strace'],
   secret: flags.secret && !flags['no-secret'],
   logLevel: flags['log-level'] ?? 'warn',
   batchMaxCalls: flags['batch-max-calls'] === undefined ? undefined : Number(flags['batch-max-calls']),
+  inlineSyncMaxMs: flags['inline-sync-max-ms'] === undefined ? undefined : Number(flags['inline-sync-max-ms']),
   coordinatorNodeArgs: (flags['coordinator-node-args'] ?? COORDINATOR_NODE_FLAGS.join(' ')).split(' ').filter(Boolean)
 }
 for (const [k, v] of Object.entries(cfg)) {
@@ -103,6 +111,7 @@ for (const [k, v] of Object.entries(cfg)) {
 }
 if (cfg.batchMaxCalls !== undefined && !(Number.isInteger(cfg.batchMaxCalls) && cfg.batchMaxCalls >= 1)) throw new Error('bad --batch-max-calls')
 if (cfg.concurrency.some(c => !Number.isInteger(c) || c < 1)) throw new Error('bad --concurrency')
+if (cfg.profileConcurrency !== undefined && !(Number.isInteger(cfg.profileConcurrency) && cfg.profileConcurrency >= 1)) throw new Error('bad --profile-concurrency')
 for (const m of cfg.modes) if (!['oneshot', 'interactive', 'baseline'].includes(m)) throw new Error(`bad mode ${m}`)
 if (cfg.strace && !straceAvailable()) {
   process.stderr.write('bench: strace (with --seccomp-bpf) is not available: fsyncs are not counted (apt-get install strace)\n')
@@ -147,7 +156,8 @@ async function startCluster (o) {
     ...(o.strace ? { strace: join(dir, 'coordinator.strace') } : {}),
     cwd: dir,
     env: { PORT: String(cPort), HOST: '127.0.0.1', TWOPC_DB: join(dir, 'coordinator.db'), LOG_LEVEL: cfg.logLevel, TWOPC_COORDINATOR_ID: 'bench', ...secretEnv,
-      ...(cfg.batchMaxCalls !== undefined ? { TWOPC_BATCH_MAX_CALLS: String(cfg.batchMaxCalls) } : {}) }
+      ...(cfg.batchMaxCalls !== undefined ? { TWOPC_BATCH_MAX_CALLS: String(cfg.batchMaxCalls) } : {}),
+      ...(cfg.inlineSyncMaxMs !== undefined ? { TWOPC_LOG_INLINE_SYNC_MAX_MS: String(cfg.inlineSyncMaxMs) } : {}) }
   })
   started.add(coordinator)
   const participant = (/** @type {string} */ name, /** @type {number} */ port) => {
@@ -156,7 +166,8 @@ async function startCluster (o) {
       script: 'participant.mjs',
       ...(name === 'inventory' && o.inventoryNodeArgs !== undefined ? { nodeArgs: o.inventoryNodeArgs } : {}),
       ...(o.strace ? { strace: join(dir, `${name}.strace`) } : {}),
-      env: { NAME: name, PORT: String(port), DB_PATH: join(dir, `${name}.db`), COORDINATOR_URL: coordinatorUrl, LOG_LEVEL: cfg.logLevel, ...secretEnv }
+      env: { NAME: name, PORT: String(port), DB_PATH: join(dir, `${name}.db`), COORDINATOR_URL: coordinatorUrl, LOG_LEVEL: cfg.logLevel, ...secretEnv,
+        ...(cfg.inlineSyncMaxMs !== undefined ? { INLINE_SYNC_MAX_MS: String(cfg.inlineSyncMaxMs) } : {}) }
     })
     started.add(p)
     return p
@@ -473,7 +484,7 @@ if (cfg.profileS > 0) {
   const profDir = join(outDir === HERE ? join(HERE, '.out') : outDir, 'profile')
   rmSync(profDir, { recursive: true, force: true })
   mkdirSync(profDir, { recursive: true })
-  const concurrency = Math.max(...cfg.concurrency)
+  const concurrency = cfg.profileConcurrency ?? Math.max(...cfg.concurrency)
   log(`profile: coordinator under --cpu-prof, one-shot, c=${concurrency}, ${cfg.profileS} s`)
   const cluster = await startCluster({
     strace: false,

@@ -34,6 +34,7 @@ await app.register(twoPhaseParticipant, {
   coordinatorUrl: process.env.COORDINATOR_URL ?? 'http://127.0.0.1:7070',
   secret: process.env.TWOPC_SECRET,
   metricsRoute: '/metrics',
+  ...(process.env.INLINE_SYNC_MAX_MS !== undefined ? { inlineSyncMaxMs: Number(process.env.INLINE_SYNC_MAX_MS) } : {}),
   prepare (tx, payload) {
     const { sku, qty } = /** @type {{ sku: string, qty: number }} */ (payload)
     insertReservation.run(tx.id, sku, qty)

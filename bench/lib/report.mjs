@@ -95,7 +95,8 @@ export function renderMarkdown (r) {
     `signatures ${c.secret ? 'on (TWOPC_SECRET: every callback HMAC-signed and checked)' : 'off'}; LOG_LEVEL=${c.logLevel}; ` +
     `fsyncs ${c.strace ? 'counted in a separate window per mode and concurrency with every server under strace (seccomp-bpf filter: one ptrace stop per fsync), so the strace overhead is in no other figure' : 'not counted'}. ` +
     `Coordinator started as shipped: \`node ${(c.coordinatorNodeArgs ?? []).join(' ')} coordinator/dist/bin.js\`` +
-    `${c.batchMaxCalls === undefined ? ', batched callbacks at its default (TWOPC_BATCH_MAX_CALLS 64)' : c.batchMaxCalls === 1 ? ', batched callbacks OFF (TWOPC_BATCH_MAX_CALLS=1)' : `, TWOPC_BATCH_MAX_CALLS=${c.batchMaxCalls}`}. ` +
+    `${c.batchMaxCalls === undefined ? ', batched callbacks at its default (TWOPC_BATCH_MAX_CALLS 64)' : c.batchMaxCalls === 1 ? ', batched callbacks OFF (TWOPC_BATCH_MAX_CALLS=1)' : `, TWOPC_BATCH_MAX_CALLS=${c.batchMaxCalls}`}` +
+    `${c.inlineSyncMaxMs === undefined ? '; the logs sync inline while fdatasync is quick (default 1 ms)' : c.inlineSyncMaxMs === 0 ? '; every log fdatasync on the thread pool (inline sync off)' : `; inline-sync threshold ${c.inlineSyncMaxMs} ms`}. ` +
     'Figures are the median over the windows, with min–max in small print.', '')
 
   L.push('## Throughput and latency', '')

@@ -22,7 +22,7 @@ import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
 import { createMetrics, type CoordinatorMetrics } from './metrics.js'
 import { RetentionPruner } from './retention.js'
-import { amqpNames, parseAckNotice } from '@fastify-2pc/protocol'
+import { amqpNames, parseAckNotice, SyncPlacement } from '@fastify-2pc/protocol'
 
 export interface Coordinator {
   id: string
@@ -53,6 +53,7 @@ export const coordinatorPlugin = fp<{ options: ResolvedOptions }>(async (app, { 
   const log = new CoordinatorLog(options.dbPath, options.amqpUrl === undefined
     ? null
     : { exchange: names.decisionsExchange, routingKey: names.participantRoutingKey })
+  log.syncPlacement = new SyncPlacement(options.logInlineSyncMaxMs)
   let coordinatorId: string
   try {
     coordinatorId = log.bindCoordinatorId(options.coordinatorId, newCoordinatorId)

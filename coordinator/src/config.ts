@@ -4,7 +4,7 @@
  */
 import envSchema from 'env-schema'
 import { Type, type Static } from '@sinclair/typebox'
-import { COORDINATOR_ID_PATTERN, MAX_BATCH_CALLS } from '@fastify-2pc/protocol'
+import { COORDINATOR_ID_PATTERN, DEFAULT_INLINE_SYNC_MAX_MS, MAX_BATCH_CALLS, MAX_INLINE_SYNC_MS } from '@fastify-2pc/protocol'
 import { parseAllowlist } from './allowlist.js'
 
 export interface CoordinatorOptions {
@@ -47,6 +47,12 @@ export interface CoordinatorOptions {
    * SDK's `/batch`); 1 = never batch (TWOPC_BATCH_MAX_CALLS).
    */
   batchMaxCalls?: number
+  /**
+   * The log's fdatasync runs on the event loop while recent syncs averaged at most this many ms
+   * and no other sync runs, else on the thread pool; 0 = always on the thread pool
+   * (TWOPC_LOG_INLINE_SYNC_MAX_MS).
+   */
+  logInlineSyncMaxMs?: number
   /** Completed transactions older than this are pruned (TWOPC_RETENTION). */
   retentionMs?: number
   /** How often the retention pruner runs. */
@@ -75,6 +81,7 @@ export const defaults = {
   maxResponseBytes: 64 * 1024,
   connectionsPerOrigin: 64,
   batchMaxCalls: 64,
+  logInlineSyncMaxMs: DEFAULT_INLINE_SYNC_MAX_MS,
   retentionMs: 7 * 86_400_000,
   pruneIntervalMs: 60_000,
   logger: false as boolean | { level?: string }
@@ -91,6 +98,9 @@ export function resolveOptions (options: CoordinatorOptions): ResolvedOptions {
     'maxPayloadBytes', 'bodyLimitBytes', 'retryBaseMs', 'retryMaxMs', 'retryBudget', 'sweepIntervalMs', 'maxResponseBytes',
     'connectionsPerOrigin', 'batchMaxCalls', 'retentionMs', 'pruneIntervalMs'] as const) {
     positiveInt(key, resolved[key])
+  }
+  if (!(Number.isFinite(resolved.logInlineSyncMaxMs) && resolved.logInlineSyncMaxMs >= 0 && resolved.logInlineSyncMaxMs <= MAX_INLINE_SYNC_MS)) {
+    throw new Error(`logInlineSyncMaxMs must be a number from 0 to ${MAX_INLINE_SYNC_MS}, got ${resolved.logInlineSyncMaxMs}`)
   }
   if (resolved.batchMaxCalls > MAX_BATCH_CALLS) throw new Error(`batchMaxCalls must be at most ${MAX_BATCH_CALLS}, got ${resolved.batchMaxCalls}`)
   if (resolved.minTimeoutMs > resolved.maxTimeoutMs) throw new Error('minTimeoutMs must not exceed maxTimeoutMs')
@@ -134,6 +144,7 @@ export const EnvSchema = Type.Object({
   TWOPC_COORDINATOR_ID: Type.Optional(Type.String({ pattern: COORDINATOR_ID_PATTERN })),
   TWOPC_AMQP_PREFIX: Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$', default: 'twopc' }),
   TWOPC_BATCH_MAX_CALLS: Type.Integer({ minimum: 1, maximum: MAX_BATCH_CALLS, default: defaults.batchMaxCalls }),
+  TWOPC_LOG_INLINE_SYNC_MAX_MS: Type.Number({ minimum: 0, maximum: MAX_INLINE_SYNC_MS, default: defaults.logInlineSyncMaxMs }),
   TWOPC_RETENTION: Type.String({ pattern: '^[0-9]+(ms|s|m|h|d)$', default: '7d' }),
   LOG_LEVEL: Type.Union([
     Type.Literal('fatal'), Type.Literal('error'), Type.Literal('warn'),
@@ -171,6 +182,7 @@ const ENV_NAMES: Record<string, string> = {
   retryMaxMs: 'TWOPC_RETRY_MAX_MS',
   retryBudget: 'TWOPC_RETRY_BUDGET',
   batchMaxCalls: 'TWOPC_BATCH_MAX_CALLS',
+  logInlineSyncMaxMs: 'TWOPC_LOG_INLINE_SYNC_MAX_MS',
   coordinatorId: 'TWOPC_COORDINATOR_ID',
   secret: 'TWOPC_SECRET',
   apiToken: 'TWOPC_API_TOKEN',
@@ -204,6 +216,7 @@ export function configFromEnv (env: NodeJS.ProcessEnv = process.env): ServerConf
     retryMaxMs: e.TWOPC_RETRY_MAX_MS,
     retryBudget: e.TWOPC_RETRY_BUDGET,
     batchMaxCalls: e.TWOPC_BATCH_MAX_CALLS,
+    logInlineSyncMaxMs: e.TWOPC_LOG_INLINE_SYNC_MAX_MS,
     logger: e.LOG_LEVEL === 'silent' ? false : { level: e.LOG_LEVEL }
   }
   try {

@@ -9,7 +9,7 @@ import Database from 'better-sqlite3'
 import { spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { resolve } from 'node:path'
-import { configFromEnv } from '../src/config.js'
+import { configFromEnv, resolveOptions } from '../src/config.js'
 import { startCoordinator, startParticipant, waitFor, type HttpAnswer, type TestCoordinator } from './support/participant.js'
 
 const root = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..')
@@ -255,6 +255,12 @@ t.test('configFromEnv: a bad value throws a message naming the variable', async 
   const base = { TWOPC_DB: '/tmp/never-opened.db' }
   t.equal(configFromEnv(base).port, 7070, 'defaults')
   t.equal(configFromEnv({ ...base, TWOPC_BATCH_MAX_CALLS: '1' }).options.batchMaxCalls, 1, 'batching can be turned off')
+  t.equal(configFromEnv(base).options.logInlineSyncMaxMs, 1, 'inline syncs while they average 1 ms or less')
+  t.equal(configFromEnv({ ...base, TWOPC_LOG_INLINE_SYNC_MAX_MS: '0' }).options.logInlineSyncMaxMs, 0, 'inline syncs can be turned off')
+  t.equal(configFromEnv({ ...base, TWOPC_LOG_INLINE_SYNC_MAX_MS: '2.5' }).options.logInlineSyncMaxMs, 2.5)
+  for (const bad of [-1, 101, Number.NaN, Infinity]) {
+    t.throws(() => resolveOptions({ dbPath: '/tmp/never-opened.db', logInlineSyncMaxMs: bad }), /logInlineSyncMaxMs must be a number from 0 to 100/, `logInlineSyncMaxMs: ${bad}`)
+  }
   const cases: Array<[Record<string, string>, string]> = [
     [{ PORT: 'abc' }, 'PORT'],
     [{ PORT: '70000' }, 'PORT'],
@@ -268,6 +274,9 @@ t.test('configFromEnv: a bad value throws a message naming the variable', async 
     [{ TWOPC_MAX_PARTICIPANTS: '0' }, 'TWOPC_MAX_PARTICIPANTS'],
     [{ TWOPC_BATCH_MAX_CALLS: '0' }, 'TWOPC_BATCH_MAX_CALLS'],
     [{ TWOPC_BATCH_MAX_CALLS: '257' }, 'TWOPC_BATCH_MAX_CALLS'],
+    [{ TWOPC_LOG_INLINE_SYNC_MAX_MS: '-1' }, 'TWOPC_LOG_INLINE_SYNC_MAX_MS'],
+    [{ TWOPC_LOG_INLINE_SYNC_MAX_MS: '101' }, 'TWOPC_LOG_INLINE_SYNC_MAX_MS'],
+    [{ TWOPC_LOG_INLINE_SYNC_MAX_MS: 'fast' }, 'TWOPC_LOG_INLINE_SYNC_MAX_MS'],
     [{ TWOPC_COORDINATOR_ID: 'Bad Id' }, 'TWOPC_COORDINATOR_ID'],
     [{ TWOPC_PARTICIPANT_ALLOWLIST: 'not a host!' }, 'TWOPC_PARTICIPANT_ALLOWLIST'],
     [{ TWOPC_RETENTION: '7 weeks' }, 'TWOPC_RETENTION'],

@@ -1,6 +1,7 @@
 /**
  * The log's write/sync split: a batch is committed to SQLite at once (a killed process keeps
- * it), and made durable by an fdatasync on the thread pool. These tests look at the window in
+ * it), and made durable by an fdatasync (inline or on the thread pool: either way its steps are
+ * settled on a later tick). These tests look at the window in
  * between — deterministic, because the fdatasync callback cannot run before the test yields.
  */
 import t, { type Test } from 'tap'
@@ -8,6 +9,7 @@ import { join } from 'node:path'
 import Database from 'better-sqlite3'
 import { CoordinatorLog, type StepWrites } from '../src/log/store.js'
 import { newTransaction, step, type Policy, type Transaction } from '../src/core/machine.js'
+import { SyncPlacement } from '@fastify-2pc/protocol'
 
 const policy: Policy = { maxParticipants: 8, maxMessages: 8, retryBaseMs: 100, retryMaxMs: 1000, retryBudget: 5 }
 const noWrites = (): StepWrites => ({ attention: [], messages: [], notices: [] })
@@ -47,7 +49,7 @@ t.test('a forced step: committed at once, reported only after the fdatasync; unt
 
   const syncsBefore = log.flushStats.syncs
   const second = save(log, begun, committed, true)
-  log.flush() // written (another connection can read it), fdatasync started on the thread pool
+  log.flush() // written (another connection can read it), fdatasync done or started
   const reader = new Database(path, { readonly: true })
   t.teardown(() => reader.close())
   t.equal(reader.prepare<[string], { state: string }>('SELECT state FROM transactions WHERE id = ?').get(committed.id)?.state, 'committed', 'the batch is in the file: a SIGKILL now would keep it')
@@ -252,4 +254,24 @@ t.test('the cache of synced unfinished records keeps to its byte budget; what it
   const oldest = log.load(ids[0] as string)
   t.equal(oldest?.participants.length, 5, 'a dropped record is read back from the log')
   t.equal((oldest?.participants[4]?.payload as { big: string }).big.length, 60 * 1024)
+})
+
+t.test('where the fdatasync runs: inline while quick (still reported on a later tick), on the pool with the threshold 0', async t => {
+  for (const maxInlineMs of [1, 0]) {
+    const { log } = open(t)
+    log.syncPlacement = new SyncPlacement(maxInlineMs)
+    const now = Date.now()
+    const saves = Array.from({ length: 5 }, (_, i) => {
+      const tx = newTransaction(`c-test.000000000${maxInlineMs}${String(i).padStart(16, 'e')}`, now, now + 60_000)
+      const s = save(log, null, tx, true)
+      log.flush() // one batch and one forced sync each
+      t.equal(s.called(), false, 'never reported inside flush(), even when synced inline')
+      return s
+    })
+    t.same(await Promise.all(saves.map(s => s.done)), [undefined, undefined, undefined, undefined, undefined])
+    const { syncs, inlineSyncs } = log.flushStats
+    t.ok(syncs >= 1, `${syncs} syncs`)
+    if (maxInlineMs === 0) t.equal(inlineSyncs, 0, 'threshold 0: every sync on the thread pool')
+    else t.ok(inlineSyncs >= 1, `${inlineSyncs} of ${syncs} inline`)
+  }
 })

@@ -94,7 +94,7 @@ export function createParticipantMetrics (name: string, db: Database, log: Parti
   })
   const syncSeconds = new Histogram({
     name: 'twopc_participant_log_sync_duration_seconds',
-    help: 'Duration of one fdatasync of the WAL (on the thread pool)',
+    help: 'Duration of one fdatasync of the WAL (on the event loop while quick, else on the thread pool)',
     buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25],
     labelNames: ['participant'],
     registers: [registry]

@@ -245,7 +245,7 @@ t.test('a vote is answered only after an fdatasync of the WAL; the service keeps
   engine.flush()
   t.same(ids.map(state), ['prepared', 'prepared'], 'committed: another connection reads it')
   for (let i = 0; i < 20; i++) await Promise.resolve() // microtasks only: no I/O callback can run
-  t.equal(answered, 0, 'but nobody is answered before the sync (it runs on the thread pool)')
+  t.equal(answered, 0, 'but nobody is answered before the sync (settled on a later tick, inline or on the thread pool)')
   t.equal(db.pragma('synchronous', { simple: true }), 2, 'FULL again for the service\'s own writes')
   t.same(await Promise.all(answers), [{ type: 'vote', vote: 'yes' }, { type: 'vote', vote: 'yes' }])
   t.equal(engine.flushStats().syncs, 1, 'one fdatasync for the batch')
@@ -277,4 +277,20 @@ t.test('a batch of decisions waits briefly for a sync; the next prepare\'s sync 
   engine.flush()
   t.same(await alone, { type: 'ok' })
   t.equal(engine.flushStats().syncs, syncs + 2)
+})
+
+t.test('inlineSyncMaxMs: syncs on the event loop while quick (the default), all on the thread pool with 0', async t => {
+  for (const inlineSyncMaxMs of [undefined, 0]) {
+    const inv = await buildInventory(t.testdir(), inlineSyncMaxMs === undefined ? {} : { inlineSyncMaxMs })
+    t.teardown(() => inv.app.close())
+    const url = await listen(inv)
+    for (let i = 0; i < 5; i++) {
+      const res = await post(`${url}/2pc/prepare`, prepareBody(txid(), 1))
+      t.same(res.body, { vote: 'yes', batch: res.body.batch }, 'voted yes after its sync')
+    }
+    const { syncs, inlineSyncs } = inv.app.twoPhase.flushStats()
+    t.ok(syncs >= 5, `${syncs} syncs for 5 sequential prepares`)
+    if (inlineSyncMaxMs === 0) t.equal(inlineSyncs, 0, 'threshold 0: none inline')
+    else t.ok(inlineSyncs >= 1, `default: ${inlineSyncs} of ${syncs} inline`)
+  }
 })

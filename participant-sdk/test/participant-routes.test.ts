@@ -296,6 +296,9 @@ t.test('bad options are refused at register time', async t => {
     ['empty secret', { secret: '' }],
     ['bad prefix', { prefix: '2pc/' }],
     ['bad number', { inDoubtAfterMs: 0 }],
+    ['negative inline-sync threshold', { inlineSyncMaxMs: -1 }],
+    ['inline-sync threshold over 100 ms', { inlineSyncMaxMs: 101 }],
+    ['inline-sync threshold not a number', { inlineSyncMaxMs: '1' }],
     ['no handler', { commit: undefined }]
   ] as const) {
     const app = Fastify()

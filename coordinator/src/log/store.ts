@@ -3,11 +3,12 @@
  * step's whole state change (record, decision row, attention, outbox rows), written with the
  * other steps of the same event-loop turn in ONE SQLite transaction (group commit).
  *
- * Durability is split from the write, so the event loop never waits for the disk:
+ * Durability is split from the write, so the event loop waits for the disk only when that is cheaper:
  * - the batch commits with `synchronous=NORMAL` (the WAL frames reach the OS, no fsync: a
  *   killed process loses nothing, a power loss may lose the tail);
- * - then `fdatasync` of the WAL file runs on libuv's thread pool; one sync covers every batch
- *   committed before it started, so concurrent steps share it.
+ * - then one `fdatasync` of the WAL file covers every batch committed before it started, so
+ *   concurrent steps share it. It runs on the event loop while syncs are quick (~0.1 ms) and
+ *   none is running, else on libuv's thread pool (SyncPlacement, in the protocol package).
  * A *forced* step (a commit decision, anything an API answer waits for) is reported only after
  * its sync. An unforced step (votes, acks, abort decisions: under presumed abort, losing them
  * to a power cut is harmless) is reported as soon as it is committed and is synced by the next
@@ -16,7 +17,7 @@
 import Database from 'better-sqlite3'
 import { closeSync, constants, fdatasync, fdatasyncSync, mkdirSync, openSync } from 'node:fs'
 import { dirname } from 'node:path'
-import type { Decision } from '@fastify-2pc/protocol'
+import { SyncPlacement, type Decision } from '@fastify-2pc/protocol'
 import { migrations } from './migrations.js'
 import type { AttentionKind, Participant, Transaction, TxMessage, TxState } from '../core/machine.js'
 import { MultiRowInsert, OperatorTables, type NewAudit } from './operator-tables.js'
@@ -336,7 +337,7 @@ export class CoordinatorLog {
   private readonly recentSizes = new Map<string, number>()
   private recentBytes = 0
   private flushScheduled = false
-  /** fdatasyncs running on the thread pool, in the order they started. */
+  /** fdatasyncs running (on the thread pool, or inline and not yet settled), in the order they started. */
   private syncsInFlight: Array<{ covered: PendingStep[] }> = []
   private closed = false
   private lazySync: NodeJS.Timeout | undefined
@@ -350,7 +351,9 @@ export class CoordinatorLog {
   /** Set when the disk refused a sync: nothing is reported durable after that (restart). */
   failure: Error | undefined
   /** `merged`: steps written together with an earlier step of the same transaction in its batch. */
-  readonly flushStats = { flushes: 0, steps: 0, merged: 0, maxBatch: 0, lastBatch: 0, lastFlushMs: 0, totalFlushMs: 0, syncs: 0, totalSyncMs: 0 }
+  readonly flushStats = { flushes: 0, steps: 0, merged: 0, maxBatch: 0, lastBatch: 0, lastFlushMs: 0, totalFlushMs: 0, syncs: 0, inlineSyncs: 0, totalSyncMs: 0 }
+  /** Whether each fdatasync runs on the event loop or the thread pool (replaceable by tests). */
+  syncPlacement = new SyncPlacement()
   /** Group commit: steps saved in one event-loop turn share one SQLite transaction, up to this many. */
   maxBatch = 256
   /** How long unforced steps may wait for a sync when no forced step brings one sooner. */
@@ -669,7 +672,8 @@ export class CoordinatorLog {
   }
 
   /**
-   * Makes every committed step durable with one fdatasync on the thread pool. Up to
+   * Makes every committed step durable with one fdatasync: inline when the disk is quick and
+   * no other sync runs, else on the thread pool (`syncPlacement`). Up to
    * MAX_SYNCS_IN_FLIGHT run at once, so a forced step never waits behind a lazy sync; the
    * syncs are settled in the order they started, and one that returns settles every earlier
    * one too (it flushed everything written before it began).
@@ -684,7 +688,7 @@ export class CoordinatorLog {
     const sync = { covered }
     this.syncsInFlight.push(sync)
     const started = performance.now()
-    fdatasync(this.walFd, (err) => {
+    const settle = (err: NodeJS.ErrnoException | null, ms: number): void => {
       // Not in the list any more: a later sync returned first and settled this one's steps.
       const index = this.syncsInFlight.indexOf(sync)
       const settled = index < 0 ? [] : this.syncsInFlight.splice(0, index + 1)
@@ -693,7 +697,7 @@ export class CoordinatorLog {
         if (this.closed && this.syncsInFlight.length === 0) this.closeWal()
         return
       }
-      const ms = performance.now() - started
+      this.syncPlacement.record(ms)
       this.flushStats.syncs++
       this.flushStats.totalSyncMs += ms
       for (const earlier of settled) {
@@ -707,7 +711,17 @@ export class CoordinatorLog {
       if (this.unsynced.length === 0) return
       if (this.unsynced.some(s => s.forced)) this.sync()
       else this.lazySync ??= setTimeout(() => { this.lazySync = undefined; this.sync() }, this.lazySyncMs)
-    })
+    }
+    if (this.syncPlacement.inline(this.syncsInFlight.length - 1)) {
+      // On the event loop (see SyncPlacement); settled on the next tick, like a pool sync, so
+      // callers of sync() never see their steps settled under them.
+      let error: NodeJS.ErrnoException | null = null
+      try { fdatasyncSync(this.walFd) } catch (err) { error = err as NodeJS.ErrnoException }
+      this.flushStats.inlineSyncs++
+      process.nextTick(settle, error, performance.now() - started)
+    } else {
+      fdatasync(this.walFd, (err) => { settle(err, performance.now() - started) })
+    }
   }
 
   private markSynced (steps: PendingStep[]): void {
