@@ -208,11 +208,12 @@ t.test('(a) the participant wants signatures, none given: prepare fails with a h
 })
 
 t.test('usage errors exit 2; an unreachable participant exits 1', async t => {
-  const port = await freePort()
+  // Port 1 (tcpmux): nothing listens there, and unlike a port freePort() found free a moment
+  // ago, no concurrently running test can be given it (ephemeral ports start far above 1024).
   const [missing, badPayload, unreachable] = await Promise.all([
     runCli([]),
     runCli(['http://127.0.0.1:1/2pc', '--payload', '{nope']),
-    runJson([`http://127.0.0.1:${port}/2pc`, '--timeout-ms', '2000'])
+    runJson(['http://127.0.0.1:1/2pc', '--timeout-ms', '2000'])
   ])
   t.equal(missing.code, 2, 'no url: exit 2')
   t.match(missing.stderr, /the participant base url is missing[\s\S]*usage: twopc-conformance/)
