@@ -327,7 +327,7 @@ function snapshot (/** @type {Cluster} */ cluster) {
  * @param {Cluster} cluster @param {string} mode @param {number} concurrency
  * @param {{ warmupMs: number, durationMs: number, reps: number }} t
  */
-async function runLoad (cluster, mode, concurrency, t) {
+async function runLoad (cluster, mode, concurrency, t, /** @type {{ rep: number, of: number } | undefined} */ round = undefined) {
   const origin = mode === 'baseline' ? cluster.fanoutUrl : cluster.coordinatorUrl
   /** @type {any[]} */
   const reps = []
@@ -378,7 +378,7 @@ async function runLoad (cluster, mode, concurrency, t) {
         const row = { mode, concurrency, rep: msg.rep, ...f, cpuPct, cpuUsPerTx, fsyncPerTx, fsyncBusyPct, fsyncMsPerTx, internals: null }
         reps.push(row)
         if (from !== undefined && mode !== 'baseline') internals.push(Promise.all([from, internalsAfter]).then(([b, a]) => { row.internals = internalsDelta(b, a) }))
-        log(`${mode.padEnd(11)} c=${String(concurrency).padEnd(3)} rep ${msg.rep + 1}/${t.reps}: ${f.txPerSec.toFixed(0)} tx/s, p50 ${fmt(f.latencyMs.p50)} p99 ${fmt(f.latencyMs.p99)} ms, ` +
+        log(`${mode.padEnd(11)} c=${String(concurrency).padEnd(3)} rep ${(round?.rep ?? msg.rep) + 1}/${round?.of ?? t.reps}: ${f.txPerSec.toFixed(0)} tx/s, p50 ${fmt(f.latencyMs.p50)} p99 ${fmt(f.latencyMs.p99)} ms, ` +
           `cpu% c/i/p/f/l ${['coordinator', 'inventory', 'payment', 'fanout', 'loadgen'].map(n => (cpuPct[n] ?? 0).toFixed(0)).join('/')}, ` +
           `fsync/tx ${fsyncPerTx.total?.toFixed(2) ?? '-'}${f.errors > 0 ? `, ${f.errors} errors (${f.firstError})` : ''}${f.aborted > 0 ? `, ${f.aborted} aborted` : ''}`)
       } else if (msg.type === 'done') { cluster.loadgen.off('message', onMessage); resolve(undefined) } else if (msg.type === 'error') { cluster.loadgen.off('message', onMessage); reject(new Error(msg.message)) }
@@ -451,9 +451,17 @@ const rows = []
   const cluster = await startCluster({ strace: false })
   try {
     for (const concurrency of cfg.concurrency) {
-      for (const mode of cfg.modes) {
-        rows.push(...await runLoad(cluster, mode, concurrency, { warmupMs: cfg.warmupS * 1000, durationMs: cfg.durationS * 1000, reps: cfg.reps }))
-        if (mode !== 'baseline') await drainPhase2(cluster)
+      // Round robin: one window of each path per round, `reps` rounds. The host's speed drifts
+      // by tens of percent within minutes (RESULTS.md); measured in turns, every path sees the
+      // same drift, so the ratios compare like with like. The first round warms up for
+      // --warmup, later ones for at most 2 s (the processes are warm; the connections are not).
+      for (let rep = 0; rep < cfg.reps; rep++) {
+        for (const mode of cfg.modes) {
+          const warmupMs = (rep === 0 ? cfg.warmupS : Math.min(cfg.warmupS, 2)) * 1000
+          const windows = await runLoad(cluster, mode, concurrency, { warmupMs, durationMs: cfg.durationS * 1000, reps: 1 }, { rep, of: cfg.reps })
+          for (const w of windows) rows.push({ ...w, rep })
+          if (mode !== 'baseline') await drainPhase2(cluster)
+        }
       }
     }
   } finally {
