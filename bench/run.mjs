@@ -104,6 +104,8 @@ const cfg = {
   logLevel: flags['log-level'] ?? 'warn',
   batchMaxCalls: flags['batch-max-calls'] === undefined ? undefined : Number(flags['batch-max-calls']),
   inlineSyncMaxMs: flags['inline-sync-max-ms'] === undefined ? undefined : Number(flags['inline-sync-max-ms']),
+  /** Windows of the modes in turns (round robin), not mode after mode (results.json: since this was added). */
+  interleaved: true,
   coordinatorNodeArgs: (flags['coordinator-node-args'] ?? COORDINATOR_NODE_FLAGS.join(' ')).split(' ').filter(Boolean)
 }
 for (const [k, v] of Object.entries(cfg)) {

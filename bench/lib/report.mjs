@@ -91,7 +91,7 @@ export function renderMarkdown (r) {
   L.push(`| SQLite files on | ${m.dataDirFs} |`)
   L.push(`| load average before / after (1, 5, 15 min) | ${m.loadBefore.map(f2).join(' ')} / ${(m.loadAfter ?? []).map(f2).join(' ')} |`)
   L.push('')
-  L.push(`Settings: ${c.reps} windows × ${c.durationS} s after a ${c.warmupS} s warm-up, per mode and concurrency; ` +
+  L.push(`Settings: ${c.reps} windows × ${c.durationS} s per mode and concurrency, ${c.interleaved === true ? `the modes in turns (one window each per round; a ${c.warmupS} s warm-up before the first round's windows, at most 2 s before later ones)` : `after a ${c.warmupS} s warm-up`}; ` +
     `signatures ${c.secret ? 'on (TWOPC_SECRET: every callback HMAC-signed and checked)' : 'off'}; LOG_LEVEL=${c.logLevel}; ` +
     `fsyncs ${c.strace ? 'counted in a separate window per mode and concurrency with every server under strace (seccomp-bpf filter: one ptrace stop per fsync), so the strace overhead is in no other figure' : 'not counted'}. ` +
     `Coordinator started as shipped: \`node ${(c.coordinatorNodeArgs ?? []).join(' ')} coordinator/dist/bin.js\`` +
@@ -134,7 +134,7 @@ export function renderMarkdown (r) {
     L.push('## Inside the processes', '')
     L.push('Means over each window of the histograms the processes export on `/metrics` (median over the windows): how long the ' +
       'coordinator held the request, phase 1 (prepare sent to decision logged), and the logs\' writes (one SQLite transaction, ' +
-      'on the event loop) and syncs (one fdatasync of the WAL, on the thread pool), with the steps or callbacks each carried; ' +
+      'on the event loop) and syncs (one fdatasync of the WAL, inline while quick, else on the thread pool), with the steps or callbacks each carried; ' +
       'and the coordinator\'s batched callbacks (calls per batch request, batch requests per second to both participants; a lone call goes out singly and is not counted).', '')
     L.push('| path | clients | request ms | phase 1 ms | coordinator: write batch / ms | sync batch / ms | syncs/s | callbacks per batch | batches/s | inventory: write batch / ms | sync batch / ms | syncs/s |',
       '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
@@ -153,7 +153,7 @@ export function renderMarkdown (r) {
   if (c.strace) {
     L.push('## Log flushes (fsync + fdatasync) per committed transaction', '')
     const timed = groups.some(x => x.fsyncBusyPct?.coordinator != null)
-    if (timed) L.push('Counted in a separate window under strace (one per row). With the share of the window each process spent inside fsync/fdatasync (strace -T; on libuv\'s thread pool since the log syncs off the event loop, so not time the event loop is blocked).', '')
+    if (timed) L.push('Counted in a separate window under strace (one per row). With the share of the window each process spent inside fsync/fdatasync (strace -T; inline on the event loop while syncs average ≤ 1 ms and none runs, on libuv\'s thread pool otherwise).', '')
     L.push(`| path | clients | coordinator | inventory | payment | total |${timed ? ' in fsync: coordinator % | inventory % | payment % |' : ''}`, `| --- | ---: | ---: | ---: | ---: | ---: |${timed ? ' ---: | ---: | ---: |' : ''}`)
     for (const x of groups) {
       const busy = timed ? ` ${mm(x.fsyncBusyPct.coordinator, n0)} | ${mm(x.fsyncBusyPct.inventory, n0)} | ${mm(x.fsyncBusyPct.payment, n0)} |` : ''
