@@ -25,7 +25,7 @@
  * writes. Other databases (in memory, rollback journal) commit and sync as SQLite is set up.
  */
 import type { Database, Statement, Transaction } from 'better-sqlite3'
-import { closeSync, constants, fdatasync, fdatasyncSync, openSync } from 'node:fs'
+import { closeSync, constants, fdatasyncSync, openSync } from 'node:fs'
 import type { FastifyBaseLogger } from 'fastify'
 import { crashPoint, SyncPlacement } from '@fastify-2pc/protocol'
 import type { PrepareRequest, Vote } from '@fastify-2pc/protocol'
@@ -457,15 +457,11 @@ export class ParticipantEngine {
     const sync = { covered: this.#unsynced }
     this.#unsynced = []
     this.#syncsInFlight.push(sync)
-    const started = performance.now()
     const settle = (err: NodeJS.ErrnoException | null, ms: number): void => {
       const index = this.#syncsInFlight.indexOf(sync)
       const settled = index < 0 ? [] : this.#syncsInFlight.splice(0, index + 1)
       if (err !== null) this.#syncFailure ??= new Error(`the participant log could not be synced to disk: ${err.message}`, { cause: err })
-      else {
-        this.#stats.syncs++
-        this.#syncPlacement.record(ms)
-      }
+      else this.#stats.syncs++
       for (const earlier of settled) {
         if (err === null) this.#observer.onSync?.(earlier.covered.reduce((n, c) => n + c.batch.length, 0), ms)
         for (const c of earlier.covered) this.#answer(c.batch, c.results, this.#syncFailure)
@@ -476,16 +472,11 @@ export class ParticipantEngine {
         this.#syncSoon()
       }
     }
-    if (this.#syncPlacement.inline(this.#syncsInFlight.length - 1)) {
-      // On the event loop (SyncPlacement: cheaper than two thread hand-offs while the disk is
-      // quick); settled on the next tick, like a pool sync.
-      let error: NodeJS.ErrnoException | null = null
-      try { fdatasyncSync(this.#walFd) } catch (err) { error = err as NodeJS.ErrnoException }
-      this.#stats.inlineSyncs++
-      process.nextTick(settle, error, performance.now() - started)
-    } else {
-      fdatasync(this.#walFd, (err) => { settle(err, performance.now() - started) })
-    }
+    // Inline while syncs are quick, else on the pool (SyncPlacement); settled on a later tick.
+    this.#syncPlacement.sync(this.#walFd, this.#syncsInFlight.length - 1, (err, ms, inline) => {
+      if (inline) this.#stats.inlineSyncs++
+      settle(err, ms)
+    })
   }
 
   /**

@@ -12,6 +12,9 @@
  * back once syncs are quick again (the pool's timings include the hand-offs, so they
  * overestimate the disk: a disk that looks quick from there is quick).
  */
+import { fdatasync, fdatasyncSync } from 'node:fs'
+import { performance } from 'node:perf_hooks'
+
 export class SyncPlacement {
   /** Moving average of recent sync durations (ms), inline or pool. */
   #recentMs = 0
@@ -32,6 +35,28 @@ export class SyncPlacement {
   /** Each finished sync's duration in ms (on the pool: including the hand-offs). */
   record (ms: number): void {
     this.#recentMs += (ms - this.#recentMs) * 0.25
+  }
+
+  /**
+   * Runs one fdatasync of `fd` where `inline(running)` says and records its duration; `done`
+   * runs on a later tick either way (an inline sync is settled on the next tick, like a pool
+   * sync, so a caller never sees its work settled under it).
+   */
+  sync (fd: number, running: number, done: (err: NodeJS.ErrnoException | null, ms: number, inline: boolean) => void): void {
+    const started = performance.now()
+    if (this.inline(running)) {
+      let error: NodeJS.ErrnoException | null = null
+      try { fdatasyncSync(fd) } catch (err) { error = err as NodeJS.ErrnoException }
+      const ms = performance.now() - started
+      if (error === null) this.record(ms)
+      process.nextTick(done, error, ms, true)
+      return
+    }
+    fdatasync(fd, (err) => {
+      const ms = performance.now() - started
+      if (err === null) this.record(ms)
+      done(err, ms, false)
+    })
   }
 
   /** The moving average the decision is based on (ms). */

@@ -32,3 +32,28 @@ t.test('0 turns inline syncs off; out-of-range thresholds are refused', async t 
   t.throws(() => new SyncPlacement(MAX_INLINE_SYNC_MS + 1), /from 0 to 100/)
   t.doesNotThrow(() => new SyncPlacement(MAX_INLINE_SYNC_MS))
 })
+
+t.test('sync(): runs the fdatasync inline or on the pool, reports on a later tick, records its time', async t => {
+  const { mkdtempSync, openSync, writeSync, closeSync, rmSync } = await import('node:fs')
+  const { join } = await import('node:path')
+  const { tmpdir } = await import('node:os')
+  const dir = mkdtempSync(join(tmpdir(), 'sync-placement-'))
+  const fd = openSync(join(dir, 'f'), 'w')
+  t.teardown(() => { closeSync(fd); rmSync(dir, { recursive: true, force: true }) })
+  writeSync(fd, 'x')
+  for (const [placement, running, expectInline] of [[new SyncPlacement(), 0, true], [new SyncPlacement(), 1, false], [new SyncPlacement(0), 0, false]] as const) {
+    let called = false
+    const result = await new Promise<{ err: unknown, ms: number, inline: boolean }>(resolve => {
+      placement.sync(fd, running, (err, ms, inline) => { called = true; resolve({ err, ms, inline }) })
+      t.equal(called, false, 'never reported synchronously')
+    })
+    t.equal(result.err, null)
+    t.equal(result.inline, expectInline, `running ${running}, threshold ${placement.maxInlineMs}: ${expectInline ? 'inline' : 'pool'}`)
+    t.ok(result.ms >= 0)
+    t.equal(placement.recentMs > 0, true, 'its duration was recorded')
+  }
+  const bad = new SyncPlacement()
+  const failed = await new Promise<unknown>(resolve => { bad.sync(987654, 0, err => { resolve(err) }) })
+  t.match(failed, { code: 'EBADF' }, 'a failing sync reports its error')
+  t.equal(bad.recentMs, 0, 'and records no duration')
+})

@@ -15,7 +15,7 @@
  * sync, at most `lazySyncMs` later.
  */
 import Database from 'better-sqlite3'
-import { closeSync, constants, fdatasync, fdatasyncSync, mkdirSync, openSync } from 'node:fs'
+import { closeSync, constants, fdatasyncSync, mkdirSync, openSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { SyncPlacement, type Decision } from '@fastify-2pc/protocol'
 import { migrations } from './migrations.js'
@@ -687,7 +687,6 @@ export class CoordinatorLog {
     this.unsynced = []
     const sync = { covered }
     this.syncsInFlight.push(sync)
-    const started = performance.now()
     const settle = (err: NodeJS.ErrnoException | null, ms: number): void => {
       // Not in the list any more: a later sync returned first and settled this one's steps.
       const index = this.syncsInFlight.indexOf(sync)
@@ -697,7 +696,6 @@ export class CoordinatorLog {
         if (this.closed && this.syncsInFlight.length === 0) this.closeWal()
         return
       }
-      this.syncPlacement.record(ms)
       this.flushStats.syncs++
       this.flushStats.totalSyncMs += ms
       for (const earlier of settled) {
@@ -712,16 +710,11 @@ export class CoordinatorLog {
       if (this.unsynced.some(s => s.forced)) this.sync()
       else this.lazySync ??= setTimeout(() => { this.lazySync = undefined; this.sync() }, this.lazySyncMs)
     }
-    if (this.syncPlacement.inline(this.syncsInFlight.length - 1)) {
-      // On the event loop (see SyncPlacement); settled on the next tick, like a pool sync, so
-      // callers of sync() never see their steps settled under them.
-      let error: NodeJS.ErrnoException | null = null
-      try { fdatasyncSync(this.walFd) } catch (err) { error = err as NodeJS.ErrnoException }
-      this.flushStats.inlineSyncs++
-      process.nextTick(settle, error, performance.now() - started)
-    } else {
-      fdatasync(this.walFd, (err) => { settle(err, performance.now() - started) })
-    }
+    // Inline or on the pool (SyncPlacement); settled on a later tick either way.
+    this.syncPlacement.sync(this.walFd, this.syncsInFlight.length - 1, (err, ms, inline) => {
+      if (inline) this.flushStats.inlineSyncs++
+      settle(err, ms)
+    })
   }
 
   private markSynced (steps: PendingStep[]): void {
