@@ -6,6 +6,8 @@
  */
 import t, { type Test } from 'tap'
 import { join } from 'node:path'
+import fs from 'node:fs'
+import { syncBuiltinESMExports } from 'node:module'
 import Database from 'better-sqlite3'
 import { CoordinatorLog, type StepWrites } from '../src/log/store.js'
 import { newTransaction, step, type Policy, type Transaction } from '../src/core/machine.js'
@@ -273,5 +275,35 @@ t.test('where the fdatasync runs: inline while quick (still reported on a later 
     t.ok(syncs >= 1, `${syncs} syncs`)
     if (maxInlineMs === 0) t.equal(inlineSyncs, 0, 'threshold 0: every sync on the thread pool')
     else t.ok(inlineSyncs >= 1, `${inlineSyncs} of ${syncs} inline`)
+  }
+})
+
+t.test('a failed fdatasync, inline or on the pool: the step waiting for it fails, and so does everything after (restart)', async t => {
+  // The real failure path: node:fs itself is made to fail (syncBuiltinESMExports updates the
+  // named imports every module holds), as a disk returning EIO would.
+  const real = { fdatasync: fs.fdatasync, fdatasyncSync: fs.fdatasyncSync }
+  const eio = (): NodeJS.ErrnoException => Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO', errno: -5, syscall: 'fdatasync' })
+  t.teardown(() => { Object.assign(fs, real); syncBuiltinESMExports() })
+  for (const maxInlineMs of [1, 0]) {
+    const { log } = open(t)
+    log.syncPlacement = new SyncPlacement(maxInlineMs)
+    const now = Date.now()
+    const ok = save(log, null, newTransaction(`c-test.000000000${maxInlineMs}${'g'.repeat(16)}`, now, now + 60_000), true)
+    log.flush()
+    t.equal(await ok.done, undefined, 'a sync that works')
+    fs.fdatasyncSync = () => { throw eio() }
+    fs.fdatasync = ((_fd: number, cb: (err: NodeJS.ErrnoException | null) => void) => { setImmediate(cb, eio()) }) as typeof fs.fdatasync
+    syncBuiltinESMExports()
+    const inlineBefore = log.flushStats.inlineSyncs
+    const failing = save(log, null, newTransaction(`c-test.000000000${maxInlineMs}${'h'.repeat(16)}`, now, now + 60_000), true)
+    log.flush()
+    t.match(await failing.done, { message: /could not be synced to disk: EIO/ }, `threshold ${maxInlineMs}: the forced step hears of the failure`)
+    t.equal(log.flushStats.inlineSyncs - inlineBefore, maxInlineMs === 0 ? 0 : 1, maxInlineMs === 0 ? 'the failed sync ran on the pool' : 'the failed sync ran inline')
+    Object.assign(fs, real)
+    syncBuiltinESMExports()
+    t.ok(log.failure, 'the log is failed')
+    const after = save(log, null, newTransaction(`c-test.000000000${maxInlineMs}${'j'.repeat(16)}`, now, now + 60_000), true)
+    log.flush()
+    t.match(await after.done, { message: /could not be synced to disk/ }, 'a later step fails too, although the disk works again: only a restart may trust it')
   }
 })

@@ -4,7 +4,8 @@
  * after that transaction committed. Real SQLite files, real HTTP on 127.0.0.1.
  */
 import t, { type Test } from 'tap'
-import { mkdirSync } from 'node:fs'
+import fs, { mkdirSync } from 'node:fs'
+import { syncBuiltinESMExports } from 'node:module'
 import { join } from 'node:path'
 import Database from 'better-sqlite3'
 import { request } from 'undici'
@@ -292,5 +293,34 @@ t.test('inlineSyncMaxMs: syncs on the event loop while quick (the default), all 
     t.ok(syncs >= 5, `${syncs} syncs for 5 sequential prepares`)
     if (inlineSyncMaxMs === 0) t.equal(inlineSyncs, 0, 'threshold 0: none inline')
     else t.ok(inlineSyncs >= 1, `default: ${inlineSyncs} of ${syncs} inline`)
+  }
+})
+
+t.test('a failed fdatasync, inline or on the pool: its callers and every later one get LOG_WRITE_FAILED', async t => {
+  // node:fs itself fails (syncBuiltinESMExports updates the named imports), as a disk returning EIO would.
+  const real = { fdatasync: fs.fdatasync, fdatasyncSync: fs.fdatasyncSync }
+  const eio = (): NodeJS.ErrnoException => Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO', errno: -5, syscall: 'fdatasync' })
+  t.teardown(() => { Object.assign(fs, real); syncBuiltinESMExports() })
+  for (const inlineSyncMaxMs of [1, 0]) {
+    const { db } = inventoryDb(t, 10)
+    const calls = { prepare: 0, commit: 0, abort: 0 }
+    const engine = new ParticipantEngine(db, 'inventory', inventoryHandlers(calls, {}), { logger: pino({ level: 'silent' }), inlineSyncMaxMs })
+    t.teardown(() => engine.close())
+    const first = engine.prepare(prepareBody(txid(), 1) as never)
+    engine.flush()
+    t.same(await first, { type: 'vote', vote: 'yes' }, 'a sync that works')
+    fs.fdatasyncSync = () => { throw eio() }
+    fs.fdatasync = ((_fd: number, cb: (err: NodeJS.ErrnoException | null) => void) => { setImmediate(cb, eio()) }) as typeof fs.fdatasync
+    syncBuiltinESMExports()
+    const inlineBefore = engine.flushStats().inlineSyncs
+    const failing = engine.prepare(prepareBody(txid(), 1) as never)
+    engine.flush()
+    await t.rejects(failing, { name: 'LogWriteFailed', message: /could not be synced to disk: EIO/ }, `inlineSyncMaxMs ${inlineSyncMaxMs}: the vote is never sent`)
+    t.equal(engine.flushStats().inlineSyncs - inlineBefore, inlineSyncMaxMs === 0 ? 0 : 1, inlineSyncMaxMs === 0 ? 'the failed sync ran on the pool' : 'the failed sync ran inline')
+    Object.assign(fs, real)
+    syncBuiltinESMExports()
+    const later = engine.prepare(prepareBody(txid(), 1) as never)
+    engine.flush()
+    await t.rejects(later, { name: 'LogWriteFailed' }, 'nor any later one, although the disk works again: only a restart may trust it')
   }
 })
