@@ -79,7 +79,7 @@ t.test('retry: a pending participant is sent the decision now (backoff timer can
   t.equal((await c.api.get(`/v1/transactions/${id}/decision`)).body.decision, 'commit')
 
   // The timeline has every step, in order.
-  const kinds = c.app.coordinator.log.operator.timeline(id).map(e => `${e.kind}${e.participant === null ? '' : ':' + e.participant}`)
+  const kinds = c.app.coordinator.log.operator.timeline(id).events.map(e => `${e.kind}${e.participant === null ? '' : ':' + e.participant}`)
   t.same(kinds, ['begin', 'enlist:a', 'enlist:b', 'prepare', 'vote:a', 'vote:b', 'decision', 'acked:a', 'phase2-failed:b', 'retry:b', 'acked:b', 'completed'].filter(k => kinds.includes(k)))
   for (const k of ['begin', 'enlist:a', 'vote:b', 'decision', 'phase2-failed:b', 'retry:b', 'acked:b', 'completed']) t.ok(kinds.includes(k), `timeline has ${k}`)
   t.ok(kinds.indexOf('decision') < kinds.indexOf('phase2-failed:b') && kinds.indexOf('retry:b') < kinds.indexOf('acked:b'), 'in order')
@@ -216,6 +216,76 @@ t.test('migration 3 keeps the participants of an existing log and allows the res
   t.match(tx?.participants, [{ name: 'a', vote: 'yes', ack: 'heuristic', attempts: 2, lastError: 'refused' }])
   log.db.prepare(`UPDATE participants SET ack = 'resolved'`).run()
   t.equal(log.load('c1.X')?.participants[0]?.ack, 'resolved')
+  t.same(log.db.prepare('SELECT version FROM schema_migrations ORDER BY version').all().map((r: any) => r.version), migrations.map(m => m.version))
+  t.equal((log.db.pragma('foreign_key_check') as unknown[]).length, 0)
+})
+
+t.test('timeline of a plain commit: every event, in order, from the record\'s own rows (no tx_events row)', async t => {
+  const c = await startCoordinator(t)
+  const a = await startParticipant(t)
+  const b = await startParticipant(t)
+  const id = await commitWith(c.api, [{ name: 'a', url: a.url }, { name: 'b', url: b.url }])
+  await waitFor(async () => (await getTx(c.api, id)).completed ? true : undefined, 5000, 'completed')
+  const log = c.app.coordinator.log
+  t.equal((log.db.prepare('SELECT count(*) AS n FROM tx_events WHERE tx_id = ?').get(id) as { n: number }).n, 0, 'no timeline row written')
+  const { events, beforeTimeline } = log.operator.timeline(id)
+  t.equal(beforeTimeline, false)
+  const kinds = events.map(e => `${e.kind}${e.participant === null ? '' : ':' + e.participant}`)
+  t.same(kinds.slice(0, 4), ['begin', 'enlist:a', 'enlist:b', 'prepare'])
+  t.same([...kinds.slice(4, 6)].sort(), ['vote:a', 'vote:b'])
+  t.equal(kinds[6], 'decision')
+  t.same([...kinds.slice(7, 9)].sort(), ['acked:a', 'acked:b'])
+  t.same(kinds.slice(9), ['completed'])
+  t.match(events, [{ detail: /^expires \d{4}-/ }, { detail: a.url }, { detail: b.url }, { detail: '2 participant(s) asked to prepare' },
+    { detail: 'yes' }, { detail: 'yes' }, { detail: 'committed' }, { detail: null }, { detail: null }, { detail: null }])
+  for (let i = 1; i < events.length; i++) t.ok((events[i]?.at ?? 0) >= (events[i - 1]?.at ?? 0), `${kinds[i]} not before ${kinds[i - 1]}`)
+  t.same(log.operator.timeline('c-unknown.X'), { events: [], beforeTimeline: false })
+})
+
+t.test('migration 5 moves the common timeline events into the record\'s columns: the timeline reads the same', async t => {
+  const path = tempDbPath(t)
+  const db = new Database(path)
+  db.exec('CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL) STRICT')
+  for (const m of migrations.filter(m => m.version <= 4)) {
+    db.exec(m.sql)
+    db.prepare('INSERT INTO schema_migrations VALUES (?, ?, ?)').run(m.version, m.name, 0)
+  }
+  // Written by the previous version: a commit whose phase 2 to b failed once and was retried.
+  db.prepare(`INSERT INTO transactions (id, state, created_at, updated_at, expires_at, decided_at, completed_at)
+    VALUES ('c1.T', 'committed', 1000, 1009, 61000, 1004, 1009)`).run()
+  db.prepare(`INSERT INTO participants (tx_id, position, name, url, vote, ack) VALUES
+    ('c1.T', 0, 'a', 'http://127.0.0.1:1/a', 'yes', 'acked'), ('c1.T', 1, 'b', 'http://127.0.0.1:1/b', 'yes', 'acked')`).run()
+  const old: Array<[number, string, string | null, string | null]> = [
+    [1000, 'begin', null, `expires ${new Date(61000).toISOString()}`],
+    [1000, 'enlist', 'a', 'http://127.0.0.1:1/a'],
+    [1001, 'enlist', 'b', 'http://127.0.0.1:1/b'],
+    [1002, 'prepare', null, '2 participant(s) asked to prepare'],
+    [1003, 'vote', 'b', 'yes'],
+    [1004, 'vote', 'a', 'yes'],
+    [1004, 'decision', null, 'committed'],
+    [1005, 'acked', 'a', null],
+    [1005, 'phase2-failed', 'b', 'attempt 1: 503'],
+    [1008, 'retry', 'b', 'sent now'],
+    [1009, 'acked', 'b', null],
+    [1009, 'completed', null, null]
+  ]
+  for (const [at, kind, participant, detail] of old) {
+    db.prepare('INSERT INTO tx_events (tx_id, at, kind, participant, detail) VALUES (?, ?, ?, ?, ?)').run('c1.T', at, kind, participant, detail)
+  }
+  // Written before the timeline existed (migration 3): no rows at all.
+  db.prepare(`INSERT INTO transactions (id, state, created_at, updated_at, expires_at, decided_at) VALUES ('c1.U', 'aborted', 500, 501, 9000, 501)`).run()
+  db.prepare(`INSERT INTO participants (tx_id, position, name, url, vote, ack) VALUES ('c1.U', 0, 'a', 'http://127.0.0.1:1/a', 'no', 'not-needed')`).run()
+  db.close()
+
+  const log = new CoordinatorLog(path)
+  t.teardown(() => log.close())
+  t.same(log.operator.timeline('c1.T').events.map(e => [e.at, e.kind, e.participant, e.detail]), old, 'the same events, times and details')
+  t.same(log.db.prepare('SELECT kind FROM tx_events ORDER BY id').all().map((r: any) => r.kind), ['phase2-failed', 'retry'], 'only the rare rows are left')
+  t.same(log.db.prepare('SELECT enlisted_at, voted_at, acked_at FROM participants WHERE tx_id = ? ORDER BY position').all('c1.T'),
+    [{ enlisted_at: 1000, voted_at: 1004, acked_at: 1005 }, { enlisted_at: 1001, voted_at: 1003, acked_at: 1009 }])
+  const before = log.operator.timeline('c1.U')
+  t.equal(before.beforeTimeline, true, 'a record older than the timeline is told apart')
+  t.same(before.events.map(e => e.kind), ['begin', 'decision'])
   t.same(log.db.prepare('SELECT version FROM schema_migrations ORDER BY version').all().map((r: any) => r.version), migrations.map(m => m.version))
   t.equal((log.db.pragma('foreign_key_check') as unknown[]).length, 0)
 })

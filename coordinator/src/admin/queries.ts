@@ -85,8 +85,8 @@ export interface TimelineEntry {
 }
 
 /**
- * A transaction's timeline: its `tx_events` (or, for a record written before migration 3, what
- * the record's timestamps tell), attention entries and their resolution, outbox rows (queued,
+ * A transaction's timeline: its events (OperatorTables.timeline: what its record's times tell,
+ * merged with its `tx_events` rows), attention entries and their resolution, outbox rows (queued,
  * published, parked) and audit entries, by time.
  */
 export function timeline (log: CoordinatorLog, tx: Transaction): TimelineEntry[] {
@@ -95,13 +95,9 @@ export function timeline (log: CoordinatorLog, tx: Transaction): TimelineEntry[]
   const add = (at: number, kind: string, participant: string | null, detail: string | null): void => {
     out.push({ at, kind, participant, detail: detail ?? '', order: order++ })
   }
-  const events = log.operator.timeline(tx.id)
-  if (events.length > 0) {
-    for (const e of events) add(e.at, e.kind, e.participant, e.detail)
-  } else {
-    add(tx.createdAt, 'begin', null, 'recorded before the timeline existed: votes and acks have no times')
-    if (tx.decidedAt !== null) add(tx.decidedAt, 'decision', null, tx.reason === null ? tx.state : `${tx.state} (${tx.reason})`)
-    if (tx.completedAt !== null) add(tx.completedAt, 'completed', null, null)
+  const { events, beforeTimeline } = log.operator.timeline(tx.id)
+  for (const e of events) {
+    add(e.at, e.kind, e.participant, e.kind === 'begin' && beforeTimeline ? 'recorded before the timeline existed: votes and acks have no times' : e.detail)
   }
   for (const a of log.attention(tx.id)) {
     add(a.createdAt, 'attention', a.participant, `${a.kind}: ${a.detail}`)

@@ -191,5 +191,26 @@ export const migrations: readonly Migration[] = [
       ALTER TABLE transactions ADD COLUMN heuristic INTEGER NOT NULL DEFAULT 0;
       CREATE INDEX transactions_completed ON transactions (completed_at) WHERE completed_at IS NOT NULL;
     `
+  },
+  {
+    version: 5,
+    name: 'timeline: the common events read from the record instead of tx_events rows',
+    sql: `
+      -- Ten tx_events rows per transaction (begin, enlistments, prepare, votes, decision, acks,
+      -- completion) were a third of the WAL pages every log write dirtied. Their times now live
+      -- in columns of rows each step writes anyway; tx_events keeps the rare events only
+      -- (failures, retries, heuristics, resolutions, messages). operator-tables.ts derives the rest.
+      ALTER TABLE transactions ADD COLUMN prepared_at INTEGER;
+      ALTER TABLE participants ADD COLUMN enlisted_at INTEGER;
+      ALTER TABLE participants ADD COLUMN voted_at INTEGER;
+      ALTER TABLE participants ADD COLUMN acked_at INTEGER;
+      UPDATE transactions SET prepared_at =
+        (SELECT min(e.at) FROM tx_events e WHERE e.tx_id = transactions.id AND e.kind = 'prepare');
+      UPDATE participants SET
+        enlisted_at = (SELECT min(e.at) FROM tx_events e WHERE e.tx_id = participants.tx_id AND e.participant = participants.name AND e.kind = 'enlist'),
+        voted_at = (SELECT min(e.at) FROM tx_events e WHERE e.tx_id = participants.tx_id AND e.participant = participants.name AND e.kind = 'vote'),
+        acked_at = (SELECT max(e.at) FROM tx_events e WHERE e.tx_id = participants.tx_id AND e.participant = participants.name AND e.kind = 'acked');
+      DELETE FROM tx_events WHERE kind IN ('begin', 'enlist', 'prepare', 'vote', 'decision', 'acked', 'completed');
+    `
   }
 ]

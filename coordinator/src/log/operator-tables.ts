@@ -1,10 +1,12 @@
 /**
- * The operator side of the log (migration 3): the `tx_events` timeline, the `audit` trail and
+ * The operator side of the log (migrations 3 and 5): the timeline, the `audit` trail and
  * attention resolutions. `write` runs inside the step's own SQLite transaction (called by
  * CoordinatorLog's writeStep; the batch's timeline rows are inserted together at its end), so a
- * timeline entry or an audit row exists exactly when the change it describes does. The timeline is derived from the step's before/after records
- * (`timelineOf`, pure): the machine copies only what it changes, so the diff is a few reference
- * comparisons and usually one insert.
+ * timeline entry or an audit row exists exactly when the change it describes does. A step's
+ * events are derived from its before/after records (`timelineOf`, pure): the machine copies only
+ * what it changes, so the diff is a few reference comparisons. The common ones (DERIVED_KINDS)
+ * are not inserted: their times are columns of the record's rows, which the step writes anyway,
+ * and `timeline` reads them back; only the rare ones become `tx_events` rows.
  */
 import type Database from 'better-sqlite3'
 import type { AuditAction, Participant, Transaction } from '../core/machine.js'
@@ -35,9 +37,45 @@ export type TimelineKind =
   | 'phase2-failed' | 'acked' | 'heuristic' | 'retry' | 'resolved' | 'completed' | 'attention-cleared'
 
 export interface StoredTimelineEvent extends TimelineEvent {
-  id: number
-  txId: string
   at: number
+}
+
+/**
+ * The events every transaction has (migration 5): not written to `tx_events` but read back from
+ * the columns the same step writes anyway — transactions.created_at / expires_at / prepared_at /
+ * decided_at / completed_at, participants.enlisted_at / voted_at / acked_at — so a transaction
+ * costs no timeline rows unless something unusual happens.
+ */
+export const DERIVED_KINDS: ReadonlySet<TimelineKind> = new Set<TimelineKind>(['begin', 'enlist', 'prepare', 'vote', 'decision', 'acked', 'completed'])
+
+/**
+ * Order of events within one millisecond: the protocol's own (enlist before prepare before the
+ * votes before the decision before phase 2), then by participant position, then as written.
+ * Phase-1 and phase-2 events of one participant keep their causal order (a failed attempt
+ * before the vote or ack that followed it).
+ */
+const RANK: Record<TimelineKind, number> = {
+  begin: 0,
+  enlist: 1,
+  message: 2,
+  prepare: 3,
+  'prepare-failed': 4,
+  vote: 4,
+  decision: 5,
+  'phase2-failed': 6,
+  heuristic: 6,
+  retry: 6,
+  acked: 6,
+  resolved: 7,
+  completed: 8,
+  'attention-cleared': 9
+}
+const SUB_RANK: Partial<Record<TimelineKind, number>> = { 'prepare-failed': 0, vote: 1, 'phase2-failed': 0, heuristic: 1, retry: 2, acked: 3 }
+
+/** True when this step moves the transaction into phase 1 (the 'prepare' event; prepared_at). */
+export function entersPhase1 (prev: Transaction | null, next: Transaction): boolean {
+  return next.state !== 'active' && (prev === null || prev.state === 'active') &&
+    (next.state === 'preparing' || next.participants.some(p => p.vote !== null))
 }
 
 function participantEvents (before: Participant | undefined, p: Participant, decided: boolean, out: TimelineEvent[]): void {
@@ -77,7 +115,7 @@ export function timelineOf (prev: Transaction | null, next: Transaction): Timeli
   next.participants.forEach((p, i) => participantEvents(prev?.participants[i], p, decidedBefore, out))
   const messagesBefore = prev?.messageCount ?? 0
   for (let n = messagesBefore; n < next.messageCount; n++) out.push({ kind: 'message', participant: null, detail: `message #${n + 1} enlisted` })
-  if (next.state !== 'active' && (prev === null || prev.state === 'active') && (next.state === 'preparing' || next.participants.some(p => p.vote !== null))) {
+  if (entersPhase1(prev, next)) {
     out.push({ kind: 'prepare', participant: null, detail: next.onePhase ? 'one-phase commit' : `${next.participants.length} participant(s) asked to prepare` })
   }
   if (decidedNow && !decidedBefore) {
@@ -161,8 +199,12 @@ export class OperatorTables {
       resolveAttention: db.prepare('UPDATE attention SET resolved_at = ?, resolution = ? WHERE tx_id = ? AND resolved_at IS NULL'),
       auditFor: db.prepare<[string], { id: number, tx_id: string, action: string, reason: string | null, actor: string, at: number }>(
         'SELECT * FROM audit WHERE tx_id = ? ORDER BY id'),
-      eventsFor: db.prepare<[string], { id: number, tx_id: string, at: number, kind: TimelineKind, participant: string | null, detail: string | null }>(
-        'SELECT * FROM tx_events WHERE tx_id = ? ORDER BY id')
+      eventsFor: db.prepare<[string], { at: number, kind: TimelineKind, participant: string | null, detail: string | null }>(
+        'SELECT at, kind, participant, detail FROM tx_events WHERE tx_id = ? ORDER BY id'),
+      recordTimes: db.prepare<[string], TxTimesRow>(
+        'SELECT created_at, expires_at, prepared_at, decided_at, completed_at, state, reason, one_phase FROM transactions WHERE id = ?'),
+      participantTimes: db.prepare<[string], ParticipantTimesRow>(
+        'SELECT name, url, vote, vote_reason, enlisted_at, voted_at, acked_at FROM participants WHERE tx_id = ? ORDER BY position')
     }
   }
 
@@ -172,7 +214,7 @@ export class OperatorTables {
    * are written now.
    */
   write (prev: Transaction | null, next: Transaction, audit: NewAudit[] | undefined, resolution: string | undefined, now: number, events: MultiRowInsert): void {
-    for (const e of timelineOf(prev, next)) events.add(next.id, now, e.kind, e.participant, e.detail)
+    for (const e of timelineOf(prev, next)) if (!DERIVED_KINDS.has(e.kind)) events.add(next.id, now, e.kind, e.participant, e.detail)
     for (const a of audit ?? []) this.stmts.insertAudit.run(next.id, a.action, a.reason, a.actor, now)
     if (resolution !== undefined) this.stmts.resolveAttention.run(now, resolution, next.id)
   }
@@ -186,7 +228,58 @@ export class OperatorTables {
     return this.stmts.auditFor.all(txId).map(r => ({ id: r.id, txId: r.tx_id, action: r.action, reason: r.reason, actor: r.actor, at: r.at }))
   }
 
-  timeline (txId: string): StoredTimelineEvent[] {
-    return this.stmts.eventsFor.all(txId).map(r => ({ id: r.id, txId: r.tx_id, at: r.at, kind: r.kind, participant: r.participant, detail: r.detail }))
+  /**
+   * A transaction's timeline as written: the derived events (DERIVED_KINDS, from its record's
+   * columns) merged with its `tx_events` rows, by time. Empty for an unknown transaction.
+   * `beforeTimeline`: the record predates the timeline (migration 3), so its participants have
+   * no enlist, vote or ack times.
+   */
+  timeline (txId: string): { events: StoredTimelineEvent[], beforeTimeline: boolean } {
+    const tx = this.stmts.recordTimes.get(txId)
+    if (tx === undefined) return { events: [], beforeTimeline: false }
+    const participants = this.stmts.participantTimes.all(txId)
+    const sorted: Array<StoredTimelineEvent & { position: number, seq: number }> = []
+    let seq = 0
+    const add = (at: number | null, kind: TimelineKind, participant: string | null, detail: string | null, position = -1): void => {
+      if (at !== null) sorted.push({ at, kind, participant, detail, position, seq: seq++ })
+    }
+    const positions = new Map(participants.map((p, i) => [p.name, i]))
+    const beforeTimeline = participants.length > 0 && participants.every(p => p.enlisted_at === null && p.voted_at === null && p.acked_at === null)
+    add(tx.created_at, 'begin', null, `expires ${new Date(tx.expires_at).toISOString()}`)
+    participants.forEach((p, i) => {
+      add(p.enlisted_at, 'enlist', p.name, p.url, i)
+      if (p.vote !== null) add(p.voted_at, 'vote', p.name, p.vote_reason === null ? p.vote : `${p.vote}: ${p.vote_reason}`, i)
+      add(p.acked_at, 'acked', p.name, null, i)
+    })
+    add(tx.prepared_at, 'prepare', null, tx.one_phase === 1 ? 'one-phase commit' : `${participants.length} participant(s) asked to prepare`)
+    if (tx.state === 'committed' || tx.state === 'aborted') {
+      add(tx.decided_at, 'decision', null, tx.reason === null ? tx.state : `${tx.state} (${tx.reason})`)
+    }
+    add(tx.completed_at, 'completed', null, null)
+    for (const r of this.stmts.eventsFor.all(txId)) add(r.at, r.kind, r.participant, r.detail, r.participant === null ? -1 : positions.get(r.participant) ?? -1)
+    sorted.sort((x, y) => x.at - y.at || RANK[x.kind] - RANK[y.kind] || x.position - y.position ||
+      (SUB_RANK[x.kind] ?? 0) - (SUB_RANK[y.kind] ?? 0) || x.seq - y.seq)
+    return { events: sorted.map(e => ({ at: e.at, kind: e.kind, participant: e.participant, detail: e.detail })), beforeTimeline }
   }
+}
+
+interface TxTimesRow {
+  created_at: number
+  expires_at: number
+  prepared_at: number | null
+  decided_at: number | null
+  completed_at: number | null
+  state: string
+  reason: string | null
+  one_phase: number
+}
+
+interface ParticipantTimesRow {
+  name: string
+  url: string
+  vote: string | null
+  vote_reason: string | null
+  enlisted_at: number | null
+  voted_at: number | null
+  acked_at: number | null
 }

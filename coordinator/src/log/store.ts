@@ -20,7 +20,7 @@ import { dirname } from 'node:path'
 import { SyncPlacement, type Decision } from '@fastify-2pc/protocol'
 import { migrations } from './migrations.js'
 import type { AttentionKind, Participant, Transaction, TxMessage, TxState } from '../core/machine.js'
-import { MultiRowInsert, OperatorTables, type NewAudit } from './operator-tables.js'
+import { MultiRowInsert, OperatorTables, entersPhase1, type NewAudit } from './operator-tables.js'
 
 export interface AttentionEntry {
   id: number
@@ -441,8 +441,12 @@ export class CoordinatorLog {
         if (before === p) continue // untouched by this step (the machine copies what it changes)
         // An existing row keeps its url, position and payload (the upsert updates only the
         // mutable columns), so the payload is serialized for a new row only.
+        // The timeline's times (migration 5): set by the step that enlists, brings the vote or
+        // the ack; null leaves the stored one (the upsert keeps it).
+        const votedAt = p.vote !== null && (before === undefined || before.vote === null) ? now : null
+        const ackedAt = p.ack === 'acked' && before?.ack !== 'acked' ? now : null
         ;(before === undefined ? rows.newParticipants : rows.participants).add(next.id, i, p.name, p.url, before === undefined ? payloadJson(p.payload) : null,
-          p.onePhase ? 1 : 0, p.vote, p.voteReason, p.ack, p.attempts, p.lastError, p.nextAttemptAt)
+          p.onePhase ? 1 : 0, p.vote, p.voteReason, p.ack, p.attempts, p.lastError, p.nextAttemptAt, before === undefined ? now : null, votedAt, ackedAt)
       }
       for (const m of writes.messages) {
         this.stmts.insertMessage.run(next.id, m.position, m.message.exchange, m.message.routingKey,
@@ -476,28 +480,30 @@ export class CoordinatorLog {
     // or participant is a plain insert (a second one with the same key fails the batch, as it
     // must); a changed one is written as an upsert that sets only its mutable columns
     // (created_at, traceparent, url, position and payload never change).
-    const txColumns = '(state, updated_at, expires_at, decided_at, completed_at, reason, needs_attention, one_phase, metadata, message_count, heuristic, id, created_at, traceparent)'
-    const participantColumns = '(tx_id, position, name, url, payload, one_phase, vote, vote_reason, ack, attempts, last_error, next_attempt_at)'
+    const txColumns = '(state, updated_at, expires_at, decided_at, completed_at, reason, needs_attention, one_phase, metadata, message_count, heuristic, id, created_at, traceparent, prepared_at)'
+    const participantColumns = '(tx_id, position, name, url, payload, one_phase, vote, vote_reason, ack, attempts, last_error, next_attempt_at, enlisted_at, voted_at, acked_at)'
     const rows: BatchRows = {
-      newTransactions: new MultiRowInsert(this.db, `INSERT INTO transactions ${txColumns} VALUES`, '', 14, 32),
-      newParticipants: new MultiRowInsert(this.db, `INSERT INTO participants ${participantColumns} VALUES`, '', 12, 32),
-      transactions: new MultiRowInsert(this.db, `INSERT INTO transactions
-        (state, updated_at, expires_at, decided_at, completed_at, reason, needs_attention, one_phase, metadata, message_count, heuristic, id, created_at, traceparent) VALUES`,
+      newTransactions: new MultiRowInsert(this.db, `INSERT INTO transactions ${txColumns} VALUES`, '', 15, 32),
+      newParticipants: new MultiRowInsert(this.db, `INSERT INTO participants ${participantColumns} VALUES`, '', 15, 32),
+      transactions: new MultiRowInsert(this.db, `INSERT INTO transactions ${txColumns} VALUES`,
       `ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at, expires_at = excluded.expires_at,
         decided_at = excluded.decided_at, completed_at = excluded.completed_at, reason = excluded.reason,
         needs_attention = excluded.needs_attention, one_phase = excluded.one_phase, metadata = excluded.metadata,
-        message_count = excluded.message_count, heuristic = excluded.heuristic`, 14, 32),
-      participants: new MultiRowInsert(this.db, `INSERT INTO participants
-        (tx_id, position, name, url, payload, one_phase, vote, vote_reason, ack, attempts, last_error, next_attempt_at) VALUES`,
+        message_count = excluded.message_count, heuristic = excluded.heuristic,
+        prepared_at = coalesce(excluded.prepared_at, transactions.prepared_at)`, 15, 32),
+      participants: new MultiRowInsert(this.db, `INSERT INTO participants ${participantColumns} VALUES`,
       `ON CONFLICT (tx_id, name) DO UPDATE SET vote = excluded.vote, vote_reason = excluded.vote_reason, ack = excluded.ack,
-        attempts = excluded.attempts, last_error = excluded.last_error, next_attempt_at = excluded.next_attempt_at`, 12, 32),
+        attempts = excluded.attempts, last_error = excluded.last_error, next_attempt_at = excluded.next_attempt_at,
+        voted_at = coalesce(excluded.voted_at, participants.voted_at), acked_at = coalesce(excluded.acked_at, participants.acked_at)`, 15, 32),
       decisions: new MultiRowInsert(this.db, 'INSERT INTO decisions (tx_id, decision, decided_at, reason) VALUES', '', 4, 64),
       events: this.operator.timelineRows()
     }
     // A vote or an ack changes a participant row only (the machine keeps the rest as it was).
-    const recordRow = (prev: Transaction | null, next: Transaction): void => {
-      if (prev === null) rows.newTransactions.add(...txParams(next), next.createdAt, next.traceparent)
-      else if (!sameTxRow(prev, next)) rows.transactions.add(...txParams(next), next.createdAt, next.traceparent)
+    // prepared_at: the timeline's 'prepare' (migration 5); null leaves the stored one.
+    const recordRow = (prev: Transaction | null, next: Transaction, now: number): void => {
+      const preparedAt = entersPhase1(prev, next) ? now : null
+      if (prev === null) rows.newTransactions.add(...txParams(next), next.createdAt, next.traceparent, preparedAt)
+      else if (!sameTxRow(prev, next)) rows.transactions.add(...txParams(next), next.createdAt, next.traceparent, preparedAt)
     }
     const writeAll = this.db.transaction((batch: PendingStep[]) => {
       // Nothing left over from a batch that failed half-way (it was rolled back).
@@ -513,7 +519,10 @@ export class CoordinatorLog {
       }
       // The records first (one statement each for the new and the changed ones), so every row
       // that references one — written step by step below — finds it (foreign keys are on).
-      for (const steps of byId.values()) recordRow((steps[0] as PendingStep).prev, (steps[steps.length - 1] as PendingStep).next)
+      for (const steps of byId.values()) {
+        const last = steps[steps.length - 1] as PendingStep
+        recordRow((steps[0] as PendingStep).prev, last.next, last.now)
+      }
       rows.newTransactions.flush()
       rows.transactions.flush()
       for (const steps of byId.values()) {
