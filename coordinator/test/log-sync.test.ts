@@ -215,10 +215,11 @@ t.test('steps of one transaction in one batch are written as one, with the same 
   t.equal(batched.flushStats.merged, 5, '8 steps written as 3')
   batched.close()
 
-  const expected = dump(onePath) as { timeline: unknown[], outbox: unknown[] }
+  const expected = dump(onePath) as { tx: unknown[], timeline: unknown[], outbox: unknown[] }
   t.same(expected.timeline, ['acked:a', 'acked:b', 'begin:', 'completed:', 'decision:', 'enlist:a', 'enlist:b', 'message:', 'prepare:', 'vote:a', 'vote:b'],
     'the reference has a full timeline')
   t.equal(expected.outbox.length, 1, 'and the released message')
+  t.match(expected.tx, [{ state: 'committed', completed_at: now + 5, prepared: 1 }], 'the completion (written with the times-only upsert) is in the row')
   t.same(dump(batchedPath), expected, 'the same rows')
 })
 

@@ -66,6 +66,8 @@ interface PendingStep {
 interface BatchRows {
   newTransactions: MultiRowInsert
   transactions: MultiRowInsert
+  /** Changed records whose only change is their times (a completion): a narrower upsert. */
+  timesOnly: MultiRowInsert
   newParticipants: MultiRowInsert
   participants: MultiRowInsert
   decisions: MultiRowInsert
@@ -305,6 +307,18 @@ function sameTxRow (a: Transaction, b: Transaction): boolean {
     a.onePhase === b.onePhase && a.metadata === b.metadata && a.messageCount === b.messageCount && a.heuristic === b.heuristic
 }
 
+/**
+ * Only updated_at / completed_at differ (the step that completes a transaction). Such a record
+ * is written with an upsert that sets just those two: SQLite then leaves every index that does
+ * not involve them alone (the state index, the open-transactions index, …) instead of deleting
+ * and re-inserting each entry.
+ */
+function onlyTimesChanged (a: Transaction, b: Transaction): boolean {
+  return a.state === b.state && a.expiresAt === b.expiresAt && a.decidedAt === b.decidedAt &&
+    a.reason === b.reason && a.needsAttention === b.needsAttention &&
+    a.onePhase === b.onePhase && a.metadata === b.metadata && a.messageCount === b.messageCount && a.heuristic === b.heuristic
+}
+
 // Positional parameters, in the column order of the statements below (cheaper than named ones).
 function txParams (tx: Transaction): unknown[] {
   return [tx.state, tx.updatedAt, tx.expiresAt, tx.decidedAt, tx.completedAt, tx.reason, tx.needsAttention ? 1 : 0,
@@ -491,6 +505,8 @@ export class CoordinatorLog {
         needs_attention = excluded.needs_attention, one_phase = excluded.one_phase, metadata = excluded.metadata,
         message_count = excluded.message_count, heuristic = excluded.heuristic,
         prepared_at = coalesce(excluded.prepared_at, transactions.prepared_at)`, 15, 32),
+      timesOnly: new MultiRowInsert(this.db, `INSERT INTO transactions ${txColumns} VALUES`,
+        'ON CONFLICT (id) DO UPDATE SET updated_at = excluded.updated_at, completed_at = excluded.completed_at', 15, 32),
       participants: new MultiRowInsert(this.db, `INSERT INTO participants ${participantColumns} VALUES`,
       `ON CONFLICT (tx_id, name) DO UPDATE SET vote = excluded.vote, vote_reason = excluded.vote_reason, ack = excluded.ack,
         attempts = excluded.attempts, last_error = excluded.last_error, next_attempt_at = excluded.next_attempt_at,
@@ -503,7 +519,9 @@ export class CoordinatorLog {
     const recordRow = (prev: Transaction | null, next: Transaction, now: number): void => {
       const preparedAt = entersPhase1(prev, next) ? now : null
       if (prev === null) rows.newTransactions.add(...txParams(next), next.createdAt, next.traceparent, preparedAt)
-      else if (!sameTxRow(prev, next)) rows.transactions.add(...txParams(next), next.createdAt, next.traceparent, preparedAt)
+      else if (!sameTxRow(prev, next)) {
+        (onlyTimesChanged(prev, next) ? rows.timesOnly : rows.transactions).add(...txParams(next), next.createdAt, next.traceparent, preparedAt)
+      }
     }
     const writeAll = this.db.transaction((batch: PendingStep[]) => {
       // Nothing left over from a batch that failed half-way (it was rolled back).
@@ -525,6 +543,7 @@ export class CoordinatorLog {
       }
       rows.newTransactions.flush()
       rows.transactions.flush()
+      rows.timesOnly.flush()
       for (const steps of byId.values()) {
         const first = steps[0] as PendingStep
         if (steps.length === 1) {
