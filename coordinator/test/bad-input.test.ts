@@ -18,9 +18,10 @@ const root = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..')
 function dump (dbPath: string): Record<string, unknown[]> {
   const db = new Database(dbPath, { readonly: true, fileMustExist: true })
   try {
-    const tables = db.prepare<[], { name: string }>("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all()
+    const tables = db.prepare<[], { name: string, sql: string }>("SELECT name, sql FROM sqlite_master WHERE type = 'table' ORDER BY name").all()
     const out: Record<string, unknown[]> = {}
-    for (const { name } of tables) out[name] = db.prepare(`SELECT * FROM "${name}" ORDER BY rowid`).all()
+    // A WITHOUT ROWID table (participants, decisions) has no rowid: its key orders it.
+    for (const { name, sql } of tables) out[name] = db.prepare(`SELECT * FROM "${name}" ${/WITHOUT ROWID/i.test(sql) ? '' : 'ORDER BY rowid'}`).all()
     return out
   } finally {
     db.close()

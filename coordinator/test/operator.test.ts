@@ -242,7 +242,7 @@ t.test('timeline of a plain commit: every event, in order, from the record\'s ow
   t.same(log.operator.timeline('c-unknown.X'), { events: [], beforeTimeline: false })
 })
 
-t.test('migration 5 moves the common timeline events into the record\'s columns: the timeline reads the same', async t => {
+t.test('migrations 5 and 6: the common timeline events move into the record\'s columns (the timeline reads the same); participants and decisions become one B-tree each', async t => {
   const path = tempDbPath(t)
   const db = new Database(path)
   db.exec('CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL) STRICT')
@@ -275,6 +275,7 @@ t.test('migration 5 moves the common timeline events into the record\'s columns:
   // Written before the timeline existed (migration 3): no rows at all.
   db.prepare(`INSERT INTO transactions (id, state, created_at, updated_at, expires_at, decided_at) VALUES ('c1.U', 'aborted', 500, 501, 9000, 501)`).run()
   db.prepare(`INSERT INTO participants (tx_id, position, name, url, vote, ack) VALUES ('c1.U', 0, 'a', 'http://127.0.0.1:1/a', 'no', 'not-needed')`).run()
+  db.prepare(`INSERT INTO decisions (tx_id, decision, decided_at, reason) VALUES ('c1.T', 'commit', 1004, NULL), ('c1.U', 'abort', 501, 'vote no')`).run()
   db.close()
 
   const log = new CoordinatorLog(path)
@@ -283,6 +284,21 @@ t.test('migration 5 moves the common timeline events into the record\'s columns:
   t.same(log.db.prepare('SELECT kind FROM tx_events ORDER BY id').all().map((r: any) => r.kind), ['phase2-failed', 'retry'], 'only the rare rows are left')
   t.same(log.db.prepare('SELECT enlisted_at, voted_at, acked_at FROM participants WHERE tx_id = ? ORDER BY position').all('c1.T'),
     [{ enlisted_at: 1000, voted_at: 1004, acked_at: 1005 }, { enlisted_at: 1001, voted_at: 1003, acked_at: 1009 }])
+  // Migration 6: the same rows, now each table one B-tree keyed by its primary key.
+  const sqlOf = (name: string): string => (log.db.prepare('SELECT sql FROM sqlite_schema WHERE name = ?').get(name) as { sql: string }).sql
+  t.match(sqlOf('participants'), /WITHOUT ROWID/)
+  t.match(sqlOf('decisions'), /WITHOUT ROWID/)
+  t.same(log.db.prepare("SELECT name FROM sqlite_schema WHERE name LIKE 'sqlite_autoindex_participants%' OR name LIKE 'sqlite_autoindex_decisions%'").all(), [], 'no separate key index any more')
+  t.match(log.load('c1.T')?.participants, [{ name: 'a', url: 'http://127.0.0.1:1/a', vote: 'yes', ack: 'acked' }, { name: 'b', vote: 'yes', ack: 'acked' }])
+  t.same(log.decisionRow('c1.U'), { decision: 'abort', decided_at: 501 })
+  t.throws(() => log.db.prepare(`UPDATE decisions SET decision = 'abort' WHERE tx_id = 'c1.T'`).run(), /a logged decision never changes/, 'the decision is still final')
+  t.ok(log.db.prepare("SELECT 1 FROM sqlite_schema WHERE name = 'participants_heuristic'").get(), 'the heuristic index is back')
+  log.db.prepare("DELETE FROM transactions WHERE id = 'c1.U'").run()
+  t.same(log.db.prepare("SELECT count(*) AS n FROM participants WHERE tx_id = 'c1.U'").get(), { n: 0 }, 'deleting a record still deletes its participants')
+  t.same(log.db.prepare("SELECT count(*) AS n FROM decisions WHERE tx_id = 'c1.U'").get(), { n: 0 }, 'and its decision')
+  // Put it back for the timeline check below.
+  log.db.prepare(`INSERT INTO transactions (id, state, created_at, updated_at, expires_at, decided_at) VALUES ('c1.U', 'aborted', 500, 501, 9000, 501)`).run()
+  log.db.prepare(`INSERT INTO participants (tx_id, position, name, url, vote, ack) VALUES ('c1.U', 0, 'a', 'http://127.0.0.1:1/a', 'no', 'not-needed')`).run()
   const before = log.operator.timeline('c1.U')
   t.equal(before.beforeTimeline, true, 'a record older than the timeline is told apart')
   t.same(before.events.map(e => e.kind), ['begin', 'decision'])

@@ -212,5 +212,54 @@ export const migrations: readonly Migration[] = [
         acked_at = (SELECT max(e.at) FROM tx_events e WHERE e.tx_id = participants.tx_id AND e.participant = participants.name AND e.kind = 'acked');
       DELETE FROM tx_events WHERE kind IN ('begin', 'enlist', 'prepare', 'vote', 'decision', 'acked', 'completed');
     `
+  },
+  {
+    version: 6,
+    name: 'participants and decisions stored in their primary key (WITHOUT ROWID)',
+    sql: `
+      -- A table with a TEXT primary key is two B-trees in SQLite (the rows by rowid, and the key
+      -- index pointing to them): every insert wrote both and every upsert searched both. Keyed
+      -- by (tx_id, name) and tx_id alone (ids sort by creation time, so new rows append), each is
+      -- one B-tree: ~3 of the ~20 pages a log write dirtied were these two key indexes.
+      CREATE TABLE participants_v6 (
+        tx_id           TEXT NOT NULL REFERENCES transactions (id) ON DELETE CASCADE,
+        position        INTEGER NOT NULL,
+        name            TEXT NOT NULL,
+        url             TEXT NOT NULL,
+        payload         TEXT,
+        one_phase       INTEGER NOT NULL DEFAULT 0,
+        vote            TEXT CHECK (vote IN ('yes', 'no', 'read-only')),
+        vote_reason     TEXT,
+        ack             TEXT NOT NULL CHECK (ack IN ('none', 'pending', 'acked', 'not-needed', 'heuristic', 'resolved')),
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        last_error      TEXT,
+        next_attempt_at INTEGER,
+        enlisted_at     INTEGER,
+        voted_at        INTEGER,
+        acked_at        INTEGER,
+        PRIMARY KEY (tx_id, name)
+      ) STRICT, WITHOUT ROWID;
+      INSERT INTO participants_v6 (tx_id, position, name, url, payload, one_phase, vote, vote_reason, ack, attempts,
+          last_error, next_attempt_at, enlisted_at, voted_at, acked_at)
+        SELECT tx_id, position, name, url, payload, one_phase, vote, vote_reason, ack, attempts,
+          last_error, next_attempt_at, enlisted_at, voted_at, acked_at FROM participants;
+      DROP TABLE participants;
+      ALTER TABLE participants_v6 RENAME TO participants;
+      CREATE INDEX participants_heuristic ON participants (tx_id) WHERE ack = 'heuristic';
+
+      CREATE TABLE decisions_v6 (
+        tx_id      TEXT PRIMARY KEY REFERENCES transactions (id) ON DELETE CASCADE,
+        decision   TEXT NOT NULL CHECK (decision IN ('commit', 'abort')),
+        decided_at INTEGER NOT NULL,
+        reason     TEXT
+      ) STRICT, WITHOUT ROWID;
+      INSERT INTO decisions_v6 (tx_id, decision, decided_at, reason) SELECT tx_id, decision, decided_at, reason FROM decisions;
+      DROP TABLE decisions;
+      ALTER TABLE decisions_v6 RENAME TO decisions;
+      CREATE TRIGGER decisions_are_final BEFORE UPDATE ON decisions
+      BEGIN
+        SELECT RAISE(ABORT, 'a logged decision never changes');
+      END;
+    `
   }
 ]
