@@ -196,14 +196,20 @@ t.test('resolve: a participant that keeps refusing is marked resolved, the trans
   t.equal(list.body.items.length, 0)
 })
 
-t.test('migration 3 keeps the participants of an existing log and allows the resolved state', async t => {
-  const path = tempDbPath(t)
+/** A log file as a coordinator of migration `version` left it (the later ones not yet run). */
+function logAtVersion (path: string, version: number): Database.Database {
   const db = new Database(path)
   db.exec('CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL) STRICT')
-  for (const m of migrations.filter(m => m.version <= 2)) {
+  for (const m of migrations.filter(m => m.version <= version)) {
     db.exec(m.sql)
     db.prepare('INSERT INTO schema_migrations VALUES (?, ?, ?)').run(m.version, m.name, 0)
   }
+  return db
+}
+
+t.test('migration 3 keeps the participants of an existing log and allows the resolved state', async t => {
+  const path = tempDbPath(t)
+  const db = logAtVersion(path, 2)
   db.prepare(`INSERT INTO transactions (id, state, created_at, updated_at, expires_at, decided_at) VALUES ('c1.X', 'committed', 1, 2, 3, 2)`).run()
   db.prepare(`INSERT INTO participants (tx_id, position, name, url, vote, ack, attempts, last_error)
     VALUES ('c1.X', 0, 'a', 'http://127.0.0.1:1/2pc', 'yes', 'heuristic', 2, 'refused')`).run()
@@ -244,12 +250,7 @@ t.test('timeline of a plain commit: every event, in order, from the record\'s ow
 
 t.test('migrations 5 and 6: the common timeline events move into the record\'s columns (the timeline reads the same); participants and decisions become one B-tree each', async t => {
   const path = tempDbPath(t)
-  const db = new Database(path)
-  db.exec('CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL) STRICT')
-  for (const m of migrations.filter(m => m.version <= 4)) {
-    db.exec(m.sql)
-    db.prepare('INSERT INTO schema_migrations VALUES (?, ?, ?)').run(m.version, m.name, 0)
-  }
+  const db = logAtVersion(path, 4)
   // Written by the previous version: a commit whose phase 2 to b failed once and was retried.
   db.prepare(`INSERT INTO transactions (id, state, created_at, updated_at, expires_at, decided_at, completed_at)
     VALUES ('c1.T', 'committed', 1000, 1009, 61000, 1004, 1009)`).run()
