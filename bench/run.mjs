@@ -356,6 +356,7 @@ async function runLoad (cluster, mode, concurrency, t, /** @type {{ rep: number,
         /** @type {Record<string, number | null>} */ const fsyncPerTx = {}
         /** @type {Record<string, number | null>} */ const fsyncMsPerTx = {}
         /** @type {Record<string, number | null>} */ const fsyncBusyPct = {}
+        /** @type {Record<string, { writtenKb: number, writeCalls: number, toDiskKb: number } | null>} */ const ioPerTx = {}
         let fsyncTotal = 0
         for (const name of Object.keys(after.procs)) {
           const a = /** @type {ReturnType<ServerProcess['sample']>} */ (after.procs[name])
@@ -364,6 +365,9 @@ async function runLoad (cluster, mode, concurrency, t, /** @type {{ rep: number,
           const txs = f.txPerSec * seconds // committed transactions over the orchestrator's window
           cpuPct[name] = 100 * cpu / seconds
           cpuUsPerTx[name] = f.committed > 0 ? 1e6 * cpu / txs : NaN
+          ioPerTx[name] = a.io === null || bb.io === null || f.committed === 0
+            ? null
+            : { writtenKb: (a.io.written - bb.io.written) / 1024 / txs, writeCalls: (a.io.writeCalls - bb.io.writeCalls) / txs, toDiskKb: (a.io.toDisk - bb.io.toDisk) / 1024 / txs }
           if (a.fsync !== null && bb.fsync !== null) {
             const d = a.fsync.count - bb.fsync.count
             const ds = a.fsync.seconds - bb.fsync.seconds
@@ -377,7 +381,7 @@ async function runLoad (cluster, mode, concurrency, t, /** @type {{ rep: number,
         cpuUsPerTx.loadgen = f.committed > 0 ? 1000 * f.loadgenCpuMs / f.committed : NaN
         fsyncPerTx.total = cluster.strace && f.committed > 0 ? fsyncTotal / (f.txPerSec * seconds) : null
         /** @type {any} */
-        const row = { mode, concurrency, rep: msg.rep, ...f, cpuPct, cpuUsPerTx, fsyncPerTx, fsyncBusyPct, fsyncMsPerTx, internals: null }
+        const row = { mode, concurrency, rep: msg.rep, ...f, cpuPct, cpuUsPerTx, ioPerTx, fsyncPerTx, fsyncBusyPct, fsyncMsPerTx, internals: null }
         reps.push(row)
         if (from !== undefined && mode !== 'baseline') internals.push(Promise.all([from, internalsAfter]).then(([b, a]) => { row.internals = internalsDelta(b, a) }))
         log(`${mode.padEnd(11)} c=${String(concurrency).padEnd(3)} rep ${(round?.rep ?? msg.rep) + 1}/${round?.of ?? t.reps}: ${f.txPerSec.toFixed(0)} tx/s, p50 ${fmt(f.latencyMs.p50)} p99 ${fmt(f.latencyMs.p99)} ms, ` +

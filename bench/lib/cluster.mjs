@@ -41,6 +41,20 @@ export function cpuSeconds (/** @type {number} */ pid) {
   return (Number(fields[11]) + Number(fields[12])) / clkTck
 }
 
+/**
+ * What a live process wrote, from /proc/<pid>/io: bytes passed to write-like syscalls (sockets and
+ * files alike), the number of those syscalls, and the bytes it caused to be sent to storage. Counts
+ * that do not depend on how fast the host is, unlike CPU time.
+ */
+export function ioCounts (/** @type {number} */ pid) {
+  /** @type {Record<string, number>} */ const f = {}
+  for (const line of readFileSync(`/proc/${pid}/io`, 'utf8').split('\n')) {
+    const [k, v] = line.split(': ')
+    if (k !== undefined && v !== undefined) f[k] = Number(v)
+  }
+  return { written: f.wchar ?? NaN, writeCalls: f.syscw ?? NaN, toDisk: f.write_bytes ?? NaN }
+}
+
 /** Resident set size in MB. */
 export function rssMb (/** @type {number} */ pid) {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
@@ -144,7 +158,11 @@ export class ServerProcess {
   /** @returns {{ cpu: number, fsync: { count: number, seconds: number } | null }} */
   sample () {
     if (this.exited) throw new Error(`${this.name} exited (code ${this.child.exitCode}, signal ${this.child.signalCode}):\n${this.output}`)
-    return { cpu: this.pid === undefined ? NaN : cpuSeconds(this.pid), fsync: this.fsync === undefined ? null : this.fsync.read() }
+    return {
+      cpu: this.pid === undefined ? NaN : cpuSeconds(this.pid),
+      io: this.pid === undefined ? null : ioCounts(this.pid),
+      fsync: this.fsync === undefined ? null : this.fsync.read()
+    }
   }
 
   /** SIGTERM (graceful: the coordinator drains, a --cpu-prof profile is written), then SIGKILL. */

@@ -29,6 +29,13 @@ export function aggregate (rows, cfg, fsyncRows = []) {
         cpuPct[p] = stats(rs.map(r => r.cpuPct[p]))
         cpuUsPerTx[p] = stats(rs.map(r => r.cpuUsPerTx[p]))
       }
+      /** @type {Record<string, any>} */ const ioPerTx = {}
+      for (const p of ['coordinator', 'inventory', 'payment', 'fanout']) {
+        // Older results.json files have no I/O counts.
+        if (rs.every(r => r.ioPerTx?.[p] == null)) continue
+        ioPerTx[p] = {}
+        for (const k of ['writtenKb', 'writeCalls', 'toDiskKb']) ioPerTx[p][k] = stats(rs.map(r => r.ioPerTx?.[p]?.[k]))
+      }
       /** @type {Record<string, any>} */ const fsyncBusyPct = {}
       // Older results.json files counted fsyncs in the measured windows themselves.
       const fs = fsyncRows.length > 0 ? fsyncRows.filter(r => r.mode === mode && r.concurrency === concurrency) : rs
@@ -50,6 +57,7 @@ export function aggregate (rows, cfg, fsyncRows = []) {
         latencyMs: { p50: stats(rs.map(r => r.latencyMs.p50)), p99: stats(rs.map(r => r.latencyMs.p99)), p999: stats(rs.map(r => r.latencyMs.p999)) },
         cpuPct,
         cpuUsPerTx,
+        ioPerTx,
         fsyncPerTx,
         fsyncBusyPct,
         committed: rs.reduce((s, r) => s + r.committed, 0),
@@ -128,6 +136,24 @@ export function renderMarkdown (r) {
     L.push(`| ${MODE_NAMES[x.mode]} | ${x.concurrency} | ${mm(x.cpuPct.coordinator)} | ${mm(x.cpuPct.inventory)} | ${mm(x.cpuPct.payment)} | ${mm(x.cpuPct.fanout)} | ${mm(x.cpuPct.loadgen)} | ${x.mode === 'baseline' ? '–' : n0(us('coordinator'))} | ${n0(parts)} | ${n0(all)} |`)
   }
   L.push('')
+
+  const withIo = groups.filter(x => Object.keys(x.ioPerTx ?? {}).length > 0)
+  if (withIo.length > 0) {
+    L.push('## Writes per committed transaction', '')
+    L.push('From `/proc/<pid>/io` over the window: KB passed to write syscalls (sockets and files: `wchar`), the number of ' +
+      'those syscalls (`syscw`), and KB sent to storage (`write_bytes`: WAL frames, checkpoints). They count work rather than ' +
+      'time, so unlike the CPU figures they hardly move with the host\'s speed: compare these across hosts and runs.', '')
+    L.push('| path | clients | coordinator KB / calls / to disk KB | inventory KB / calls / to disk KB | payment KB / calls / to disk KB | fan-out KB / calls |',
+      '| --- | ---: | ---: | ---: | ---: | ---: |')
+    const k1 = (/** @type {number | undefined} */ v) => v === undefined ? '–' : v.toFixed(1)
+    const cell = (/** @type {any} */ io, disk = true) => io === undefined
+      ? '–'
+      : `${k1(io.writtenKb?.median)} / ${k1(io.writeCalls?.median)}${disk ? ` / ${k1(io.toDiskKb?.median)}` : ''}`
+    for (const x of withIo) {
+      L.push(`| ${MODE_NAMES[x.mode]} | ${x.concurrency} | ${x.mode === 'baseline' ? '–' : cell(x.ioPerTx.coordinator)} | ${cell(x.ioPerTx.inventory)} | ${cell(x.ioPerTx.payment)} | ${x.mode === 'baseline' ? cell(x.ioPerTx.fanout, false) : '–'} |`)
+    }
+    L.push('')
+  }
 
   const inside = groups.filter(x => x.internals?.coordinator !== undefined)
   if (inside.length > 0) {
