@@ -8,6 +8,8 @@ import Database from 'better-sqlite3'
 import { startCoordinator, startParticipant, waitFor, tempDbPath, type HttpClient, type TestCoordinator } from './support/participant.js'
 import { migrations } from '../src/log/migrations.js'
 import { CoordinatorLog } from '../src/log/store.js'
+import { timeline as consoleTimeline } from '../src/admin/queries.js'
+import type { Transaction } from '../src/core/machine.js'
 
 interface TxView {
   id: string
@@ -303,6 +305,11 @@ t.test('migrations 5 and 6: the common timeline events move into the record\'s c
   const before = log.operator.timeline('c1.U')
   t.equal(before.beforeTimeline, true, 'a record older than the timeline is told apart')
   t.same(before.events.map(e => e.kind), ['begin', 'decision'])
+  // The console's timeline: the same events, then attention, outbox and audit entries.
+  const page = consoleTimeline(log, log.load('c1.U') as Transaction)
+  t.match(page, [{ kind: 'begin', detail: /recorded before the timeline existed/ }, { kind: 'decision', detail: 'aborted' }])
+  t.same(consoleTimeline(log, log.load('c1.T') as Transaction).map(e => [e.at, e.kind, e.participant, e.detail]),
+    old.map(([at, kind, participant, detail]) => [at, kind, participant, detail ?? '']))
   t.same(log.db.prepare('SELECT version FROM schema_migrations ORDER BY version').all().map((r: any) => r.version), migrations.map(m => m.version))
   t.equal((log.db.pragma('foreign_key_check') as unknown[]).length, 0)
 })
