@@ -78,7 +78,7 @@ export const coordinatorPlugin = fp<{ options: ResolvedOptions }>(async (app, { 
   }
   const metrics = createMetrics(log, () => outbox !== undefined)
   if (outbox !== undefined) outbox.onPublished = (n) => metrics.outboxPublished.inc(n)
-  log.beforeWrite = () => { driver.flush() }
+  log.beforeWrite = () => { driver.flush(); return driver.takeSent() }
   log.onFlush = (steps, ms) => {
     metrics.flushBatch.observe(steps)
     metrics.flushSeconds.observe(ms / 1000)

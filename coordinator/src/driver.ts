@@ -92,6 +92,8 @@ export class ParticipantDriver {
   /** Calls queued in this turn, by participant url. */
   private queued = new Map<string, QueuedCall[]>()
   private flushScheduled = false
+  /** See takeSent. */
+  private sentSinceAsked = false
   private closed = false
   private readonly batchMaxCalls: number
   constructor (private readonly options: DriverOptions) {
@@ -118,6 +120,7 @@ export class ParticipantDriver {
     const signal = this.timeoutSignal(timeoutMs)
     return await new Promise((resolve, reject) => {
       const call = new BoundedCall(limit, signal, resolve, reject)
+      this.sentSinceAsked = true
       try {
         this.agent.dispatch({ origin: target.origin, path: target.basePath + path, method: 'POST', body: raw, headers }, call)
       } catch (err) {
@@ -187,6 +190,18 @@ export class ParticipantDriver {
       if (chunk.length === 1) this.sendSingly(baseUrl, chunk[0] as QueuedCall)
       else if (chunk.length > 1) this.sendBatch(baseUrl, chunk)
     }
+  }
+
+  /**
+   * Whether requests went out since the last time this was asked. undici writes a request on a
+   * reused idle socket only in a later `setImmediate`, so a request sent in this turn (by the
+   * log's beforeWrite, the driver's own end-of-turn flush, or an unbatched call) may not be on
+   * the wire yet.
+   */
+  takeSent (): boolean {
+    const sent = this.sentSinceAsked
+    this.sentSinceAsked = false
+    return sent
   }
 
   private sendSingly (baseUrl: string, c: QueuedCall): void {

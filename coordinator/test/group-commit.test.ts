@@ -3,8 +3,9 @@
  * a step before its batch is on disk.
  */
 import t from 'tap'
+import { subscribe, unsubscribe } from 'node:diagnostics_channel'
 import Database from 'better-sqlite3'
-import { startCoordinator, startParticipant } from './support/participant.js'
+import { startCoordinator, startParticipant, waitFor } from './support/participant.js'
 
 t.test('concurrent one-shot transactions are batched into fewer flushes, and all are durable', async t => {
   const c = await startCoordinator(t)
@@ -43,4 +44,38 @@ t.test('the decision endpoint answers only from disk: a pending step is not visi
   t.equal(log.load(tx.id)?.state, 'active', 'the durable record is unchanged until the flush')
   await result.durable
   t.equal(log.load(tx.id)?.state, 'committed')
+})
+
+t.test("a one-shot's prepares are on the wire before its begin is written, also over reused keep-alive sockets", async t => {
+  // undici (7.30+) writes a request on a reused idle socket only in a later setImmediate; the
+  // log's write at the end of the turn then waits one turn, so the participants get to work
+  // while the begin is written instead of after it. Seen here through undici's own
+  // diagnostics channel (headers written to the socket) and the log's write observer.
+  const c = await startCoordinator(t)
+  const a = await startParticipant(t)
+  const b = await startParticipant(t)
+  const log = c.app.coordinator.log
+  const events: string[] = []
+  const onSend = (message: unknown): void => {
+    const path = (message as { request: { path: string } }).request.path
+    events.push(path.endsWith('/prepare') ? 'prepare' : path === '/v1/transactions' ? 'request' : 'other')
+  }
+  subscribe('undici:client:sendHeaders', onSend)
+  t.teardown(() => { unsubscribe('undici:client:sendHeaders', onSend) })
+  const observed = log.onFlush
+  log.onFlush = (steps, ms) => { events.push('write'); observed?.(steps, ms) }
+
+  const orders: string[][] = []
+  for (let i = 0; i < 5; i++) {
+    events.length = 0
+    const answer = await c.api.post('/v1/transactions', { participants: [{ name: 'a', url: a.url }, { name: 'b', url: b.url }], commit: true })
+    t.equal(answer.status, 200)
+    // Phase 2 done before the next one starts: its writes do not mix into the next order.
+    await waitFor(() => log.load(answer.body.id)?.completedAt)
+    orders.push(events.slice(events.indexOf('request') + 1).filter(e => e !== 'other'))
+  }
+  // The first transaction opens the connections (written once connected, after the begin).
+  for (const order of orders.slice(1)) {
+    t.same(order.slice(0, 3), ['prepare', 'prepare', 'write'], `prepares before the first write: ${order.join(' ')}`)
+  }
 })

@@ -376,8 +376,12 @@ export class CoordinatorLog {
    * Runs at the start of each write, before SQLite: the app sends the participant callbacks
    * queued in this turn (driver.flush) first, so participants work on them while the log is
    * written — a one-shot's prepares go out while its begin is written, as without batching.
+   * Returns true when it handed requests to the HTTP client: the write at the end of a turn
+   * then waits one more turn (see `flushAtTurnEnd`).
    */
-  beforeWrite: (() => void) | undefined
+  beforeWrite: (() => boolean) | undefined
+  /** The write at the end of this turn was put off once already (flushAtTurnEnd). */
+  private putOff = false
   /** Observer of each write (steps in the batch, ms to write it). */
   onFlush: ((steps: number, ms: number) => void) | undefined
   /** Observer of each fdatasync (steps it made durable, ms it took). */
@@ -659,13 +663,35 @@ export class CoordinatorLog {
       this.flush()
     } else if (!this.flushScheduled) {
       this.flushScheduled = true
-      setImmediate(() => this.flush())
+      setImmediate(() => this.flushAtTurnEnd())
     }
+  }
+
+  /**
+   * The group-commit write at the end of a turn. undici (7.30+) writes a request on a reused
+   * idle keep-alive socket only in its own `setImmediate` (it first checks the socket was not
+   * closed meanwhile), which runs in the NEXT turn when queued from here. Written now, the
+   * batch would go to SQLite before the callbacks just sent reach the wire: a one-shot's
+   * begin (~15 WAL pages at one client) then sits between its request and its prepares. So
+   * when callbacks went out, the write waits one turn, once, behind undici's writes; steps
+   * saved meanwhile join it.
+   */
+  private flushAtTurnEnd (): void {
+    this.flushScheduled = false
+    if (this.pending.length === 0) return
+    if (!this.putOff && this.beforeWrite?.() === true) {
+      this.putOff = true
+      this.flushScheduled = true
+      setImmediate(() => this.flushAtTurnEnd())
+      return
+    }
+    this.flush()
   }
 
   /** Writes every pending step in one transaction, then reports or syncs them. */
   flush (): void {
     this.flushScheduled = false
+    this.putOff = false
     if (this.pending.length === 0) return
     this.beforeWrite?.()
     const batch = this.pending
