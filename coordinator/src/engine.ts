@@ -130,10 +130,11 @@ export class Engine {
     const waiter = commit ? this.waitForDecision(initial.id) : undefined
     // A one-shot answers only with the decision, which is forced by itself. Its prepares go out
     // now, while the begin is written: the record is in the log's newest view at once (so the
-    // decision endpoint says "pending"), no vote can be applied before the write has finished
-    // (the write runs at the end of this event-loop turn, answers come in later ones), and if
-    // the write fails or the process dies first, the id is unknown: presumed abort, which is
-    // what the participants would hear. Not for a one-phase prepare: that one commits by itself.
+    // decision endpoint says "pending"); the write runs at the end of this event-loop turn or
+    // the next (store.flushAtTurnEnd), so a vote that comes back first is saved after it and
+    // written in the same batch, and acted on only once that batch is written; if the write
+    // fails or the process dies first, the id is unknown: presumed abort, which is what the
+    // participants would hear. Not for a one-phase prepare: that one commits by itself.
     const forced = !commit || isCommitted(result.tx)
     const early = commit && !forced && result.effects.every(e => e.type === 'send-prepare' && !e.onePhase)
     const durable = this.persist(null, result.tx, early ? [] : result.effects, now, forced, () => {
