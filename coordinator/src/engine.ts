@@ -137,7 +137,7 @@ export class Engine {
     // participants would hear. Not for a one-phase prepare: that one commits by itself.
     const forced = !commit || isCommitted(result.tx)
     const early = commit && !forced && result.effects.every(e => e.type === 'send-prepare' && !e.onePhase)
-    const durable = this.persist(null, result.tx, early ? [] : result.effects, now, forced, () => {
+    const durable = this.persist(null, result.tx, early ? [] : result.effects, now, forced, early, () => {
       this.crash('coordinator.after-begin')
       this.logger.info({ txid: initial.id, traceId: traceIdOf(traceparent), participants: participants.length, commit }, 'transaction begun')
     })
@@ -281,7 +281,7 @@ export class Engine {
    * written (`forced`: on disk), carries out its effects. Resolves then; rejects — and fails
    * whoever waits for this transaction's decision — when the log cannot be written.
    */
-  private persist (prev: Transaction | null, next: Transaction, effects: Effect[], now: number, forced: boolean, onDurable?: () => void): Promise<void> {
+  private persist (prev: Transaction | null, next: Transaction, effects: Effect[], now: number, forced: boolean, sendsFirst = false, onDurable?: () => void): Promise<void> {
     // Most steps (votes, acks, decisions without messages) write nothing beside the record:
     // they share one empty, frozen set of side writes instead of allocating their own.
     let writes = NO_WRITES
@@ -308,7 +308,7 @@ export class Engine {
         onDurable?.()
         this.afterDurable(prev, next, sideWrites, effects)
         resolve()
-      })
+      }, sendsFirst)
     })
   }
 

@@ -326,3 +326,36 @@ t.test('statement journals stay in memory: no temp file is created and unlinked 
   // file under /var/tmp (seen ~10 times a second at 64 clients; strace: openat + unlink).
   t.equal(log.db.pragma('temp_store', { simple: true }), 2)
 })
+
+t.test('a batch holding a step whose callbacks went out first waits one turn for them, once; other batches are written at the end of their turn', async t => {
+  const { log, path } = open(t)
+  const reader = new Database(path, { readonly: true })
+  t.teardown(() => reader.close())
+  let sent = true
+  log.beforeWrite = () => sent // the driver: "requests went out since you last asked"
+  const turn = async (): Promise<void> => { await new Promise(resolve => setImmediate(resolve)) }
+  const writes = (): number => log.flushStats.flushes
+
+  // An interactive begin: its callbacks go out after it, so it is not held back.
+  const plain = newTransaction('c-test.0000000003aaaaaaaaaaaaaaaa', Date.now(), Date.now() + 60_000)
+  const before = writes()
+  log.save(null, plain, noWrites(), plain.updatedAt, false, () => {})
+  await turn()
+  t.equal(writes(), before + 1, 'written at the end of its turn')
+
+  // A one-shot's begin, its prepares handed to undici: the write waits one turn, then goes.
+  const early = newTransaction('c-test.0000000004aaaaaaaaaaaaaaaa', Date.now(), Date.now() + 60_000)
+  log.save(null, early, noWrites(), early.updatedAt, false, () => {}, true)
+  await turn()
+  t.equal(writes(), before + 1, 'put off by one turn')
+  await turn()
+  t.equal(writes(), before + 2, 'written the turn after, although requests keep going out')
+  t.ok(reader.prepare('SELECT 1 FROM transactions WHERE id = ?').get(early.id), 'in the file')
+
+  // Nothing went out: no reason to wait.
+  sent = false
+  const quiet = newTransaction('c-test.0000000005aaaaaaaaaaaaaaaa', Date.now(), Date.now() + 60_000)
+  log.save(null, quiet, noWrites(), quiet.updatedAt, false, () => {}, true)
+  await turn()
+  t.equal(writes(), before + 3)
+})

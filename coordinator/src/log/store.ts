@@ -376,12 +376,14 @@ export class CoordinatorLog {
    * Runs at the start of each write, before SQLite: the app sends the participant callbacks
    * queued in this turn (driver.flush) first, so participants work on them while the log is
    * written — a one-shot's prepares go out while its begin is written, as without batching.
-   * Returns true when it handed requests to the HTTP client: the write at the end of a turn
-   * then waits one more turn (see `flushAtTurnEnd`).
+   * Returns true when it handed requests to the HTTP client: a write at the end of a turn that
+   * carries a step saved with `sendsFirst` then waits one more turn (see `flushAtTurnEnd`).
    */
   beforeWrite: (() => boolean) | undefined
   /** The write at the end of this turn was put off once already (flushAtTurnEnd). */
   private putOff = false
+  /** Pending steps saved with `sendsFirst`. */
+  private pendingSendsFirst = 0
   /** Observer of each write (steps in the batch, ms to write it). */
   onFlush: ((steps: number, ms: number) => void) | undefined
   /** Observer of each fdatasync (steps it made durable, ms it took). */
@@ -649,9 +651,10 @@ export class CoordinatorLog {
   /**
    * Saves a step's outcome. Group commit: the steps saved during one event-loop turn (at most
    * `maxBatch`) are written in ONE SQLite transaction; `done` runs once the step is committed
-   * (unforced) or once it is fsynced (forced). `prev` null: a new record.
+   * (unforced) or once it is fsynced (forced). `prev` null: a new record. `sendsFirst`: the
+   * step's callbacks were sent before it is written (a one-shot's begin and its prepares).
    */
-  save (prev: Transaction | null, next: Transaction, writes: StepWrites, now: number, forced: boolean, done: (err?: Error) => void): void {
+  save (prev: Transaction | null, next: Transaction, writes: StepWrites, now: number, forced: boolean, done: (err?: Error) => void, sendsFirst = false): void {
     const id = next.id
     // An id without unsynced steps was loaded from what is synced: that is its durable image.
     if (!this.latest.has(id)) this.synced.set(id, prev)
@@ -659,6 +662,7 @@ export class CoordinatorLog {
     this.latest.set(id, next)
     this.forgetRecent(id)
     this.pending.push({ prev, next, writes, now, forced, done, outboxMax: 0 })
+    if (sendsFirst) this.pendingSendsFirst++
     if (this.pending.length >= this.maxBatch) {
       this.flush()
     } else if (!this.flushScheduled) {
@@ -673,13 +677,14 @@ export class CoordinatorLog {
    * closed meanwhile), which runs in the NEXT turn when queued from here. Written now, the
    * batch would go to SQLite before the callbacks just sent reach the wire: a one-shot's
    * begin (~15 WAL pages at one client) then sits between its request and its prepares. So
-   * when callbacks went out, the write waits one turn, once, behind undici's writes; steps
-   * saved meanwhile join it.
+   * when the batch holds such a begin and callbacks went out, the write waits one turn, once,
+   * behind undici's writes; steps saved meanwhile join it. Other batches (decisions, the
+   * interactive API's steps: their callbacks go out after them) are written at once.
    */
   private flushAtTurnEnd (): void {
     this.flushScheduled = false
     if (this.pending.length === 0) return
-    if (!this.putOff && this.beforeWrite?.() === true) {
+    if (!this.putOff && this.pendingSendsFirst > 0 && this.beforeWrite?.() === true) {
       this.putOff = true
       this.flushScheduled = true
       setImmediate(() => this.flushAtTurnEnd())
@@ -696,6 +701,7 @@ export class CoordinatorLog {
     this.beforeWrite?.()
     const batch = this.pending
     this.pending = []
+    this.pendingSendsFirst = 0
     if (this.failure !== undefined) {
       this.forget(batch)
       for (const step of batch) step.done(this.failure)
