@@ -10,6 +10,13 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { CoordinatorLog } from './log/store.js'
 
+/**
+ * Published rows only: an unpublished or parked row is still work or evidence. Through the
+ * `outbox_published` index (migration 7), a run reads what it deletes, not the whole outbox.
+ */
+export const PRUNE_OUTBOX_SQL = `DELETE FROM outbox WHERE id IN (
+  SELECT id FROM outbox WHERE published_at IS NOT NULL AND published_at < ? ORDER BY published_at LIMIT ?)`
+
 export interface RetentionOptions {
   retentionMs: number
   intervalMs: number
@@ -32,9 +39,7 @@ export class RetentionPruner {
     this.deleteTransactions = log.db.prepare(`DELETE FROM transactions WHERE id IN (
       SELECT id FROM transactions WHERE completed_at IS NOT NULL AND completed_at < ? AND needs_attention = 0
       ORDER BY completed_at LIMIT ?)`)
-    // Published rows only: an unpublished or parked row is still work or evidence.
-    this.deleteOutbox = log.db.prepare(`DELETE FROM outbox WHERE id IN (
-      SELECT id FROM outbox WHERE published_at IS NOT NULL AND published_at < ? ORDER BY id LIMIT ?)`)
+    this.deleteOutbox = log.db.prepare(PRUNE_OUTBOX_SQL)
   }
 
   start (): void {

@@ -261,5 +261,16 @@ export const migrations: readonly Migration[] = [
         SELECT RAISE(ABORT, 'a logged decision never changes');
       END;
     `
+  },
+  {
+    version: 7,
+    name: 'outbox: indexes for retention and the parked count',
+    sql: `
+      -- Published rows stay until retention (7 days by default): with transactional messages the
+      -- outbox holds every message of that window. Retention's delete (every minute) and the
+      -- parked count (every /readyz and scrape) each read the whole table on the event loop.
+      CREATE INDEX outbox_published ON outbox (published_at) WHERE published_at IS NOT NULL;
+      CREATE INDEX outbox_parked ON outbox (id) WHERE dead_at IS NOT NULL;
+    `
   }
 ]

@@ -103,6 +103,16 @@ const PARTICIPANT_OVERHEAD_BYTES = 256
 /** SQLite's page cache for the log's connection, in KiB. */
 const PAGE_CACHE_KIB = 4096
 
+/**
+ * The outbox's queue depth, parked count and oldest queued row: read by every /readyz and
+ * metrics scrape, so each count goes through a partial index (queued rows; parked rows, since
+ * migration 7) rather than the whole outbox, which keeps published rows until retention.
+ */
+export const OUTBOX_STATS_SQL = `SELECT
+  (SELECT count(*) FROM outbox WHERE published_at IS NULL AND dead_at IS NULL) AS depth,
+  (SELECT count(*) FROM outbox WHERE dead_at IS NOT NULL) AS dead,
+  (SELECT min(created_at) FROM outbox WHERE published_at IS NULL AND dead_at IS NULL) AS oldest`
+
 export interface OutboxRow {
   id: number
   txId: string | null
@@ -439,10 +449,7 @@ export class CoordinatorLog {
       maxOutboxId: this.db.prepare<[], { id: number | null }>('SELECT max(id) AS id FROM outbox'),
       markPublished: this.db.prepare('UPDATE outbox SET published_at = ?, attempts = attempts + 1, last_error = NULL WHERE id = ?'),
       markFailed: this.db.prepare('UPDATE outbox SET attempts = attempts + 1, last_error = ?, dead_at = ? WHERE id = ?'),
-      outboxStats: this.db.prepare<[], { depth: number, dead: number, oldest: number | null }>(`SELECT
-        (SELECT count(*) FROM outbox WHERE published_at IS NULL AND dead_at IS NULL) AS depth,
-        (SELECT count(*) FROM outbox WHERE dead_at IS NOT NULL) AS dead,
-        (SELECT min(created_at) FROM outbox WHERE published_at IS NULL AND dead_at IS NULL) AS oldest`),
+      outboxStats: this.db.prepare<[], { depth: number, dead: number, oldest: number | null }>(OUTBOX_STATS_SQL),
       outboxFor: this.db.prepare<[string], OutboxDbRow>('SELECT * FROM outbox WHERE tx_id = ? ORDER BY id'),
       getMeta: this.db.prepare<[string], { value: string }>('SELECT value FROM coordinator_meta WHERE key = ?'),
       setMeta: this.db.prepare('INSERT INTO coordinator_meta (key, value) VALUES (?, ?)')
