@@ -45,8 +45,8 @@ function txLink (id: string): Html {
   return html`<a class="mono" href="/admin/tx/${encodeURIComponent(id)}">${id}</a>`
 }
 
-function counterBox (label: string, n: number, href: string, alert = false, sub?: string): Html {
-  return html`<a class="counter${alert && n > 0 ? ' alert' : ''}" href="${href}" data-counter="${label}"><b>${n}</b><span>${label}${sub !== undefined ? html`<br>${sub}` : ''}</span></a>`
+function counterBox (label: string, n: number, href: string, alert = false, sub?: string, atLeast = false): Html {
+  return html`<a class="counter${alert && n > 0 ? ' alert' : ''}" href="${href}" data-counter="${label}"><b>${n}${atLeast ? '+' : ''}</b><span>${label}${sub !== undefined ? html`<br>${sub}` : ''}</span></a>`
 }
 
 export function listPage (ctx: PageContext, filter: ListFilter, raw: Record<string, string>, c: Counters, items: Transaction[]): string {
@@ -57,11 +57,11 @@ export function listPage (ctx: PageContext, filter: ListFilter, raw: Record<stri
     : undefined
   const body = html`
 <div class="counters">
-  ${counterBox('total', c.total, '/admin')}
+  ${counterBox('total', c.total, '/admin', false, undefined, c.capped.committed === true || c.capped.aborted === true)}
   ${counterBox('active', c.byState.active, '/admin' + qs({ state: 'active' }))}
   ${counterBox('in doubt', c.inDoubt, '/admin/in-doubt', true, c.oldestInDoubtAt === null ? undefined : `oldest ${ago(ctx.now - c.oldestInDoubtAt)}`)}
-  ${counterBox('committed', c.byState.committed, '/admin' + qs({ state: 'committed' }))}
-  ${counterBox('aborted', c.byState.aborted, '/admin' + qs({ state: 'aborted' }))}
+  ${counterBox('committed', c.byState.committed, '/admin' + qs({ state: 'committed' }), false, undefined, c.capped.committed)}
+  ${counterBox('aborted', c.byState.aborted, '/admin' + qs({ state: 'aborted' }), false, undefined, c.capped.aborted)}
   ${counterBox('phase 2 unfinished', c.unfinished, '/admin/unfinished')}
   ${counterBox('needs attention', c.needsAttention, '/admin/needs-attention', true)}
   ${counterBox('heuristics', c.heuristics, '/admin/heuristics', true)}
