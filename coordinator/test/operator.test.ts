@@ -345,4 +345,13 @@ t.test('the console\'s counters and views read the in-flight or rare rows, not t
     const p = plan(sql, sql.includes('LIMIT ?') ? ['committed', COUNT_CAP] : sql.includes('?') ? ['active'] : [])
     t.notMatch(p, /SCAN transactions( USING (COVERING )?INDEX transactions_by_(state|created))?(;|$)/, `${name}: ${p}`)
   }
+
+  // The API's list with needsAttention=true: the same rare rows (GET /v1/transactions?needsAttention=true).
+  const seen: string[] = []
+  const prepare = log.db.prepare.bind(log.db)
+  log.db.prepare = ((sql: string) => { seen.push(sql); return prepare(sql) }) as typeof log.db.prepare
+  t.same(log.list({ needsAttention: true, limit: 50 }).map(tx => tx.id), ['a.1'])
+  log.db.prepare = prepare
+  const listSql = seen.find(sql => sql.includes('needs_attention')) as string
+  t.notMatch(plan(listSql, [50]), /transactions_by_created|SCAN transactions(;|$)/, plan(listSql, [50]))
 })

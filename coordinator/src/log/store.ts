@@ -921,12 +921,16 @@ export class CoordinatorLog {
     const where: string[] = []
     const params: unknown[] = []
     if (query.state !== undefined) { where.push('state = ?'); params.push(query.state) }
-    if (query.needsAttention !== undefined) { where.push('needs_attention = ?'); params.push(query.needsAttention ? 1 : 0) }
+    // needsAttention=true: the rare rows, through their partial index (a literal 1, which the
+    // planner can match to the index's WHERE; INDEXED BY, since for the order by creation it
+    // would otherwise walk transactions_by_created through the whole log to find them).
+    if (query.needsAttention !== undefined) where.push(query.needsAttention ? 'needs_attention = 1' : 'needs_attention = 0')
     if (query.after !== undefined) {
       where.push('(created_at, id) < (?, ?)')
       params.push(query.after.createdAt, query.after.id)
     }
-    const sql = `SELECT * FROM transactions ${where.length > 0 ? 'WHERE ' + where.join(' AND ') : ''}
+    const from = query.needsAttention === true ? 'transactions INDEXED BY transactions_attention' : 'transactions'
+    const sql = `SELECT * FROM ${from} ${where.length > 0 ? 'WHERE ' + where.join(' AND ') : ''}
       ORDER BY created_at DESC, id DESC LIMIT ?`
     params.push(query.limit)
     const rows = this.db.prepare<unknown[], TxRow>(sql).all(...params)
