@@ -7,7 +7,7 @@ import t from 'tap'
 import Database from 'better-sqlite3'
 import { startCoordinator, startParticipant, waitFor, tempDbPath, type HttpClient, type TestCoordinator } from './support/participant.js'
 import { migrations } from '../src/log/migrations.js'
-import { CoordinatorLog } from '../src/log/store.js'
+import { CoordinatorLog, UNFINISHED_IDS_SQL } from '../src/log/store.js'
 import { timeline as consoleTimeline, counters, listQuery, COUNTER_SQL, COUNT_CAP, type View } from '../src/admin/queries.js'
 import type { Transaction } from '../src/core/machine.js'
 
@@ -345,6 +345,10 @@ t.test('the console\'s counters and views read the in-flight or rare rows, not t
     const p = plan(sql, sql.includes('LIMIT ?') ? ['committed', COUNT_CAP] : sql.includes('?') ? ['active'] : [])
     t.notMatch(p, /SCAN transactions( USING (COVERING )?INDEX transactions_by_(state|created))?(;|$)/, `${name}: ${p}`)
   }
+
+  // Start-up recovery's pages of decided, unfinished transactions.
+  t.notMatch(plan(UNFINISHED_IDS_SQL, ['', 200]), /transactions_by_(state|created)|SCAN transactions(;|$)/, plan(UNFINISHED_IDS_SQL, ['', 200]))
+  t.same(log.unfinishedIds('', 10), ['a.1'])
 
   // The API's list with needsAttention=true: the same rare rows (GET /v1/transactions?needsAttention=true).
   const seen: string[] = []

@@ -104,6 +104,15 @@ const PARTICIPANT_OVERHEAD_BYTES = 256
 const PAGE_CACHE_KIB = 4096
 
 /**
+ * Decided transactions whose phase 2 is not finished, a page in id order (start-up recovery).
+ * INDEXED BY the partial index of exactly those rows: for the order by id the planner took
+ * `transactions_by_state` and sorted every committed transaction of the log on each page
+ * (~16 ms per page at 110,000 transactions, and pages repeat until none is left).
+ */
+export const UNFINISHED_IDS_SQL = `SELECT id FROM transactions INDEXED BY transactions_unfinished
+  WHERE completed_at IS NULL AND state IN ('committed', 'aborted') AND id > ? ORDER BY id LIMIT ?`
+
+/**
  * The outbox's queue depth, parked count and oldest queued row: read by every /readyz and
  * metrics scrape, so each count goes through a partial index (queued rows; parked rows, since
  * migration 7) rather than the whole outbox, which keeps published rows until retention.
@@ -435,8 +444,7 @@ export class CoordinatorLog {
         `SELECT id FROM transactions WHERE state IN ('active', 'preparing') AND expires_at <= ? ORDER BY expires_at LIMIT ?`),
       undecidedIds: this.db.prepare<[string, number], { id: string }>(
         `SELECT id FROM transactions WHERE state IN ('active', 'preparing') AND id > ? ORDER BY id LIMIT ?`),
-      unfinishedIds: this.db.prepare<[string, number], { id: string }>(
-        `SELECT id FROM transactions WHERE completed_at IS NULL AND state IN ('committed', 'aborted') AND id > ? ORDER BY id LIMIT ?`),
+      unfinishedIds: this.db.prepare<[string, number], { id: string }>(UNFINISHED_IDS_SQL),
       resolveRetryBudget: this.db.prepare(`UPDATE attention SET resolved_at = ?, resolution = 'delivered: every participant acked'
         WHERE tx_id = ? AND kind = 'retry-budget' AND resolved_at IS NULL`),
       insertMessage: this.db.prepare('INSERT INTO tx_messages (tx_id, position, exchange, routing_key, body, headers) VALUES (?, ?, ?, ?, ?, ?)'),
