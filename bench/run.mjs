@@ -315,6 +315,12 @@ function internalsDelta (/** @type {any} */ before, /** @type {any} */ after) {
   return out
 }
 
+/** Each server's event-loop delay since it was last asked (bench/lib/loop-delay.mjs), by name. */
+async function loopDelays (/** @type {Cluster} */ cluster) {
+  const entries = await Promise.all(Object.entries(cluster.servers).map(async ([name, s]) => [name, await s.loopDelay()]))
+  return Object.fromEntries(entries)
+}
+
 function snapshot (/** @type {Cluster} */ cluster) {
   const at = performance.now()
   /** @type {Record<string, ReturnType<ServerProcess['sample']>>} */
@@ -344,9 +350,11 @@ async function runLoad (cluster, mode, concurrency, t, /** @type {{ rep: number,
       if (msg.type === 'mark') {
         before = snapshot(cluster)
         internalsBefore = scrapeInternals(cluster)
+        loopDelays(cluster) // starts each process's event-loop delay window over
       } else if (msg.type === 'rep') {
         const after = snapshot(cluster)
         const internalsAfter = scrapeInternals(cluster)
+        const loopAfter = loopDelays(cluster)
         const from = internalsBefore
         const b = /** @type {ReturnType<typeof snapshot>} */ (before)
         const seconds = (after.at - b.at) / 1000
@@ -381,8 +389,9 @@ async function runLoad (cluster, mode, concurrency, t, /** @type {{ rep: number,
         cpuUsPerTx.loadgen = f.committed > 0 ? 1000 * f.loadgenCpuMs / f.committed : NaN
         fsyncPerTx.total = cluster.strace && f.committed > 0 ? fsyncTotal / (f.txPerSec * seconds) : null
         /** @type {any} */
-        const row = { mode, concurrency, rep: msg.rep, ...f, cpuPct, cpuUsPerTx, ioPerTx, fsyncPerTx, fsyncBusyPct, fsyncMsPerTx, internals: null }
+        const row = { mode, concurrency, rep: msg.rep, ...f, cpuPct, cpuUsPerTx, ioPerTx, fsyncPerTx, fsyncBusyPct, fsyncMsPerTx, internals: null, loopDelay: null }
         reps.push(row)
+        internals.push(loopAfter.then(d => { row.loopDelay = d }))
         if (from !== undefined && mode !== 'baseline') internals.push(Promise.all([from, internalsAfter]).then(([b, a]) => { row.internals = internalsDelta(b, a) }))
         log(`${mode.padEnd(11)} c=${String(concurrency).padEnd(3)} rep ${(round?.rep ?? msg.rep) + 1}/${round?.of ?? t.reps}: ${f.txPerSec.toFixed(0)} tx/s, p50 ${fmt(f.latencyMs.p50)} p99 ${fmt(f.latencyMs.p99)} ms, ` +
           `cpu% c/i/p/f/l ${['coordinator', 'inventory', 'payment', 'fanout', 'loadgen'].map(n => (cpuPct[n] ?? 0).toFixed(0)).join('/')}, ` +

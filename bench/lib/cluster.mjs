@@ -120,7 +120,20 @@ export class ServerProcess {
     this.pid = o.strace === undefined ? this.child.pid : undefined
     this.output = ''
     const keep = (/** @type {Buffer} */ chunk) => { this.output = (this.output + chunk.toString()).slice(-8000) }
-    this.child.stdout?.on('data', keep)
+    /** @type {Array<(figures: any) => void>} */
+    this.loopWaiters = []
+    let partial = ''
+    this.child.stdout?.on('data', (/** @type {Buffer} */ chunk) => {
+      // BENCH-LOOP lines (loop-delay.mjs) answer loopDelay(), in the order asked; the rest is output.
+      const lines = (partial + chunk.toString()).split('\n')
+      partial = /** @type {string} */ (lines.pop())
+      const rest = []
+      for (const line of lines) {
+        if (line.startsWith('BENCH-LOOP ')) this.loopWaiters.shift()?.(JSON.parse(line.slice(11)))
+        else rest.push(line)
+      }
+      if (rest.length > 0) keep(Buffer.from(rest.join('\n') + '\n'))
+    })
     this.child.stderr?.on('data', keep)
     this.exited = false
     /** @type {Promise<void>} */
@@ -163,6 +176,31 @@ export class ServerProcess {
       io: this.pid === undefined ? null : ioCounts(this.pid),
       fsync: this.fsync === undefined ? null : this.fsync.read()
     }
+  }
+
+  /**
+   * The process's event-loop delay since it was last asked (loop-delay.mjs, on SIGWINCH):
+   * `{ count, maxMs, p99Ms }`, or null if it does not answer within `timeoutMs`.
+   * @returns {Promise<{ count: number, maxMs: number | null, p99Ms: number | null } | null>}
+   */
+  loopDelay (timeoutMs = 2000) {
+    if (this.exited || this.pid === undefined) return Promise.resolve(null)
+    const pid = this.pid
+    return new Promise(resolve => {
+      const answer = (/** @type {any} */ figures) => { clearTimeout(timer); resolve(figures) }
+      const timer = setTimeout(() => {
+        const i = this.loopWaiters.indexOf(answer)
+        if (i >= 0) this.loopWaiters.splice(i, 1)
+        resolve(null)
+      }, timeoutMs)
+      this.loopWaiters.push(answer)
+      try {
+        process.kill(pid, 'SIGWINCH')
+      } catch {
+        this.loopWaiters.splice(this.loopWaiters.indexOf(answer), 1)
+        answer(null)
+      }
+    })
   }
 
   /** SIGTERM (graceful: the coordinator drains, a --cpu-prof profile is written), then SIGKILL. */

@@ -1,6 +1,7 @@
 // The baseline: a plain Fastify fan-out route (no coordination, no log, no logging) that calls
 // the same two participants once each, in parallel, and answers when both have answered.
 import './watchdog.mjs'
+import './loop-delay.mjs'
 import { randomUUID } from 'node:crypto'
 import { Fastify, undici } from './deps.mjs'
 

@@ -9,6 +9,7 @@
 // Plain path (the baseline, no 2PC): POST /plain/reserve INSERTs the same row, directly
 //   'committed', in one durable SQLite transaction, with a TypeBox-equivalent JSON schema.
 import './watchdog.mjs'
+import './loop-delay.mjs'
 import { Fastify, Database } from './deps.mjs'
 import { twoPhaseParticipant } from '@fastify-2pc/participant-sdk'
 

@@ -48,10 +48,17 @@ export function aggregate (rows, cfg, fsyncRows = []) {
         internals[proc] = {}
         for (const k of keys) internals[proc][k] = stats(rs.map(r => r.internals?.[proc]?.[k]))
       }
+      /** @type {Record<string, any>} */ const loopDelay = {}
+      for (const p of ['coordinator', 'inventory', 'payment', 'fanout']) {
+        // Older results.json files have no event-loop delays.
+        if (rs.every(r => r.loopDelay?.[p] == null)) continue
+        loopDelay[p] = { p99Ms: stats(rs.map(r => r.loopDelay?.[p]?.p99Ms)), maxMs: stats(rs.map(r => r.loopDelay?.[p]?.maxMs)) }
+      }
       groups.push({
         mode,
         concurrency,
         internals,
+        loopDelay,
         reps: rs.length,
         txPerSec: stats(rs.map(r => r.txPerSec)),
         latencyMs: { p50: stats(rs.map(r => r.latencyMs.p50)), p99: stats(rs.map(r => r.latencyMs.p99)), p999: stats(rs.map(r => r.latencyMs.p999)) },
@@ -73,6 +80,7 @@ export function aggregate (rows, cfg, fsyncRows = []) {
 const n0 = (/** @type {number} */ v) => v.toFixed(0)
 const lat = (/** @type {number} */ v) => v < 10 ? v.toFixed(2) : v.toFixed(1)
 const f2 = (/** @type {number} */ v) => v.toFixed(2)
+const f1 = (/** @type {number} */ v) => v.toFixed(1)
 /** median (min–max) */
 function mm (/** @type {any} */ s, f = n0, spread = true) {
   if (s === null || s === undefined) return '–'
@@ -136,6 +144,20 @@ export function renderMarkdown (r) {
     L.push(`| ${MODE_NAMES[x.mode]} | ${x.concurrency} | ${mm(x.cpuPct.coordinator)} | ${mm(x.cpuPct.inventory)} | ${mm(x.cpuPct.payment)} | ${mm(x.cpuPct.fanout)} | ${mm(x.cpuPct.loadgen)} | ${x.mode === 'baseline' ? '–' : n0(us('coordinator'))} | ${n0(parts)} | ${n0(all)} |`)
   }
   L.push('')
+
+  const withLoop = groups.filter(x => Object.keys(x.loopDelay ?? {}).length > 0)
+  if (withLoop.length > 0) {
+    L.push('## Event-loop delay', '')
+    L.push('How late each server\'s event loop ran a 10 ms timer over the window (`monitorEventLoopDelay`, bench/lib/loop-delay.mjs): ' +
+      'p99 and the longest, in ms (median over the windows, min–max in small print). A process whose loop stalls holds every ' +
+      'transaction in flight there; the clients see it only as a tail, this names the process. Stalls shorter than ~10 ms may be missed.', '')
+    L.push('| path | clients | coordinator p99 / max | inventory p99 / max | payment p99 / max | fan-out p99 / max |', '| --- | ---: | ---: | ---: | ---: | ---: |')
+    const cell = (/** @type {any} */ d) => d === undefined ? '–' : `${mm(d.p99Ms, f1, false)} / ${mm(d.maxMs, f1)}`
+    for (const x of withLoop) {
+      L.push(`| ${MODE_NAMES[x.mode]} | ${x.concurrency} | ${x.mode === 'baseline' ? '–' : cell(x.loopDelay.coordinator)} | ${cell(x.loopDelay.inventory)} | ${cell(x.loopDelay.payment)} | ${x.mode === 'baseline' ? cell(x.loopDelay.fanout) : '–'} |`)
+    }
+    L.push('')
+  }
 
   const withIo = groups.filter(x => Object.keys(x.ioPerTx ?? {}).length > 0)
   if (withIo.length > 0) {
