@@ -89,6 +89,16 @@ function mm (/** @type {any} */ s, f = n0, spread = true) {
 }
 const MODE_NAMES = /** @type {Record<string, string>} */ ({ oneshot: '2PC one-shot', interactive: '2PC interactive', baseline: 'baseline fan-out' })
 
+/**
+ * One row of a per-server table: path, clients, then coordinator, inventory, payment, fan-out
+ * (the coordinator's cell only on the 2PC paths, the fan-out's only on the baseline).
+ * @param {any} x a group @param {(proc: string) => string} cellOf
+ */
+function serverRow (x, cellOf) {
+  const base = x.mode === 'baseline'
+  return `| ${MODE_NAMES[x.mode]} | ${x.concurrency} | ${base ? '–' : cellOf('coordinator')} | ${cellOf('inventory')} | ${cellOf('payment')} | ${base ? cellOf('fanout') : '–'} |`
+}
+
 /** @param {any} r results.json */
 export function renderMarkdown (r) {
   const L = []
@@ -153,9 +163,7 @@ export function renderMarkdown (r) {
       'transaction in flight there; the clients see it only as a tail, this names the process. Stalls shorter than ~10 ms may be missed.', '')
     L.push('| path | clients | coordinator p99 / max | inventory p99 / max | payment p99 / max | fan-out p99 / max |', '| --- | ---: | ---: | ---: | ---: | ---: |')
     const cell = (/** @type {any} */ d) => d === undefined ? '–' : `${mm(d.p99Ms, f1, false)} / ${mm(d.maxMs, f1)}`
-    for (const x of withLoop) {
-      L.push(`| ${MODE_NAMES[x.mode]} | ${x.concurrency} | ${x.mode === 'baseline' ? '–' : cell(x.loopDelay.coordinator)} | ${cell(x.loopDelay.inventory)} | ${cell(x.loopDelay.payment)} | ${x.mode === 'baseline' ? cell(x.loopDelay.fanout) : '–'} |`)
-    }
+    for (const x of withLoop) L.push(serverRow(x, p => cell(x.loopDelay[p])))
     L.push('')
   }
 
@@ -171,9 +179,7 @@ export function renderMarkdown (r) {
     const cell = (/** @type {any} */ io, disk = true) => io === undefined
       ? '–'
       : `${k1(io.writtenKb?.median)} / ${k1(io.writeCalls?.median)}${disk ? ` / ${k1(io.toDiskKb?.median)}` : ''}`
-    for (const x of withIo) {
-      L.push(`| ${MODE_NAMES[x.mode]} | ${x.concurrency} | ${x.mode === 'baseline' ? '–' : cell(x.ioPerTx.coordinator)} | ${cell(x.ioPerTx.inventory)} | ${cell(x.ioPerTx.payment)} | ${x.mode === 'baseline' ? cell(x.ioPerTx.fanout, false) : '–'} |`)
-    }
+    for (const x of withIo) L.push(serverRow(x, p => cell(x.ioPerTx[p], p !== 'fanout')))
     L.push('')
   }
 
