@@ -3,11 +3,13 @@
  * playwright-core) against a real coordinator and real participants: log in with the token,
  * the list shows a committed and an aborted transaction, the detail page shows the timeline,
  * and "Retry now" delivers a decision that a participant failed with 503 before it recovered.
- * Takes a screenshot (into the test's directory; with TWOPC_UPDATE_SCREENSHOT=1 into
+ * Takes a screenshot (into the test's directory, the browser profile being a temp dir of its own; with TWOPC_UPDATE_SCREENSHOT=1 into
  * docs/admin-console.png, the README's picture). Without chromium: skipped loudly, or failed under CI=true.
  */
 import t from 'tap'
-import { existsSync, mkdirSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync } from 'node:fs'
+import { rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import { join } from 'node:path'
 import { chromium, type BrowserContext, type Page } from 'playwright-core'
@@ -49,14 +51,23 @@ if (!existsSync(CHROMIUM)) {
     t.match(aborted.body, { state: 'aborted', reason: 'vote-no' })
     await waitFor(async () => (await c.api.get(`/v1/transactions/${committedId}`)).body.participants[1].attempts >= 1, 5000, 'payment failed once')
 
-    const userDataDir = t.testdir()
+    // The browser profile lives outside the test's directory: Chromium's helpers may still be
+    // writing to it for a moment after close, and tap's removal of the test directory then
+    // failed (ENOTEMPTY) in teardown, which skipped the servers' own teardowns (seen once in CI).
+    const userDataDir = mkdtempSync(join(tmpdir(), 'twopc-console-chromium-'))
     const context: BrowserContext = await chromium.launchPersistentContext(userDataDir, {
       executablePath: CHROMIUM,
       headless: true,
       args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
       viewport: { width: 1360, height: 900 }
     })
-    t.teardown(async () => { await context.close() })
+    t.teardown(async () => {
+      await context.close()
+      // rm retries ENOTEMPTY/EBUSY itself; a profile left in the temp dir harms nothing, so a
+      // failure is reported, not thrown (a throw here skips the other teardowns).
+      await rm(userDataDir, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 })
+        .catch((err: unknown) => { t.comment(`could not remove the browser profile ${userDataDir}: ${String(err)}`) })
+    })
     const page: Page = context.pages()[0] ?? await context.newPage()
     page.setDefaultTimeout(15_000)
     const dialogs: string[] = []
@@ -127,7 +138,7 @@ if (!existsSync(CHROMIUM)) {
     t.same(dialogs, [], 'no script ran')
 
     mkdirSync(fileURLToPath(new URL('../docs/', import.meta.url)), { recursive: true })
-    const SCREENSHOT = process.env.TWOPC_UPDATE_SCREENSHOT === '1' ? README_SCREENSHOT : join(userDataDir, 'admin-console.png')
+    const SCREENSHOT = process.env.TWOPC_UPDATE_SCREENSHOT === '1' ? README_SCREENSHOT : join(t.testdir(), 'admin-console.png')
     await page.screenshot({ path: SCREENSHOT, fullPage: true })
     t.ok(existsSync(SCREENSHOT), `screenshot at ${SCREENSHOT}`)
 
