@@ -117,7 +117,7 @@ t.test('SIGKILLed after voting yes, restarted: resolves the commit from the coor
   // The coordinator's own phase-2 retry arrives later: idempotent, still applied once.
   const body = JSON.stringify({ txid: outcome.id, participant: 'inventory' })
   const late = await request(`http://127.0.0.1:${second.port}/2pc/commit`, {
-    method: 'POST', headers: { 'content-type': 'application/json', 'x-2pc-signature': signBody(SECRET, body) }, body
+    method: 'POST', headers: { 'content-type': 'application/json', 'x-2pc-signature': signBody(SECRET, 'commit', body) }, body
   })
   t.equal(late.statusCode, 200)
   t.same(await late.body.json(), { ok: true })

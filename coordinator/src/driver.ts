@@ -16,9 +16,14 @@
 import { setMaxListeners } from 'node:events'
 import { Agent, type Dispatcher } from 'undici'
 import {
-  signBody, SIGNATURE_HEADER, CallbackPath, MAX_BATCH_CALLS,
+  signBody, SIGNATURE_HEADER, CallbackPath, MAX_BATCH_CALLS, type SignedOperation,
   type BatchCapability, type Decision, type DecisionRequest, type PrepareRequest, type Vote
 } from '@fastify-2pc/protocol'
+
+/** The signed operation of a callback path: `/commit` -> `commit` (the signature binds it). */
+function operationOf (path: typeof CallbackPath[keyof typeof CallbackPath]): SignedOperation {
+  return path.slice(1) as SignedOperation
+}
 
 export interface DriverOptions {
   secret?: string
@@ -112,10 +117,10 @@ export class ParticipantDriver {
    * stage — the answer's chunks are collected (bounded) and the call settles once. The timeout
    * covers the whole call, queueing and connecting included, as a request signal would.
    */
-  private async post (baseUrl: string, path: string, raw: string, timeoutMs: number, traceparent: string | undefined, limit = this.options.maxResponseBytes): Promise<Answer> {
+  private async post (baseUrl: string, path: typeof CallbackPath[keyof typeof CallbackPath], raw: string, timeoutMs: number, traceparent: string | undefined, limit = this.options.maxResponseBytes): Promise<Answer> {
     const headers: Record<string, string> = { 'content-type': 'application/json' }
     if (traceparent !== undefined) headers.traceparent = traceparent
-    if (this.options.secret !== undefined) headers[SIGNATURE_HEADER] = signBody(this.options.secret, raw)
+    if (this.options.secret !== undefined) headers[SIGNATURE_HEADER] = signBody(this.options.secret, operationOf(path), raw)
     const target = this.target(baseUrl)
     const signal = this.timeoutSignal(timeoutMs)
     return await new Promise((resolve, reject) => {

@@ -6,7 +6,7 @@
  */
 import t, { type Test } from 'tap'
 import Fastify, { type FastifyRequest } from 'fastify'
-import { verifySignature, SIGNATURE_HEADER, type BatchCall } from '@fastify-2pc/protocol'
+import { verifySignature, SIGNATURE_HEADER, type BatchCall, type SignedOperation } from '@fastify-2pc/protocol'
 import { ParticipantDriver } from '../src/driver.js'
 
 const SECRET = 'driver-batch-test-secret'
@@ -37,7 +37,7 @@ async function participant (t: Test, script: Partial<Script> = {}): Promise<{ ur
     received.push({
       path: req.url.replace('/2pc', ''),
       body: req.body,
-      signatureOk: verifySignature(SECRET, req.headers[SIGNATURE_HEADER], raw.get(req) ?? '').ok,
+      signatureOk: verifySignature(SECRET, req.url.slice(req.url.lastIndexOf('/') + 1) as SignedOperation, req.headers[SIGNATURE_HEADER], raw.get(req) ?? '').ok,
       traceparent: req.headers.traceparent as string | undefined
     })
   }

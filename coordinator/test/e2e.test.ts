@@ -418,7 +418,7 @@ t.test('callbacks are signed when the coordinator has a secret', async t => {
   for (const p of [a, b]) {
     t.equal(p.calls.length, 2)
     for (const call of p.calls) {
-      t.match(call.headers[SIGNATURE_HEADER], /^t=\d+,v1=[0-9a-f]{64}$/)
+      t.match(call.headers[SIGNATURE_HEADER], /^t=\d+,v2=[0-9a-f]{64}$/)
       t.equal(call.signatureOk, true, `${call.path} signature verifies`)
     }
   }

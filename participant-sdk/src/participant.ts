@@ -16,7 +16,7 @@ import { Type } from '@sinclair/typebox'
 import type { Static } from '@sinclair/typebox'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { Database } from 'better-sqlite3'
-import { AMQP_PREFIX_PATTERN, MAX_BATCH_CALLS, MAX_INLINE_SYNC_MS, PARTICIPANT_NAME_PATTERN, SIGNATURE_HEADER, TX_ID_PATTERN, verifySignature } from '@fastify-2pc/protocol'
+import { AMQP_PREFIX_PATTERN, MAX_BATCH_CALLS, MAX_INLINE_SYNC_MS, PARTICIPANT_NAME_PATTERN, SIGNATURE_HEADER, TX_ID_PATTERN, verifySignature, type SignedOperation } from '@fastify-2pc/protocol'
 import type { BatchCapability, BatchResult } from '@fastify-2pc/protocol'
 import { createCoordinatorClient } from './client.js'
 import type { Registry } from 'prom-client'
@@ -306,6 +306,15 @@ interface CallScope {
   log?: FastifyBaseLogger
 }
 
+/**
+ * The operation a callback's signature must bind: the route's last segment (`{prefix}/commit` ->
+ * `commit`). A signed abort sent to `/commit` fails to verify.
+ */
+function signedOperationOf (request: FastifyRequest): SignedOperation {
+  const url = request.routeOptions.url ?? ''
+  return url.slice(url.lastIndexOf('/') + 1) as SignedOperation
+}
+
 /** The callback routes, encapsulated (NOT wrapped in fastify-plugin). */
 const callbackRoutes: FastifyPluginAsync<RouteOptions> = async (instance, { engine, recovery, secret, bodyLimit, batch, onBatch, logger }) => {
   // Requests whose signature was checked against their exact raw bytes.
@@ -323,7 +332,7 @@ const callbackRoutes: FastifyPluginAsync<RouteOptions> = async (instance, { engi
   instance.removeAllContentTypeParsers()
   instance.addContentTypeParser('application/json', { parseAs: 'string', bodyLimit }, (request, rawBody, done) => {
     if (secret !== undefined) {
-      const check = verifySignature(secret, request.headers[SIGNATURE_HEADER], rawBody as string)
+      const check = verifySignature(secret, signedOperationOf(request), request.headers[SIGNATURE_HEADER], rawBody as string)
       if (!check.ok) {
         done(new BadSignatureError(check.reason), undefined)
         return

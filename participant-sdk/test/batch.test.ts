@@ -10,7 +10,7 @@ import Fastify from 'fastify'
 import pino from 'pino'
 import type { Registry } from 'prom-client'
 import { request } from 'undici'
-import { MAX_BATCH_CALLS, signBody } from '@fastify-2pc/protocol'
+import { MAX_BATCH_CALLS, signBody, type SignedOperation } from '@fastify-2pc/protocol'
 import type { BatchResponse } from '@fastify-2pc/protocol'
 import { twoPhaseParticipant } from '../src/index.js'
 import type { TransactionContext } from '../src/index.js'
@@ -32,7 +32,7 @@ async function post (url: string, body: unknown, options: { secret?: string, sig
   const raw = typeof body === 'string' ? body : JSON.stringify(body)
   const headers: Record<string, string> = { 'content-type': 'application/json', ...options.headers }
   if (options.signature !== undefined && options.signature !== null) headers['x-2pc-signature'] = options.signature
-  else if (options.signature === undefined && options.secret !== undefined) headers['x-2pc-signature'] = signBody(options.secret, raw)
+  else if (options.signature === undefined && options.secret !== undefined) headers['x-2pc-signature'] = signBody(options.secret, url.slice(url.lastIndexOf('/') + 1) as SignedOperation, raw)
   const res = await request(url, { method: 'POST', headers, body: raw })
   return { status: res.statusCode, body: await res.body.json() as Record<string, unknown> }
 }
@@ -199,8 +199,8 @@ t.test('a missing or wrong signature refuses the whole batch with 401; nothing i
   const other = JSON.stringify({ calls: [prepareCall(p, 4), decisionCall('abort', tomb)] })
   for (const [label, signature, body] of [
     ['missing', null, raw],
-    ['wrong secret', signBody('not-the-secret', raw), raw],
-    ['valid for other bytes', signBody(SECRET, other), raw],
+    ['wrong secret', signBody('not-the-secret', 'batch', raw), raw],
+    ['valid for other bytes', signBody(SECRET, 'batch', other), raw],
     ['malformed', 'v1=deadbeef', raw]
   ] as const) {
     const res = await post(`${base}/2pc/batch`, body, { signature })

@@ -6,7 +6,7 @@ import { join } from 'node:path'
 import Database from 'better-sqlite3'
 import Fastify from 'fastify'
 import type { FastifyInstance } from 'fastify'
-import { signBody } from '@fastify-2pc/protocol'
+import { signBody, type SignedOperation } from '@fastify-2pc/protocol'
 import { twoPhaseParticipant } from '../src/index.js'
 import type { TwoPhaseParticipantOptions } from '../src/index.js'
 
@@ -108,7 +108,7 @@ export async function buildInventory (dir: string, options: Partial<TwoPhasePart
 export function callback (path: string, body: unknown, secret?: string, now?: number): { method: 'POST', url: string, headers: Record<string, string>, payload: string } {
   const payload = JSON.stringify(body)
   const headers: Record<string, string> = { 'content-type': 'application/json' }
-  if (secret !== undefined) headers['x-2pc-signature'] = signBody(secret, payload, now)
+  if (secret !== undefined) headers['x-2pc-signature'] = signBody(secret, path.slice(path.lastIndexOf('/') + 1) as SignedOperation, payload, now)
   return { method: 'POST', url: path, headers, payload }
 }
 

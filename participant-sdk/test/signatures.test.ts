@@ -1,7 +1,7 @@
 import t from 'tap'
 import type { Test } from 'tap'
 import { request } from 'undici'
-import { signBody, SIGNATURE_MAX_AGE_MS } from '@fastify-2pc/protocol'
+import { signBody, SIGNATURE_MAX_AGE_MS, type SignedOperation } from '@fastify-2pc/protocol'
 import { BATCH, buildInventory, callback, prepareBody, SECRET, txid } from './helpers.js'
 import type { Inventory } from './helpers.js'
 
@@ -17,17 +17,19 @@ t.test('with a secret, bad signatures get 401 BAD_SIGNATURE and change nothing',
   const id = txid()
   const body = JSON.stringify(prepareBody(id))
   const otherBody = JSON.stringify(prepareBody(id, 9))
-  const cases: Array<[string, Record<string, string>, string]> = [
-    ['missing', {}, body],
-    ['wrong secret', { 'x-2pc-signature': signBody('not-the-secret', body) }, body],
-    ['stale (older than 5 minutes)', { 'x-2pc-signature': signBody(SECRET, body, Date.now() - SIGNATURE_MAX_AGE_MS - 1000) }, body],
-    ['from the future', { 'x-2pc-signature': signBody(SECRET, body, Date.now() + SIGNATURE_MAX_AGE_MS + 60_000) }, body],
-    ['valid signature replayed over a different body', { 'x-2pc-signature': signBody(SECRET, body) }, otherBody],
-    ['malformed', { 'x-2pc-signature': 'v1=deadbeef' }, body]
+  // Each case is signed for the route it is sent to: only the defect named is wrong.
+  const cases: Array<[string, (op: SignedOperation) => Record<string, string>, string]> = [
+    ['missing', () => ({}), body],
+    ['wrong secret', op => ({ 'x-2pc-signature': signBody('not-the-secret', op, body) }), body],
+    ['stale (older than 5 minutes)', op => ({ 'x-2pc-signature': signBody(SECRET, op, body, Date.now() - SIGNATURE_MAX_AGE_MS - 1000) }), body],
+    ['from the future', op => ({ 'x-2pc-signature': signBody(SECRET, op, body, Date.now() + SIGNATURE_MAX_AGE_MS + 60_000) }), body],
+    ['valid signature replayed over a different body', op => ({ 'x-2pc-signature': signBody(SECRET, op, body) }), otherBody],
+    ['malformed', () => ({ 'x-2pc-signature': 'v2=deadbeef' }), body]
   ]
-  for (const [label, headers, payload] of cases) {
-    for (const path of ['/2pc/prepare', '/2pc/abort', '/2pc/commit']) {
-      const res = await inv.app.inject({ method: 'POST', url: path, headers: { 'content-type': 'application/json', ...headers }, payload })
+  for (const [label, headersFor, payload] of cases) {
+    for (const op of ['prepare', 'abort', 'commit'] as const) {
+      const path = `/2pc/${op}`
+      const res = await inv.app.inject({ method: 'POST', url: path, headers: { 'content-type': 'application/json', ...headersFor(op) }, payload })
       t.equal(res.statusCode, 401, `${label} ${path}`)
       t.match(res.json(), { statusCode: 401, code: 'BAD_SIGNATURE', error: 'Unauthorized' }, `${label} ${path}`)
     }
@@ -53,7 +55,7 @@ t.test('signature checks over real HTTP: the exact raw bytes are what is verifie
   const reformatted = JSON.stringify(JSON.parse(signed), null, 2)
   const replay = await request(`http://127.0.0.1:${port}/2pc/prepare`, {
     method: 'POST',
-    headers: { 'content-type': 'application/json', 'x-2pc-signature': signBody(SECRET, signed) },
+    headers: { 'content-type': 'application/json', 'x-2pc-signature': signBody(SECRET, 'prepare', signed) },
     body: reformatted
   })
   t.equal(replay.statusCode, 401)
@@ -62,7 +64,7 @@ t.test('signature checks over real HTTP: the exact raw bytes are what is verifie
 
   const good = await request(`http://127.0.0.1:${port}/2pc/prepare`, {
     method: 'POST',
-    headers: { 'content-type': 'application/json', 'x-2pc-signature': signBody(SECRET, reformatted) },
+    headers: { 'content-type': 'application/json', 'x-2pc-signature': signBody(SECRET, 'prepare', reformatted) },
     body: reformatted
   })
   t.equal(good.statusCode, 200)

@@ -15,7 +15,7 @@
 import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify'
 import { request } from 'undici'
 import { join } from 'node:path'
-import { verifySignature, SIGNATURE_HEADER, type Vote } from '@fastify-2pc/protocol'
+import { verifySignature, SIGNATURE_HEADER, type Vote, type SignedOperation } from '@fastify-2pc/protocol'
 import type { Test } from 'tap'
 import { buildCoordinator, type CoordinatorOptions } from '../../src/index.js'
 
@@ -177,9 +177,9 @@ export async function startParticipant (t: Test, options: ParticipantOptions = {
     }
 
     /** Checks the signature; false (and 401 already decided) when a secret is set and it fails. */
-    function signatureOf (req: FastifyRequest): boolean | undefined {
+    function signatureOf (path: CallbackName, req: FastifyRequest): boolean | undefined {
       if (options.secret === undefined) return undefined
-      return verifySignature(options.secret, req.headers[SIGNATURE_HEADER], raw.get(req) ?? '').ok
+      return verifySignature(options.secret, path as SignedOperation, req.headers[SIGNATURE_HEADER], raw.get(req) ?? '').ok
     }
 
     server.addHook('onResponse', async (req) => {
@@ -190,7 +190,7 @@ export async function startParticipant (t: Test, options: ParticipantOptions = {
     })
 
     server.post(`${prefix}/prepare`, async (req, reply) => {
-      const sig = signatureOf(req)
+      const sig = signatureOf('prepare', req)
       if (sig === false) {
         record('prepare', req, 401, sig)
         return await reply.code(401).send({ code: 'BAD_SIGNATURE' })
@@ -212,7 +212,7 @@ export async function startParticipant (t: Test, options: ParticipantOptions = {
 
     for (const path of ['commit', 'abort'] as const) {
       server.post(`${prefix}/${path}`, async (req, reply) => {
-        const sig = signatureOf(req)
+        const sig = signatureOf(path, req)
         if (sig === false) {
           record(path, req, 401, sig)
           return await reply.code(401).send({ code: 'BAD_SIGNATURE' })

@@ -203,7 +203,7 @@ function yesSkip (vote: Vote | undefined): string {
 }
 
 /** The forged-signature scenario: every route answers 401, and signed follow-ups show nothing changed. */
-async function rejectsForged (c: Context, forge: (body: Record<string, unknown>) => Signing): Promise<string> {
+async function rejectsForged (c: Context, forge: (body: Record<string, unknown>, route: Route) => Signing): Promise<string> {
   const yes = c.vote === 'yes'
   const codes = new Set<string>()
   const note = (a: Answer): void => { codes.add(codeOf(a) ?? '(no code)') }
@@ -211,7 +211,7 @@ async function rejectsForged (c: Context, forge: (body: Record<string, unknown>)
   // prepare
   const a = c.newTx()
   const body = c.prepareBody(a)
-  const p = await c.post('prepare', a, body, forge(body))
+  const p = await c.post('prepare', a, body, forge(body, 'prepare'))
   expect401(p, 'prepare with this signature')
   note(p)
   const afterPrepare = await c.decide('commit', a)
@@ -227,7 +227,7 @@ async function rejectsForged (c: Context, forge: (body: Record<string, unknown>)
   if (yes) {
     const { txid } = await c.prepareYes()
     const body = { txid, participant: c.options.name }
-    const r = await c.post('commit', txid, body, forge(body))
+    const r = await c.post('commit', txid, body, forge(body, 'commit'))
     expect401(r, 'commit with this signature')
     note(r)
     const abort = await c.decide('abort', txid)
@@ -235,7 +235,7 @@ async function rejectsForged (c: Context, forge: (body: Record<string, unknown>)
   } else {
     const txid = c.newTx()
     const body = { txid, participant: c.options.name }
-    const r = await c.post('commit', txid, body, forge(body))
+    const r = await c.post('commit', txid, body, forge(body, 'commit'))
     expect401(r, 'commit with this signature')
     note(r)
   }
@@ -244,7 +244,7 @@ async function rejectsForged (c: Context, forge: (body: Record<string, unknown>)
   if (yes) {
     const { txid } = await c.prepareYes()
     const body = { txid, participant: c.options.name }
-    const r = await c.post('abort', txid, body, forge(body))
+    const r = await c.post('abort', txid, body, forge(body, 'abort'))
     expect401(r, 'abort with this signature')
     note(r)
     const commit = await c.decide('commit', txid)
@@ -252,7 +252,7 @@ async function rejectsForged (c: Context, forge: (body: Record<string, unknown>)
   } else {
     const txid = c.newTx()
     const body = { txid, participant: c.options.name }
-    const r = await c.post('abort', txid, body, forge(body))
+    const r = await c.post('abort', txid, body, forge(body, 'abort'))
     expect401(r, 'abort with this signature')
     note(r)
   }
@@ -645,8 +645,8 @@ export const CHECKS: CheckDef[] = [
     level: 'MUST',
     needs: 'secret',
     description: 'a signature made with another secret: 401; nothing changes',
-    run: async c => await rejectsForged(c, body => ({
-      kind: 'header', value: signBody(`${c.options.secret ?? ''}${OTHER_SECRET_SUFFIX}`, JSON.stringify(body))
+    run: async c => await rejectsForged(c, (body, route) => ({
+      kind: 'header', value: signBody(`${c.options.secret ?? ''}${OTHER_SECRET_SUFFIX}`, route, JSON.stringify(body))
     }))
   },
   {
@@ -654,8 +654,8 @@ export const CHECKS: CheckDef[] = [
     level: 'MUST',
     needs: 'secret',
     description: 'a correct signature older than 5 minutes: 401; nothing changes',
-    run: async c => await rejectsForged(c, body => ({
-      kind: 'header', value: c.http.sign(JSON.stringify(body), Date.now() - SIGNATURE_MAX_AGE_MS - 60_000)
+    run: async c => await rejectsForged(c, (body, route) => ({
+      kind: 'header', value: c.http.sign(route, JSON.stringify(body), Date.now() - SIGNATURE_MAX_AGE_MS - 60_000)
     }))
   },
   {
@@ -663,8 +663,8 @@ export const CHECKS: CheckDef[] = [
     level: 'MUST',
     needs: 'secret',
     description: 'a fresh, valid signature of another body (replayed over this one): 401; nothing changes',
-    run: async c => await rejectsForged(c, body => ({
-      kind: 'header', value: c.http.sign(JSON.stringify({ ...body, txid: c.newTx() }))
+    run: async c => await rejectsForged(c, (body, route) => ({
+      kind: 'header', value: c.http.sign(route, JSON.stringify({ ...body, txid: c.newTx() }))
     }))
   },
   {
@@ -672,8 +672,8 @@ export const CHECKS: CheckDef[] = [
     level: 'SHOULD',
     needs: 'secret',
     description: 'a correct signature dated more than 5 minutes ahead: 401; nothing changes',
-    run: async c => await rejectsForged(c, body => ({
-      kind: 'header', value: c.http.sign(JSON.stringify(body), Date.now() + SIGNATURE_MAX_AGE_MS + 60_000)
+    run: async c => await rejectsForged(c, (body, route) => ({
+      kind: 'header', value: c.http.sign(route, JSON.stringify(body), Date.now() + SIGNATURE_MAX_AGE_MS + 60_000)
     }))
   },
   // --- the batch route (optional) -------------------------------------------------------------

@@ -58,16 +58,16 @@ export class ParticipantHttp {
   }
 
   /** The header `--secret` gives this exact body (for replay checks). */
-  sign (raw: string, now: number = Date.now()): string {
+  sign (route: Route, raw: string, now: number = Date.now()): string {
     if (this.options.secret === undefined) throw new Error('no secret to sign with')
-    return signBody(this.options.secret, raw, now)
+    return signBody(this.options.secret, route, raw, now)
   }
 
   /** POSTs `body` (an object is serialized; a string is sent as is) to `base + /route`. */
   async post (route: Route, body: unknown, signing: Signing = { kind: 'valid' }): Promise<Answer> {
     const raw = typeof body === 'string' ? body : JSON.stringify(body)
     const headers: Record<string, string> = { 'content-type': 'application/json' }
-    if (signing.kind === 'valid' && this.options.secret !== undefined) headers[SIGNATURE_HEADER] = signBody(this.options.secret, raw)
+    if (signing.kind === 'valid' && this.options.secret !== undefined) headers[SIGNATURE_HEADER] = signBody(this.options.secret, route, raw)
     if (signing.kind === 'header') headers[SIGNATURE_HEADER] = signing.value
     const url = `${this.options.baseUrl}/${route}`
     let status: number
