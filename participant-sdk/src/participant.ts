@@ -50,6 +50,12 @@ export interface TwoPhaseParticipantOptions {
   coordinatorUrl: string
   /** HMAC secret shared with the coordinator; when set, unsigned callbacks get 401. */
   secret?: string
+  /**
+   * Also accept the legacy `v1` signature (default false: 401 `BAD_SIGNATURE`, `legacy-scheme`).
+   * `v1` does not bind the route: a signed abort replayed onto `/commit` verifies. Only while an
+   * older coordinator still signs `v1`; needs `secret`. Logged as a warning at register.
+   */
+  acceptLegacySignatures?: boolean
   /** Route prefix of the callbacks (default `/2pc`); the enlisted url is `origin + prefix`. */
   prefix?: string
   /** Bearer token for the coordinator's API (its `TWOPC_API_TOKEN`). */
@@ -220,8 +226,11 @@ function checkOptions (options: TwoPhaseParticipantOptions): void {
   if (options.amqpUrl !== undefined && (typeof options.amqpUrl !== 'string' || !/^amqps?:\/\//.test(options.amqpUrl) || !URL.canParse(options.amqpUrl))) {
     throw new InvalidOptionError('amqpUrl must be an amqp:// or amqps:// URL')
   }
-  for (const flag of ['groupCommit', 'metrics'] as const) {
+  for (const flag of ['groupCommit', 'metrics', 'acceptLegacySignatures'] as const) {
     if (options[flag] !== undefined && typeof options[flag] !== 'boolean') throw new InvalidOptionError(`${flag} must be a boolean`)
+  }
+  if (options.acceptLegacySignatures === true && options.secret === undefined) {
+    throw new InvalidOptionError('acceptLegacySignatures needs secret (without one nothing is verified)')
   }
   if (options.metricsRoute !== undefined && options.metricsRoute !== false) {
     if (options.metrics === false) throw new InvalidOptionError('metricsRoute needs metrics')
@@ -258,6 +267,8 @@ interface RouteOptions {
   engine: ParticipantEngine
   recovery: InDoubtRecovery
   secret: string | undefined
+  /** Accept `v1` signatures too (`acceptLegacySignatures`). */
+  acceptV1: boolean
   bodyLimit: number
   /** What prepare answers advertise and `/batch` accepts; undefined: no batch route. */
   batch: BatchCapability | undefined
@@ -316,7 +327,7 @@ function signedOperationOf (request: FastifyRequest): SignedOperation {
 }
 
 /** The callback routes, encapsulated (NOT wrapped in fastify-plugin). */
-const callbackRoutes: FastifyPluginAsync<RouteOptions> = async (instance, { engine, recovery, secret, bodyLimit, batch, onBatch, logger }) => {
+const callbackRoutes: FastifyPluginAsync<RouteOptions> = async (instance, { engine, recovery, secret, acceptV1, bodyLimit, batch, onBatch, logger }) => {
   // Requests whose signature was checked against their exact raw bytes.
   const verified = new WeakSet<FastifyRequest>()
   // Each single callback's scope, so that the error handler logs through its child logger.
@@ -332,7 +343,7 @@ const callbackRoutes: FastifyPluginAsync<RouteOptions> = async (instance, { engi
   instance.removeAllContentTypeParsers()
   instance.addContentTypeParser('application/json', { parseAs: 'string', bodyLimit }, (request, rawBody, done) => {
     if (secret !== undefined) {
-      const check = verifySignature(secret, signedOperationOf(request), request.headers[SIGNATURE_HEADER], rawBody as string)
+      const check = verifySignature(secret, signedOperationOf(request), request.headers[SIGNATURE_HEADER], rawBody as string, { acceptV1 })
       if (!check.ok) {
         done(new BadSignatureError(check.reason), undefined)
         return
@@ -520,7 +531,12 @@ const plugin: FastifyPluginAsync<TwoPhaseParticipantOptions> = async (fastify: F
     prune: () => recovery.prune()
   } satisfies TwoPhaseParticipantApi)
 
-  await fastify.register(callbackRoutes, { prefix, engine, recovery, secret: options.secret, bodyLimit, batch, onBatch: metrics?.onBatch, logger })
+  const acceptV1 = options.acceptLegacySignatures === true
+  if (acceptV1) {
+    logger.warn({ prefix },
+      'acceptLegacySignatures: v1 signatures are accepted, and v1 does not bind the route: a signed abort replayed onto /commit would verify. Turn it off once the coordinator signs v2')
+  }
+  await fastify.register(callbackRoutes, { prefix, engine, recovery, secret: options.secret, acceptV1, bodyLimit, batch, onBatch: metrics?.onBatch, logger })
   if (metrics !== undefined && options.metricsRoute !== undefined && options.metricsRoute !== false) {
     // Outside the callback routes: no signature (a scraper has none), like any /metrics.
     const registry = metrics.registry
