@@ -22,7 +22,11 @@
  * is running, else on libuv's thread pool (SyncPlacement) — and only then are the batch's
  * callers answered; batches committed while a sync runs share the next one. So a vote or an ack is
  * never sent before its record is on disk, whatever `synchronous` the service chose for its own
- * writes. Other databases (in memory, rollback journal) commit and sync as SQLite is set up.
+ * writes. A file database with a rollback journal (DELETE, TRUNCATE, PERSIST): the batch commits
+ * with `synchronous=EXTRA` (restored right after), so SQLite syncs the journal, the database and,
+ * in DELETE mode, the directory of the deleted journal before the COMMIT returns. A database on
+ * which no commit can be made durable (`synchronous=OFF`, `journal_mode` MEMORY or OFF) is refused
+ * at register (`logDurability`). An in-memory database keeps nothing across a restart.
  */
 import type { Database, Statement, Transaction } from 'better-sqlite3'
 import { closeSync, constants, fdatasyncSync, openSync } from 'node:fs'
@@ -149,6 +153,32 @@ export interface EngineOptions {
 
 type Settled = { ok: true, value: unknown } | { ok: false, error: unknown }
 
+/**
+ * How the SDK's transactions are made durable on `db`:
+ * - `wal`: committed with `synchronous=NORMAL`, then the SDK's own fdatasync of the WAL;
+ * - `rollback`: committed with `synchronous=EXTRA` (SQLite syncs before the COMMIT returns);
+ * - `memory`: an in-memory database, nothing survives a restart anyway;
+ * - `{ unsafe }`: no commit on it can be made durable; the reason names the setting to change.
+ * `synchronous=OFF` is refused in WAL mode too: the service's own commits would then run SQLite's
+ * checkpoints without their fsyncs, and a checkpoint that restarts the WAL can lose records the
+ * SDK had synced.
+ */
+export function logDurability (db: Database): 'wal' | 'rollback' | 'memory' | { unsafe: string } {
+  if (db.memory) return 'memory'
+  const journal = String(db.pragma('journal_mode', { simple: true })).toLowerCase()
+  if (journal !== 'wal' && journal !== 'delete' && journal !== 'truncate' && journal !== 'persist') {
+    return { unsafe: `journal_mode=${journal}: a crash in the middle of a commit can leave the database half written. Needed: journal_mode=WAL (db.pragma('journal_mode = WAL'), recommended), or DELETE, TRUNCATE or PERSIST` }
+  }
+  if (db.pragma('synchronous', { simple: true }) === 0) {
+    return { unsafe: `synchronous=OFF: SQLite skips the fsyncs of commits and checkpoints, so a yes vote could be lost in a power cut. Needed: synchronous=NORMAL or higher (db.pragma('synchronous = NORMAL'); FULL is fine too)` }
+  }
+  return journal === 'wal' ? 'wal' : 'rollback'
+}
+
+/** `PRAGMA synchronous` levels the SDK commits its batches with. */
+const SYNC_NORMAL = 1
+const SYNC_EXTRA = 3
+
 /** How long a batch of commits and aborts may wait for a sync a prepare would start anyway. */
 const DECISION_SYNC_DELAY_MS = 2
 
@@ -195,6 +225,8 @@ export class ParticipantEngine {
   readonly #stats: Omit<FlushStats, 'pending'> = { flushes: 0, syncs: 0, inlineSyncs: 0, events: 0, failedFlushes: 0, lastBatch: 0, maxBatch: 0, lastFlushMs: 0, totalFlushMs: 0 }
   /** Our own descriptor of the WAL file, only to fdatasync it; null: SQLite syncs at COMMIT. */
   #walFd: number | null = null
+  /** `synchronous` of the SDK's own COMMITs (WAL: NORMAL; rollback journal: EXTRA); undefined: in memory. */
+  #commitLevel: number | undefined
   /** Whether each fdatasync runs on the event loop or the thread pool. */
   readonly #syncPlacement: SyncPlacement
   #unsynced: Committed[] = []
@@ -275,8 +307,13 @@ export class ParticipantEngine {
       observe?.(step)
       return step.reply
     })
-    if (!db.memory && db.pragma('journal_mode', { simple: true }) === 'wal') {
+    const durability = logDurability(db)
+    if (typeof durability === 'object') throw new Error(`the participant log would not be durable: ${durability.unsafe}`)
+    if (durability === 'wal') {
+      this.#commitLevel = SYNC_NORMAL
       this.#walFd = openSync(`${db.name}-wal`, constants.O_RDWR | constants.O_CREAT)
+    } else if (durability === 'rollback') {
+      this.#commitLevel = SYNC_EXTRA
     }
   }
 
@@ -387,9 +424,11 @@ export class ParticipantEngine {
       // await on this connection: joining it would make our records depend on its COMMIT.
       if (this.#db.inTransaction) throw new Error('the database connection is inside a transaction the SDK did not open')
       if (this.#syncFailure !== undefined) throw this.#syncFailure
-      if (this.#walFd !== null) {
+      if (this.#commitLevel !== undefined) {
+        // WAL: NORMAL, the fdatasync below makes it durable. Rollback journal: EXTRA, SQLite
+        // syncs the journal, the database and the journal's directory before COMMIT returns.
         restore = this.#getSynchronous.get() as number
-        if (restore !== 1) this.#setSynchronous(1) // NORMAL: the fdatasync below makes it durable
+        if (restore !== this.#commitLevel) this.#setSynchronous(this.#commitLevel)
       }
       this.#begin.run()
     } catch (err) {
@@ -420,7 +459,7 @@ export class ParticipantEngine {
         try { this.#rollback.run() } catch { /* the connection is unusable; the next BEGIN says so */ }
       }
     }
-    if (restore !== undefined && restore !== 1 && this.#db.open) {
+    if (restore !== undefined && restore !== this.#commitLevel && this.#db.open) {
       try { this.#setSynchronous(restore) } catch (err) { failure ??= err }
     }
     const ms = performance.now() - started

@@ -27,6 +27,12 @@ export const LogWriteFailedError = createError('LOG_WRITE_FAILED', 'The particip
  * with the code and message Fastify gives the same body sent to the single route.
  */
 export const CallValidationError = createError('FST_ERR_VALIDATION', '%s', 400)
+/**
+ * The `db` option's SQLite settings would let a vote be sent before it is durable
+ * (`synchronous=OFF`, `journal_mode` MEMORY or OFF); the message names the setting needed.
+ * Thrown at register time.
+ */
+export const DatabaseNotDurableError = createError('TWOPC_DB_NOT_DURABLE', 'The participant log would not be durable on this database: %s')
 /** Plugin options that cannot work; thrown at register time. */
 export const InvalidOptionError = createError('TWOPC_INVALID_OPTION', 'Invalid twoPhaseParticipant option: %s')
 

@@ -10,7 +10,7 @@ export type {
 export { coordinatorClientPlugin } from './client-plugin.js'
 export {
   CoordinatorError, TxUnknownError, TxAlreadyCommittedError, TxAlreadyAbortedError, BadSignatureError,
-  ParticipantMismatchError, HandlerFailedError, InvalidOptionError, LogWriteFailedError
+  ParticipantMismatchError, HandlerFailedError, InvalidOptionError, LogWriteFailedError, DatabaseNotDurableError
 } from './errors.js'
 export { transition, recoveryDelayMs } from './state-machine.js'
 export type { RecordState, ParticipantEvent, Effect, Reply, Step, PrepareOutcome } from './state-machine.js'

@@ -20,11 +20,11 @@ import { AMQP_PREFIX_PATTERN, MAX_BATCH_CALLS, MAX_INLINE_SYNC_MS, PARTICIPANT_N
 import type { BatchCapability, BatchResult } from '@fastify-2pc/protocol'
 import { createCoordinatorClient } from './client.js'
 import type { Registry } from 'prom-client'
-import { HandlerThrew, LogWriteFailed, ParticipantEngine } from './engine.js'
+import { HandlerThrew, LogWriteFailed, logDurability, ParticipantEngine } from './engine.js'
 import type { FlushStats } from './engine.js'
 import type { AbortHandler, CommitHandler, PrepareHandler } from './engine.js'
 import {
-  BadSignatureError, CallValidationError, HandlerFailedError, InvalidOptionError, LogWriteFailedError, ParticipantMismatchError,
+  BadSignatureError, CallValidationError, DatabaseNotDurableError, HandlerFailedError, InvalidOptionError, LogWriteFailedError, ParticipantMismatchError,
   TxAlreadyAbortedError, TxAlreadyCommittedError, TxUnknownError
 } from './errors.js'
 import { migrate } from './log.js'
@@ -211,6 +211,8 @@ function checkOptions (options: TwoPhaseParticipantOptions): void {
   if (typeof options.db?.transaction !== 'function' || options.db.open !== true) {
     throw new InvalidOptionError('db must be an open better-sqlite3 Database')
   }
+  const durability = logDurability(options.db)
+  if (typeof durability === 'object') throw new DatabaseNotDurableError(durability.unsafe)
   for (const handler of ['prepare', 'commit', 'abort'] as const) {
     if (typeof options[handler] !== 'function') throw new InvalidOptionError(`${handler} must be a function`)
   }
@@ -481,6 +483,9 @@ const plugin: FastifyPluginAsync<TwoPhaseParticipantOptions> = async (fastify: F
       'retentionMs is shorter than the longest transaction timeout plus clock skew (15 min): a late prepare may outlive its tombstone')
   }
 
+  if (logDurability(options.db) === 'memory') {
+    logger.warn('db is an in-memory database: the participant log (votes, decisions, tombstones) does not survive a restart')
+  }
   migrate(options.db)
   let metrics: ParticipantMetrics | undefined
   const engine = new ParticipantEngine(options.db, options.name, {
