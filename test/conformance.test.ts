@@ -170,7 +170,7 @@ t.test('(a) SDK participant: every MUST check passes, unsigned and signed; nothi
     t.equal(report.checks.length, report.summary.passed + report.summary.failed + report.summary.warnings + report.summary.skipped, `${label}: the summary counts every check`)
     const skipped = report.checks.filter(c => c.result === 'skip')
     if (label === 'signed') t.equal(skipped.length, 0, 'signed: nothing skipped')
-    else t.ok(skipped.length === 7 && skipped.every(c => c.id.startsWith('signature-') && /no --secret/.test(c.detail)), 'unsigned: only the 7 signature checks are skipped, saying why')
+    else t.ok(skipped.length === 9 && skipped.every(c => c.id.startsWith('signature-') && /no --secret/.test(c.detail)), 'unsigned: only the 9 signature checks are skipped, saying why')
     t.same(report.cleanup.failed, [], `${label}: clean-up aborted everything it left prepared`)
     // The kit left the participant as it found it, apart from the transactions it committed.
     const stock = participant.db.prepare('SELECT available, sold FROM stock').get() as { available: number, sold: number }
@@ -181,6 +181,8 @@ t.test('(a) SDK participant: every MUST check passes, unsigned and signed; nothi
     t.same(participant.app.twoPhase.inDoubt(), [], `${label}: nothing in doubt`)
   }
   t.match(s.report.checks.find(c => c.id === 'signature-replayed-rejected')?.detail, /nothing changed/, 'signature checks verified the state with signed follow-ups')
+  t.match(s.report.checks.find(c => c.id === 'signature-route-bound')?.detail, /^12 replays of abort, commit, prepare, batch onto the other routes: 401 each; nothing changed/,
+    'every signed callback, the batch included, was replayed onto every other route')
 
   // The table, for the default payload the participant votes no to.
   t.equal(table.code, 0, `default payload: still exit 0\n${table.stdout}`)
@@ -299,7 +301,7 @@ t.test('(b) demo inventory (signed) and payment (unsigned), as the demo runs the
 
 // --- (c) a participant without the SDK: correct, then broken on purpose ----------------------
 
-const SIGNATURE_MUSTS = ['signature-malformed-rejected', 'signature-missing-rejected', 'signature-replayed-rejected', 'signature-stale-rejected', 'signature-wrong-rejected']
+const SIGNATURE_MUSTS = ['signature-malformed-rejected', 'signature-missing-rejected', 'signature-replayed-rejected', 'signature-route-bound', 'signature-stale-rejected', 'signature-wrong-rejected']
 
 // `failed`: exactly the MUST checks that must fail; `check` and `detail`: what one of them says.
 const FLAWS: Array<{ flaw: Flaw, signed: boolean, failed: string[], check: string, detail: RegExp }> = [
@@ -310,7 +312,8 @@ const FLAWS: Array<{ flaw: Flaw, signed: boolean, failed: string[], check: strin
   { flaw: 'commit-unknown-ok', signed: false, failed: ['commit-unknown-refused'], check: 'commit-unknown-refused', detail: /was accepted: 200/ },
   { flaw: 'abort-after-commit-ok', signed: false, failed: ['abort-after-commit-refused'], check: 'abort-after-commit-refused', detail: /abort after commit was accepted/ },
   { flaw: 'ignore-signature', signed: true, failed: SIGNATURE_MUSTS, check: 'signature-missing-rejected', detail: /prepare with this signature answered 200/ },
-  { flaw: 'verify-after-apply', signed: true, failed: SIGNATURE_MUSTS, check: 'signature-stale-rejected', detail: /the refused prepare was applied anyway/ }
+  { flaw: 'verify-after-apply', signed: true, failed: SIGNATURE_MUSTS, check: 'signature-stale-rejected', detail: /the refused prepare was applied anyway/ },
+  { flaw: 'unbound-signature', signed: true, failed: ['signature-route-bound'], check: 'signature-route-bound', detail: /^an abort signed for \/abort, sent to \/commit, answered 200 \{"ok":true\}, expected 401: the signature must bind its route/ }
 ]
 
 t.test('(c) a participant without the SDK: the correct one passes, each flaw is caught', async t => {
@@ -336,4 +339,15 @@ t.test('(c) a participant without the SDK: the correct one passes, each flaw is 
     const named = report.checks.find(c => c.id === f.check)
     t.match(named?.detail, f.detail, `${f.flaw}: ${f.check} says what was wrong (${named?.detail ?? ''})`)
   })
+})
+
+t.test('(c) a participant that also accepts v1 signatures: a warning (SHOULD), not a failure', async t => {
+  const legacy = await startConformanceParticipant({ name: 'plain', flaw: 'accept-v1', secret: SECRET })
+  t.teardown(async () => { await legacy.app.close() })
+  const { run, report } = await runJson([legacy.url, '--name', 'plain', '--payload', '{"ok":true}', '--secret', SECRET])
+  t.equal(run.code, 0, `exit 0: no MUST failed\n${explain(report)}`)
+  t.same(failedIds(report), [])
+  t.same(report.checks.filter(c => c.result === 'warn').map(c => c.id), ['signature-legacy-rejected'], `exactly the legacy check warns\n${explain(report)}`)
+  t.match(report.checks.find(c => c.id === 'signature-legacy-rejected')?.detail, /prepare with this signature answered 200/)
+  t.equal(report.checks.find(c => c.id === 'signature-route-bound')?.result, 'pass', 'v2 signatures are still bound to their route')
 })

@@ -10,7 +10,7 @@
  * votes otherwise for `--payload`; signature checks are skipped without `--secret`.
  */
 import { randomBytes } from 'node:crypto'
-import { MAX_BATCH_CALLS, SIGNATURE_MAX_AGE_MS, TX_ID_PATTERN, signBody, type BatchCapability, type Vote } from '@fastify-2pc/protocol'
+import { MAX_BATCH_CALLS, SIGNATURE_MAX_AGE_MS, TX_ID_PATTERN, signBody, signBodyV1, type BatchCapability, type Vote } from '@fastify-2pc/protocol'
 import { ParticipantHttp, TransportError, show, type Answer, type Route, type Signing } from './http.js'
 
 export type Level = 'MUST' | 'SHOULD'
@@ -265,6 +265,81 @@ async function rejectsForged (c: Context, forge: (body: Record<string, unknown>,
 const OTHER_SECRET_SUFFIX = '-not-the-secret'
 
 const NOT_ADVERTISED = 'not advertised: prepare answers carry no "batch" (the batch route is optional), nothing to check'
+
+/** The advertised batch capability if it is well formed (batch-advertised-valid says why not). */
+function wellFormedBatch (advertised: unknown): BatchCapability | undefined {
+  if (!isObject(advertised)) return undefined
+  const { maxCalls, maxBytes } = advertised as { maxCalls?: unknown, maxBytes?: unknown }
+  const valid = typeof maxCalls === 'number' && Number.isInteger(maxCalls) && maxCalls >= 1 && maxCalls <= MAX_BATCH_CALLS &&
+    typeof maxBytes === 'number' && Number.isSafeInteger(maxBytes) && maxBytes >= 1
+  return valid ? { maxCalls, maxBytes } : undefined
+}
+
+/**
+ * Each correctly signed request (prepare, commit, abort, and batch when advertised) sent, body and
+ * signature unchanged, to every other route: each answers 401, and signed follow-ups show that
+ * nothing changed (with a yes vote for --payload). A participant that verifies the signature
+ * without its route (scheme v1, or v2 for any operation) lets an on-path attacker turn a signed
+ * abort into a commit.
+ */
+async function replaysRefused (c: Context): Promise<string> {
+  const yes = c.vote === 'yes'
+  const batch = wellFormedBatch(c.advertised) !== undefined
+  // The other routes, the most harmful replay first (an abort sent to /commit).
+  const targets: Record<Route, Route[]> = {
+    abort: ['commit', 'prepare', 'batch'],
+    commit: ['abort', 'prepare', 'batch'],
+    prepare: ['commit', 'abort', 'batch'],
+    batch: ['commit', 'abort', 'prepare']
+  }
+  let replays = 0
+  const replay = async (signedFor: Route, txid: string, body: unknown): Promise<void> => {
+    const raw = JSON.stringify(body)
+    const header = c.http.sign(signedFor, raw)
+    for (const sentTo of targets[signedFor].filter(r => batch || r !== 'batch')) {
+      const a = await c.post(sentTo, txid, raw, { kind: 'header', value: header })
+      if (a.status !== 401) {
+        fail(`${signedFor === 'abort' ? 'an' : 'a'} ${signedFor} signed for /${signedFor}, sent to /${sentTo}, answered ${show(a)}, expected 401: the signature must bind its route (v2 signs "v2.${signedFor}.<t>.<body>")`)
+      }
+      replays++
+    }
+  }
+  const decision = (txid: string): Record<string, unknown> => ({ txid, participant: c.options.name })
+
+  // abort: replayed onto /commit it must not commit
+  const ab = yes ? (await c.prepareYes()).txid : c.newTx()
+  await replay('abort', ab, decision(ab))
+  if (yes) {
+    const a = await c.decide('abort', ab)
+    if (!is2xx(a)) fail(`a replayed abort changed the state (committed?): the abort, sent where it was signed for, answered ${show(a)}`)
+  }
+  // commit: replayed onto /abort it must not abort
+  const cm = yes ? (await c.prepareYes()).txid : c.newTx()
+  await replay('commit', cm, decision(cm))
+  if (yes) {
+    const a = await c.decide('commit', cm)
+    if (!is2xx(a)) fail(`a replayed commit changed the state (aborted?): the commit, sent where it was signed for, answered ${show(a)}`)
+  }
+  // prepare
+  const p = c.newTx()
+  await replay('prepare', p, c.prepareBody(p))
+  if (yes) {
+    const vote = expectVote(await c.prepare(p), 'a signed prepare after the replays of its signature')
+    if (vote !== 'yes') fail(`a replayed prepare changed the state: the same prepare, sent where it was signed for, voted "${vote}"`)
+    expectOk(await c.decide('abort', p), 'abort (clean-up)')
+  }
+  // batch
+  if (batch) {
+    const b = yes ? (await c.prepareYes()).txid : c.newTx()
+    await replay('batch', b, { calls: [{ op: 'abort', body: decision(b) }] })
+    if (yes) {
+      const a = await c.decide('commit', b)
+      if (!is2xx(a)) fail(`a replayed batch changed the state: a signed commit afterwards answered ${show(a)}`)
+    }
+  }
+  const changed = yes ? 'nothing changed (signed follow-ups saw the state untouched)' : 'state follow-ups need a yes vote for --payload, only the refusals were checked'
+  return `${replays} replays of ${batch ? 'abort, commit, prepare, batch' : 'abort, commit, prepare'} onto the other routes: 401 each; ${changed}`
+}
 
 /** The advertised capability, or undefined when there is none to check (throws Skip when it was malformed). */
 function batchOf (c: Context): BatchCapability | undefined {
@@ -616,7 +691,7 @@ export const CHECKS: CheckDef[] = [
     id: 'signature-valid-accepted',
     level: 'MUST',
     needs: 'secret',
-    description: 'callbacks signed with the secret (t=<ms>,v1=<hex HMAC-SHA256>) are accepted',
+    description: 'callbacks signed with the secret (t=<ms>,v2=<hex HMAC-SHA256 of "v2.<route>.<t>.<body>">) are accepted',
     async run (c) {
       const txid = c.newTx()
       const p = await c.prepare(txid)
@@ -638,7 +713,7 @@ export const CHECKS: CheckDef[] = [
     level: 'MUST',
     needs: 'secret',
     description: 'a malformed x-2pc-signature: 401; nothing changes',
-    run: async c => await rejectsForged(c, () => ({ kind: 'header', value: `t=${Date.now()},v1=not-a-mac` }))
+    run: async c => await rejectsForged(c, () => ({ kind: 'header', value: `t=${Date.now()},v2=not-a-mac` }))
   },
   {
     id: 'signature-wrong-rejected',
@@ -668,6 +743,20 @@ export const CHECKS: CheckDef[] = [
     }))
   },
   {
+    id: 'signature-route-bound',
+    level: 'MUST',
+    needs: 'secret',
+    description: 'a correctly signed prepare, commit, abort (and batch, if advertised) sent to another route: 401 each; nothing changes (a signed abort never commits)',
+    run: replaysRefused
+  },
+  {
+    id: 'signature-legacy-rejected',
+    level: 'SHOULD',
+    needs: 'secret',
+    description: 'a correct signature of the legacy scheme (t=<ms>,v1=…, no route bound): 401; nothing changes',
+    run: async c => await rejectsForged(c, body => ({ kind: 'header', value: signBodyV1(c.options.secret ?? '', JSON.stringify(body)) }))
+  },
+  {
     id: 'signature-future-rejected',
     level: 'SHOULD',
     needs: 'secret',
@@ -684,13 +773,10 @@ export const CHECKS: CheckDef[] = [
     description: `if prepare answers advertise "batch", it is {maxCalls: integer 1..${MAX_BATCH_CALLS}, maxBytes: positive integer}`,
     async run (c) {
       if (c.advertised === undefined) return NOT_ADVERTISED
-      const { maxCalls, maxBytes } = (isObject(c.advertised) ? c.advertised : {}) as { maxCalls?: unknown, maxBytes?: unknown }
-      const valid = isObject(c.advertised) &&
-        typeof maxCalls === 'number' && Number.isInteger(maxCalls) && maxCalls >= 1 && maxCalls <= MAX_BATCH_CALLS &&
-        typeof maxBytes === 'number' && Number.isSafeInteger(maxBytes) && maxBytes >= 1
-      if (!valid) fail(`prepare advertised "batch": ${JSON.stringify(c.advertised)?.slice(0, 120)}`)
-      c.batch = { maxCalls: maxCalls as number, maxBytes: maxBytes as number }
-      return `maxCalls ${String(maxCalls)}, maxBytes ${String(maxBytes)}`
+      const capability = wellFormedBatch(c.advertised)
+      if (capability === undefined) return fail(`prepare advertised "batch": ${JSON.stringify(c.advertised)?.slice(0, 120)}`)
+      c.batch = capability
+      return `maxCalls ${capability.maxCalls}, maxBytes ${capability.maxBytes}`
     }
   },
   {
