@@ -161,7 +161,8 @@ t.test('acceptLegacySignatures: v1 is accepted (with a warning at register), v2 
   t.match(warnings[0]?.msg, /v1 does not bind the route/, 'the warning says v1 does not bind the route')
 
   const a = txid()
-  const v1 = await inv.app.inject({ method: 'POST', url: '/2pc/prepare', headers: { 'content-type': 'application/json', 'x-2pc-signature': signBodyV1(SECRET, JSON.stringify(prepareBody(a))) }, payload: JSON.stringify(prepareBody(a)) })
+  const prepareA = JSON.stringify(prepareBody(a))
+  const v1 = await inv.app.inject({ method: 'POST', url: '/2pc/prepare', headers: { 'content-type': 'application/json', 'x-2pc-signature': signBodyV1(SECRET, prepareA) }, payload: prepareA })
   t.same(v1.json(), { vote: 'yes', batch: BATCH }, 'a v1-signed prepare is accepted')
   const b = txid()
   const v2 = await inv.app.inject(callback('/2pc/prepare', prepareBody(b), SECRET))
@@ -189,4 +190,12 @@ t.test('acceptLegacySignatures is checked at register', async t => {
   const inv = await buildInventory(t.testdir(), { secret: SECRET, acceptLegacySignatures: false, logger })
   t.teardown(() => inv.app.close())
   t.equal(lines.filter(l => /acceptLegacySignatures/.test(l.msg)).length, 0, 'false: no warning')
+})
+
+t.test('the README\'s worked example of a v2 signature (known answers)', async t => {
+  const secret = 'example-secret-0123456789'
+  const body = '{"txid":"c1.0123456789abcdefghjkmnpqrs","participant":"inventory"}'
+  const at = 1767225600000
+  t.equal(signBody(secret, 'abort', body, at), 't=1767225600000,v2=d83f86ee287a84e785f8741bf7e6f77d2ce1f7527c461ba78c0c3d9b82c6ebe4')
+  t.equal(signBody(secret, 'commit', body, at), 't=1767225600000,v2=31e77ca5fca0e43b84e9122d779f16e755275b14098f16d05ddf64c763c15fdc')
 })
