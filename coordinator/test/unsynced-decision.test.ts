@@ -75,6 +75,8 @@ function probes (c: TestCoordinator, id: string): Probe[] {
     ['POST resolve', async () => await c.api.post(`/v1/transactions/${id}/resolve`, { reason: 'checked by hand' })],
     ['console /admin', async () => await c.api.get('/admin')],
     ['console /admin?state=committed', async () => await c.api.get('/admin?state=committed')],
+    // Not listed there: answered at once, its counters from the durable state.
+    ['console /admin?state=aborted', async () => await c.api.get('/admin?state=aborted')],
     ['console /admin/tx/:id', async () => await c.api.get(`/admin/tx/${id}`)],
     ['console retry', async () => await c.api.post(`/admin/tx/${id}/retry`, '', form)],
     ['console resolve', async () => await c.api.post(`/admin/tx/${id}/resolve`, 'reason=checked', form)]
@@ -126,6 +128,9 @@ t.test('while a commit decision is written but not synced, no route and no conso
     t.equal(reveals(name, id, a), undefined, `${name}: answered ${a.status} while the sync is held, without telling of the commit`)
   }
   t.equal(whileHeld.has('POST abort'), false, 'abort waits: it could neither abort nor say "already committed"')
+  const counted = whileHeld.get('console /admin?state=aborted')?.text ?? ''
+  t.match(counted, /data-counter="active"><b>1</, 'the console counts it as what is durable: active')
+  t.match(counted, /data-counter="committed"><b>0</)
 
   held.release()
   const first = await firstCommit
