@@ -112,7 +112,7 @@ async function askWhileHeld (c: TestCoordinator, held: HeldSync, list: Probe[]):
     if (held.holding) whileHeld.set(name, a)
     return [name, a] as const
   })
-  const waiting = (): number => (engine as unknown as { syncWaits?: number }).syncWaits ?? 0
+  const waiting = (): number => engine.syncWaits
   await waitFor(() => whileHeld.size + waiting() === list.length, 5000, 'every probe answered or waiting for the sync')
   return { whileHeld, all: Promise.all(answers).then(xs => new Map(xs)) }
 }
