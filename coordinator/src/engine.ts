@@ -78,6 +78,15 @@ export class Engine {
   private readonly timers = new Map<string, NodeJS.Timeout>()
   private readonly inflight = new Set<Promise<void>>()
   private readonly phase2Queue: Array<() => Promise<void>> = []
+  /**
+   * Commit decisions saved but not yet synced, by transaction: settles with their sync. A request
+   * that touches such a transaction waits for it (its answer — "already committed", "nothing to
+   * retry", the record — would tell of a commit a power cut could still take back). A failed
+   * sync latches the log failed and its entry stays, so later requests hear that failure too.
+   */
+  private readonly commitsNotSynced = new Map<string, Promise<void>>()
+  /** Requests waiting now for a commit decision's sync (read by tests). */
+  syncWaits = 0
   private phase2Running = 0
   private sweeper: NodeJS.Timeout | undefined
   private stopped = false
@@ -141,6 +150,7 @@ export class Engine {
       this.crash('coordinator.after-begin')
       this.logger.info({ txid: initial.id, traceId: traceIdOf(traceparent), participants: participants.length, commit }, 'transaction begun')
     })
+    if (isCommitted(result.tx)) this.noteCommit(initial.id, durable)
     if (early) this.run(result.tx, result.effects)
     return waiter === undefined ? { tx: result.tx, durable } : { tx: result.tx, durable, decided: waiter.decided }
   }
@@ -160,11 +170,54 @@ export class Engine {
     return { decided, cancel }
   }
 
+  /**
+   * Settles once the commit decision of `id` that is saved but not yet synced is synced; rejects
+   * with the log's error if that sync failed. Undefined when there is none (nothing to wait for).
+   */
+  decisionSynced (id: string): Promise<void> | undefined {
+    const pending = this.commitsNotSynced.get(id)
+    return pending === undefined ? undefined : this.counted(pending)
+  }
+
+  /** Like `decisionSynced`, for every transaction of a page (a list: each one shown as synced). */
+  decisionsSynced (ids: Iterable<string>): Promise<void> | undefined {
+    let pending: Array<Promise<void>> | undefined
+    for (const id of ids) {
+      const p = this.commitsNotSynced.get(id)
+      if (p !== undefined) (pending ??= []).push(p)
+    }
+    return pending === undefined ? undefined : this.counted(Promise.all(pending).then(() => {}))
+  }
+
+  private async counted (p: Promise<void>): Promise<void> {
+    this.syncWaits++
+    try { await p } finally { this.syncWaits-- }
+  }
+
+  /** Keeps a commit decision's durability until it is synced (see commitsNotSynced). */
+  private noteCommit (id: string, durable: Promise<void>): void {
+    const entry: Promise<void> = durable.then(() => {
+      if (this.commitsNotSynced.get(id) === entry) this.commitsNotSynced.delete(id)
+    }, (err: unknown) => {
+      // A batch SQLite refused is rolled back (the transaction goes on from what is written);
+      // a failed sync latches the log: the entry stays, rejected, for later requests.
+      if (this.log.failure === undefined && this.commitsNotSynced.get(id) === entry) this.commitsNotSynced.delete(id)
+      throw err
+    })
+    entry.catch(() => {})
+    this.commitsNotSynced.set(id, entry)
+  }
+
   /** Applies a request's event; resolves with the new record once it is durable. */
   private async request (id: string, event: Event): Promise<Transaction> {
-    const result = this.apply(id, event, true)
+    const unsynced = this.decisionSynced(id)
+    if (unsynced !== undefined) await unsynced
+    // The clock value of the step is the time it is applied (later, when it waited).
+    const result = this.apply(id, unsynced === undefined ? event : { ...event, now: this.now() }, true)
     if (!result.ok) throw new Rejected(result.code, result.tx)
     await result.durable
+    // Expired before this request: the step aborted it (reason timeout) and refuses the request.
+    if (result.refused !== undefined) throw new Rejected(result.refused, result.tx)
     return result.tx
   }
 
@@ -182,6 +235,8 @@ export class Engine {
 
   /** Phase 1 and the decision; resolves once the decision is durable. */
   async commit (id: string): Promise<Outcome> {
+    const unsynced = this.decisionSynced(id)
+    if (unsynced !== undefined) await unsynced
     const waiter = this.waitForDecision(id)
     let result: ReturnType<Engine['apply']>
     try {
@@ -194,6 +249,12 @@ export class Engine {
       waiter.cancel()
       throw new Rejected(result.code, result.tx)
     }
+    if (result.refused !== undefined) {
+      // Expired before this request: aborted for timeout by this step, and the commit refused.
+      waiter.cancel()
+      await result.durable
+      throw new Rejected(result.refused, result.tx)
+    }
     result.durable?.catch(() => {}) // a failed write rejects the waiter too
     return await waiter.decided
   }
@@ -203,6 +264,8 @@ export class Engine {
    * backoff timers; a heuristic one restarts as pending). Resolves with the record once durable.
    */
   async operatorRetry (id: string, actor: string): Promise<Transaction> {
+    const unsynced = this.decisionSynced(id)
+    if (unsynced !== undefined) await unsynced
     const result = this.apply(id, { type: 'operator-retry', actor, now: this.now() }, true)
     if (!result.ok) throw new Rejected(result.code, result.tx)
     // Synchronously, before a timer could fire: the send is already queued by the step.
@@ -218,6 +281,8 @@ export class Engine {
 
   /** Operator: mark a decided transaction handled (see the machine's `operator-resolve`). */
   async operatorResolve (id: string, reason: string, actor: string): Promise<Transaction> {
+    const unsynced = this.decisionSynced(id)
+    if (unsynced !== undefined) await unsynced
     const result = this.apply(id, { type: 'operator-resolve', actor, reason, now: this.now() }, true)
     if (!result.ok) throw new Rejected(result.code, result.tx)
     for (const p of result.tx.participants) {
@@ -261,7 +326,10 @@ export class Engine {
     }
     if (event.type === 'vote' && !isDecided(prev) && isDecided(result.tx)) this.crash('coordinator.after-votes-before-decision')
     const decidesCommit = !isDecided(prev) && isCommitted(result.tx)
-    return { ...result, durable: this.persist(prev, result.tx, result.effects, event.now, forced || decidesCommit) }
+    // A refused request's step (the abort of an expired transaction) is answered: forced too.
+    const durable = this.persist(prev, result.tx, result.effects, event.now, forced || decidesCommit || result.refused !== undefined)
+    if (decidesCommit) this.noteCommit(id, durable)
+    return { ...result, durable }
   }
 
   private fold (start: Transaction, events: Event[]): StepResult {

@@ -5,6 +5,7 @@ export const Errors = {
   TX_NOT_FOUND: createError('TX_NOT_FOUND', 'transaction %s not found', 404),
   TX_NOT_ACTIVE: createError('TX_NOT_ACTIVE', 'transaction %s is %s, not active', 409),
   TX_ALREADY_DECIDED: createError('TX_ALREADY_DECIDED', 'transaction %s is already %s', 409),
+  TX_EXPIRED: createError('TX_EXPIRED', 'transaction %s expired at %s, before this request: it is aborted (reason timeout)', 409),
   TX_NOT_DECIDED: createError('TX_NOT_DECIDED', 'transaction %s is %s: it has no decision yet', 409),
   NOTHING_TO_RETRY: createError('NOTHING_TO_RETRY', 'transaction %s has no pending or heuristic participant to retry', 409),
   NOTHING_TO_RESOLVE: createError('NOTHING_TO_RESOLVE', 'transaction %s needs no attention and has no pending or heuristic participant', 409),

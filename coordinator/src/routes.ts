@@ -122,6 +122,7 @@ export async function transactionRoutes (fastify: FastifyInstance, deps: RouteDe
         case 'TOO_MANY_PARTICIPANTS': throw new Errors.TOO_MANY_PARTICIPANTS(options.maxParticipants)
         case 'TOO_MANY_MESSAGES': throw new Errors.TOO_MANY_MESSAGES(options.maxMessages)
         case 'PARTICIPANT_EXISTS': throw new Errors.PARTICIPANT_EXISTS(id, '(duplicate)')
+        case 'TX_EXPIRED': throw new Errors.TX_EXPIRED(id, new Date(err.tx.expiresAt).toISOString())
       }
     }
     throw err
@@ -237,6 +238,9 @@ export async function transactionRoutes (fastify: FastifyInstance, deps: RouteDe
       response: { 200: TransactionView, ...errorReplies }
     }
   }, async (req) => {
+    // A commit decision not yet synced: answered once it is (its outbox rows are written with it).
+    const unsynced = engine.decisionSynced(req.params.id)
+    if (unsynced !== undefined) await unsynced
     const tx = load(req.params.id)
     return view(tx, log.attention(tx.id), log.outboxFor(tx.id), log.operator.audit(tx.id))
   })
@@ -274,12 +278,19 @@ export async function transactionRoutes (fastify: FastifyInstance, deps: RouteDe
     const limit = q.limit === undefined ? 50 : Number(q.limit)
     if (limit < 1 || limit > 500) throw new Errors.BAD_LIMIT(limit)
     const after = q.cursor === undefined ? undefined : decodeCursor(q.cursor)
-    const items = log.list({
+    let items = log.list({
       limit,
       ...(q.state !== undefined ? { state: q.state } : {}),
       ...(q.needsAttention !== undefined ? { needsAttention: q.needsAttention === 'true' } : {}),
       ...(after !== undefined ? { after } : {})
     })
+    // The filter matched the written rows: a commit decision among them that is not yet synced
+    // is answered once it is, and shown as synced.
+    const unsynced = engine.decisionsSynced(items.map(tx => tx.id))
+    if (unsynced !== undefined) {
+      await unsynced
+      items = items.map(tx => log.view(tx.id) ?? tx)
+    }
     const last = items[items.length - 1]
     return {
       items: items.map(tx => view(tx)),

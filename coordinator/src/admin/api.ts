@@ -27,6 +27,7 @@ export function operatorError (err: unknown, id: string): Error {
       case 'NOTHING_TO_RESOLVE': return new Errors.NOTHING_TO_RESOLVE(id)
       case 'TX_ALREADY_DECIDED': return new Errors.TX_ALREADY_DECIDED(id, err.tx.state)
       case 'TX_NOT_ACTIVE': return new Errors.TX_NOT_ACTIVE(id, err.tx.state)
+      case 'TX_EXPIRED': return new Errors.TX_EXPIRED(id, new Date(err.tx.expiresAt).toISOString())
       default: return err
     }
   }

@@ -208,7 +208,15 @@ export async function adminConsole (app: FastifyInstance, deps: ConsoleDeps): Pr
     app.get(path, async (req, reply) => {
       const { filter, raw } = parseFilter(view, req.query as Record<string, unknown>)
       const c = ctx()
-      return send(reply, 200, listPage(c, filter, raw, counters(log), listTransactions(log, filter, c.now)))
+      let items = listTransactions(log, filter, c.now)
+      // A listed transaction whose commit decision is not yet synced: shown once it is (the
+      // filter matched its written row); the counters count such decisions as not taken.
+      const unsynced = engine.decisionsSynced(items.map(tx => tx.id))
+      if (unsynced !== undefined) {
+        await unsynced
+        items = items.map(tx => log.view(tx.id) ?? tx)
+      }
+      return send(reply, 200, listPage(c, filter, raw, counters(log), items))
     })
   }
 
@@ -234,6 +242,9 @@ export async function adminConsole (app: FastifyInstance, deps: ConsoleDeps): Pr
   }
 
   app.get<{ Params: { id: string }, Querystring: { done?: string } }>('/admin/tx/:id', async (req, reply) => {
+    // Its timeline and outbox rows are written with a commit decision: shown once it is synced.
+    const unsynced = engine.decisionSynced(req.params.id)
+    if (unsynced !== undefined) await unsynced
     const done = req.query.done
     return renderDetail(reply, req.params.id, 200, done !== undefined && NOTICES[done] !== undefined ? { ok: true, text: NOTICES[done] } : undefined)
   })
@@ -247,6 +258,9 @@ export async function adminConsole (app: FastifyInstance, deps: ConsoleDeps): Pr
     app.post<{ Params: { id: string } }>(`/admin/tx/:id/${action}`, async (req, reply) => {
       const id = req.params.id
       const body = (req.body ?? {}) as Record<string, unknown>
+      // Every answer below renders the detail page: after a commit decision's sync (see GET).
+      const unsynced = engine.decisionSynced(id)
+      if (unsynced !== undefined) await unsynced
       let reason = ''
       if (action === 'resolve') {
         reason = typeof body.reason === 'string' ? body.reason.trim() : ''

@@ -1,5 +1,6 @@
 /**
- * Read-only queries of the console over the durable log (never the not-yet-flushed records):
+ * Read-only queries of the console over the durable log (never the not-yet-flushed records; a
+ * commit decision not yet synced is counted as the record before it):
  * filtered lists, counters, a transaction's timeline merged from its tables.
  */
 import type { CoordinatorLog } from '../log/store.js'
@@ -104,7 +105,17 @@ export function counters (log: CoordinatorLog): Counters {
   const capped: Counters['capped'] = {}
   if (byState.committed >= COUNT_CAP) capped.committed = true
   if (byState.aborted >= COUNT_CAP) capped.aborted = true
-  const oldest = log.db.prepare<[], { n: number | null }>(COUNTER_SQL.oldestInDoubt).get()?.n ?? null
+  let oldest = log.db.prepare<[], { n: number | null }>(COUNTER_SQL.oldestInDoubt).get()?.n ?? null
+  let unfinished = one(COUNTER_SQL.unfinished)
+  // A commit decision written but not yet synced is counted as what is durable: the record
+  // before it (a power cut would take the decision back).
+  for (const { written, before } of log.unsyncedCommits()) {
+    if (capped.committed !== true) byState.committed--
+    if (written.completedAt === null) unfinished--
+    if (before === null) continue
+    byState[before.state]++
+    if (before.state === 'preparing' && (oldest === null || before.createdAt < oldest)) oldest = before.createdAt
+  }
   return {
     byState,
     capped,
@@ -113,7 +124,7 @@ export function counters (log: CoordinatorLog): Counters {
     inDoubt: byState.preparing,
     oldestInDoubtAt: oldest,
     heuristics: one(COUNTER_SQL.heuristics),
-    unfinished: one(COUNTER_SQL.unfinished)
+    unfinished
   }
 }
 

@@ -144,9 +144,15 @@ export type RejectCode =
   | 'TX_NOT_DECIDED'
   | 'NOTHING_TO_RETRY'
   | 'NOTHING_TO_RESOLVE'
+  /** A request (enlist, message, commit) after the transaction's expiry, before any decision. */
+  | 'TX_EXPIRED'
 
+/**
+ * `refused`: the step changed the record but the request it answers is refused with this code —
+ * a request that comes after the transaction's expiry aborts it (reason `timeout`) and is told so.
+ */
 export type StepResult =
-  | { ok: true, tx: Transaction, effects: Effect[], changed: boolean }
+  | { ok: true, tx: Transaction, effects: Effect[], changed: boolean, refused?: RejectCode }
   | { ok: false, code: RejectCode, tx: Transaction }
 
 export function newTransaction (id: string, now: number, expiresAt: number, metadata: unknown = null, traceparent: string | null = null): Transaction {
@@ -191,6 +197,21 @@ function unchanged (tx: Transaction): StepResult {
 
 function reject (tx: Transaction, code: RejectCode): StepResult {
   return { ok: false, code, tx }
+}
+
+/**
+ * Expiry is checked by every request, with the request's clock value: a transaction past its
+ * `expiresAt` with no decision is aborted for timeout by the first request that finds it so (the
+ * sweeper only does the same for those nobody asks about).
+ */
+function expired (tx: Transaction, now: number): boolean {
+  return !isDecided(tx) && now >= tx.expiresAt
+}
+
+/** The abort for timeout, taken at a request that is then refused with TX_EXPIRED. */
+function expire (tx: Transaction, now: number): StepResult {
+  const effects: Effect[] = []
+  return { ok: true, tx: decide(tx, 'abort', 'timeout', now, effects), effects, changed: true, refused: 'TX_EXPIRED' }
 }
 
 function usesOnePhase (tx: Transaction): boolean {
@@ -253,6 +274,7 @@ export function step (tx: Transaction, event: Event, policy: Policy): StepResult
   const now = event.now
   switch (event.type) {
     case 'enlist': {
+      if (expired(tx, now)) return expire(tx, now)
       if (tx.state !== 'active') return reject(tx, isDecided(tx) ? 'TX_ALREADY_DECIDED' : 'TX_NOT_ACTIVE')
       if (tx.participants.some(p => p.name === event.participant.name)) return reject(tx, 'PARTICIPANT_EXISTS')
       if (tx.participants.length >= policy.maxParticipants) return reject(tx, 'TOO_MANY_PARTICIPANTS')
@@ -272,6 +294,7 @@ export function step (tx: Transaction, event: Event, policy: Policy): StepResult
     }
 
     case 'add-message': {
+      if (expired(tx, now)) return expire(tx, now)
       if (tx.state !== 'active') return reject(tx, isDecided(tx) ? 'TX_ALREADY_DECIDED' : 'TX_NOT_ACTIVE')
       if (tx.messageCount >= policy.maxMessages) return reject(tx, 'TOO_MANY_MESSAGES')
       return {
@@ -284,6 +307,7 @@ export function step (tx: Transaction, event: Event, policy: Policy): StepResult
 
     case 'commit-requested': {
       if (isDecided(tx)) return reject(tx, 'TX_ALREADY_DECIDED')
+      if (expired(tx, now)) return expire(tx, now)
       if (tx.state !== 'active') return reject(tx, 'TX_NOT_ACTIVE')
       const effects: Effect[] = []
       if (tx.participants.length === 0) {
@@ -299,7 +323,8 @@ export function step (tx: Transaction, event: Event, policy: Policy): StepResult
       if (tx.state === 'committed') return reject(tx, 'TX_ALREADY_DECIDED')
       if (tx.state === 'aborted') return unchanged(tx)
       const effects: Effect[] = []
-      return { ok: true, tx: decide(tx, 'abort', 'requested', now, effects), effects, changed: true }
+      // Past its expiry it is aborted for timeout, as the sweeper would have: the same answer either way.
+      return { ok: true, tx: decide(tx, 'abort', expired(tx, now) ? 'timeout' : 'requested', now, effects), effects, changed: true }
     }
 
     case 'expired': {
@@ -318,7 +343,9 @@ export function step (tx: Transaction, event: Event, policy: Policy): StepResult
         // In one-phase commit a `no` means the participant already rolled back: nothing to tell it.
         next = decide(next, 'abort', 'vote-no', now, effects)
       } else if (next.participants.every(x => x.vote === 'yes' || x.vote === 'read-only')) {
-        next = decide(next, 'commit', null, now, effects)
+        // No commit is decided past the expiry (a vote that arrives late: the sweeper may not
+        // have run yet) — except one-phase, where the sole participant's `yes` already was its commit.
+        next = !tx.onePhase && now >= tx.expiresAt ? decide(next, 'abort', 'timeout', now, effects) : decide(next, 'commit', null, now, effects)
       }
       return { ok: true, tx: next, effects, changed: true }
     }

@@ -652,6 +652,21 @@ export class CoordinatorLog {
     return written
   }
 
+  /**
+   * Commit decisions written to SQLite but not yet synced: each one's written record and its
+   * record just before the decision (null: the decision was its first record). Queries over the
+   * tables see these as committed; whatever they report is corrected with this list, so nobody
+   * counts a commit a power cut could still take back.
+   */
+  unsyncedCommits (): Array<{ written: Transaction, before: Transaction | null }> {
+    const out: Array<{ written: Transaction, before: Transaction | null }> = []
+    for (const [id, before] of this.beforeCommit) {
+      const written = this.written.get(id)
+      if (written?.state === 'committed') out.push({ written, before })
+    }
+    return out
+  }
+
   /** True while the transaction has steps that are not yet synced to disk. */
   hasUnsynced (id: string): boolean {
     return this.latest.has(id)
