@@ -518,7 +518,8 @@ export class Engine {
 
   /** Aborts active/preparing transactions past their expiry, a bounded page per tick. */
   sweep (): number {
-    if (this.stopped) return 0
+    // A log that cannot be written would refuse every expiry (the restart's recovery aborts them).
+    if (this.stopped || this.log.failure !== undefined) return 0
     const ids = this.log.expiredIds(this.now(), PAGE)
     for (const id of ids) this.feed(id, { type: 'expired', now: this.now() })
     return ids.length

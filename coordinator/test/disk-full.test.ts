@@ -11,6 +11,8 @@ import { closeSync, mkdtempSync, openSync, rmSync, truncateSync, writeSync } fro
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { startCoordinator, startParticipant, waitFor, type HttpAnswer } from './support/participant.js'
+import { CoordinatorLog, diskFailure } from '../src/log/store.js'
+import { newTransaction } from '../src/core/machine.js'
 
 /**
  * Mounts a tmpfs of `sizeKiB` on a new directory under the system's temp dir (not tap's fixture
@@ -139,4 +141,26 @@ t.test('a full disk: 503 LOG_UNAVAILABLE and /readyz 503, nothing answered 2xx i
   t.equal(fresh.body.state, 'committed')
   await waitFor(async () => (await again.api.get(`/v1/transactions/${fresh.body.id as string}`)).body.completed === true, 5000, 'phase 2 completes')
   await again.close()
+})
+
+t.test('only errors of the disk latch the log: a batch failing otherwise (a duplicate key) leaves it writable', async t => {
+  t.equal(diskFailure(Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' })), 'full')
+  t.equal(diskFailure(Object.assign(new Error('disk I/O error'), { code: 'SQLITE_IOERR_WRITE' })), 'failed')
+  t.equal(diskFailure(Object.assign(new Error('UNIQUE constraint failed'), { code: 'SQLITE_CONSTRAINT_PRIMARYKEY' })), undefined)
+  t.equal(diskFailure(Object.assign(new Error('database is locked'), { code: 'SQLITE_BUSY' })), undefined)
+  t.equal(diskFailure(new Error('no code')), undefined)
+
+  const log = new CoordinatorLog(join(t.testdir(), 'coordinator.db'))
+  t.teardown(() => log.close())
+  const save = async (id: string): Promise<Error | undefined> => {
+    const now = Date.now()
+    return await new Promise(resolve => {
+      log.save(null, newTransaction(id, now, now + 60_000), { attention: [], messages: [], notices: [] }, now, true, resolve)
+      log.flush()
+    })
+  }
+  t.equal(await save('c-test.0000000001aaaaaaaaaaaaaaaa'), undefined)
+  t.match(await save('c-test.0000000001aaaaaaaaaaaaaaaa'), { code: 'SQLITE_CONSTRAINT_PRIMARYKEY' }, 'the same new record twice fails its batch')
+  t.equal(log.failure, undefined, 'not latched')
+  t.equal(await save('c-test.0000000002aaaaaaaaaaaaaaaa'), undefined, 'the next batch is written')
 })
