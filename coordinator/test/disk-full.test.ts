@@ -7,7 +7,8 @@
  */
 import t, { type Test } from 'tap'
 import { execFileSync } from 'node:child_process'
-import { closeSync, mkdtempSync, openSync, rmSync, truncateSync, writeSync } from 'node:fs'
+import fs, { closeSync, mkdtempSync, openSync, rmSync, truncateSync, writeSync } from 'node:fs'
+import { syncBuiltinESMExports } from 'node:module'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { startCoordinator, startParticipant, waitFor, type HttpAnswer } from './support/participant.js'
@@ -163,4 +164,27 @@ t.test('only errors of the disk latch the log: a batch failing otherwise (a dupl
   t.match(await save('c-test.0000000001aaaaaaaaaaaaaaaa'), { code: 'SQLITE_CONSTRAINT_PRIMARYKEY' }, 'the same new record twice fails its batch')
   t.equal(log.failure, undefined, 'not latched')
   t.equal(await save('c-test.0000000002aaaaaaaaaaaaaaaa'), undefined, 'the next batch is written')
+})
+
+t.test('a refused fsync: 503 LOG_UNAVAILABLE and /readyz 503 log failed, latched although the disk works again', async t => {
+  // node:fs itself is made to fail (syncBuiltinESMExports updates every module's named
+  // imports), as a disk answering EIO would; restored at once after.
+  const real = { fdatasync: fs.fdatasync, fdatasyncSync: fs.fdatasyncSync }
+  const restore = (): void => { Object.assign(fs, real); syncBuiltinESMExports() }
+  t.teardown(restore)
+  const c = await startCoordinator(t)
+  t.equal((await c.api.post('/v1/transactions', {})).status, 201)
+  const eio = (): NodeJS.ErrnoException => Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO', errno: -5, syscall: 'fdatasync' })
+  fs.fdatasyncSync = () => { throw eio() }
+  fs.fdatasync = ((_fd: number, cb: (err: NodeJS.ErrnoException | null) => void) => { setImmediate(cb, eio()) }) as typeof fs.fdatasync
+  syncBuiltinESMExports()
+  const refused = await c.api.post('/v1/transactions', {})
+  restore()
+  t.match({ status: refused.status, code: refused.body.code }, { status: 503, code: 'LOG_UNAVAILABLE' }, 'the begin waiting for the sync')
+  t.match(refused.body.message, /could not be synced to disk: EIO/)
+  const ready = await c.api.get('/readyz')
+  t.equal(ready.status, 503)
+  t.match(ready.body, { ready: false, log: 'failed', logError: /synced to disk/ })
+  const after = await c.api.post('/v1/transactions', {})
+  t.match({ status: after.status, code: after.body.code }, { status: 503, code: 'LOG_UNAVAILABLE' }, 'the disk works again, the log stays failed')
 })
