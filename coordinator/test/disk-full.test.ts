@@ -21,11 +21,18 @@ import { newTransaction } from '../src/core/machine.js'
  */
 function mountTmpfs (t: Test, sizeKiB: number): string | undefined {
   const dir = mkdtempSync(join(tmpdir(), 'twopc-disk-full-'))
+  // Not root (a CI runner's user): through passwordless sudo, the tmpfs owned by this user.
+  const root = process.getuid?.() === 0
+  const run = (cmd: string, args: string[]): void => {
+    if (root) execFileSync(cmd, args, { stdio: 'pipe' })
+    else execFileSync('sudo', ['-n', cmd, ...args], { stdio: 'pipe' })
+  }
+  const owner = root ? '' : `,uid=${process.getuid?.() ?? 0},gid=${process.getgid?.() ?? 0}`
   try {
-    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${sizeKiB}k`, 'tmpfs', dir], { stdio: 'pipe' })
+    run('mount', ['-t', 'tmpfs', '-o', `size=${sizeKiB}k${owner}`, 'tmpfs', dir])
   } catch (err) {
     rmSync(dir, { recursive: true, force: true })
-    const reason = `cannot mount a tmpfs (root and mount(8) needed): ${String((err as Error).message).trim()}`
+    const reason = `cannot mount a tmpfs (root, or passwordless sudo, and mount(8) needed): ${String((err as Error).message).trim()}`
     if (process.env.CI === 'true') {
       t.fail(`the full-disk test must run in CI: ${reason}`)
     } else {
@@ -35,7 +42,7 @@ function mountTmpfs (t: Test, sizeKiB: number): string | undefined {
     return undefined
   }
   t.teardown(() => {
-    try { execFileSync('umount', [dir], { stdio: 'pipe' }) } catch { execFileSync('umount', ['-l', dir], { stdio: 'pipe' }) }
+    try { run('umount', [dir]) } catch { run('umount', ['-l', dir]) }
     rmSync(dir, { recursive: true, force: true })
   })
   return dir
