@@ -112,7 +112,7 @@ export const coordinatorPlugin = fp<{ options: ResolvedOptions }>(async (app, { 
       retry: () => metrics.retries.inc(),
       attention: (kind) => metrics.heuristics.inc({ kind })
     },
-    ...(outbox !== undefined ? { onOutboxWrite: () => outbox.kick() } : {})
+    ...(outbox !== undefined ? { onOutboxWrite: () => outbox.kick(), outboxMaxRows: options.outboxMaxRows } : {})
   })
   const pruner = new RetentionPruner(log, {
     retentionMs: options.retentionMs,
@@ -196,10 +196,15 @@ export const coordinatorPlugin = fp<{ options: ResolvedOptions }>(async (app, { 
         lastError: status.lastError ?? outbox?.status().lastError ?? null,
         outboxDepth: stats.depth,
         outboxDead: stats.dead,
-        outboxOldestAgeMs: stats.oldestCreatedAt === null ? null : Date.now() - stats.oldestCreatedAt
+        outboxOldestAgeMs: stats.oldestCreatedAt === null ? null : Date.now() - stats.oldestCreatedAt,
+        // Full: work that would add messages answers 503 OUTBOX_FULL; the rest goes on (still ready).
+        outboxMaxRows: options.outboxMaxRows,
+        outboxFull: stats.depth >= options.outboxMaxRows
       }
     }
-    return { ready, log: closing ? 'closing' : log.failure !== undefined ? `failed: ${log.failure.message}` : 'open', recovery: engine.recovered ? 'done' : 'running', coordinatorId, amqp }
+    // `full` / `failed`: the log cannot be written (latched until a restart; logError says why).
+    const logState = closing ? 'closing' : log.failureKind ?? 'open'
+    return { ready, log: logState, logError: log.failure?.message ?? null, recovery: engine.recovered ? 'done' : 'running', coordinatorId, amqp }
   })
 
   await app.register(async (v1) => {

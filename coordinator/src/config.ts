@@ -53,6 +53,11 @@ export interface CoordinatorOptions {
    * (TWOPC_LOG_INLINE_SYNC_MAX_MS).
    */
   logInlineSyncMaxMs?: number
+  /**
+   * Unpublished outbox rows at most before work that would add messages is refused with 503
+   * OUTBOX_FULL; decision notices are exempt (TWOPC_OUTBOX_MAX_ROWS).
+   */
+  outboxMaxRows?: number
   /** Completed transactions older than this are pruned (TWOPC_RETENTION). */
   retentionMs?: number
   /** How often the retention pruner runs. */
@@ -82,6 +87,7 @@ export const defaults = {
   connectionsPerOrigin: 64,
   batchMaxCalls: 64,
   logInlineSyncMaxMs: DEFAULT_INLINE_SYNC_MAX_MS,
+  outboxMaxRows: 100_000,
   retentionMs: 7 * 86_400_000,
   pruneIntervalMs: 60_000,
   logger: false as boolean | { level?: string }
@@ -96,7 +102,7 @@ export function resolveOptions (options: CoordinatorOptions): ResolvedOptions {
   if (typeof resolved.dbPath !== 'string' || resolved.dbPath === '') throw new Error('dbPath is required')
   for (const key of ['defaultTimeoutMs', 'minTimeoutMs', 'maxTimeoutMs', 'prepareTimeoutMs', 'phase2TimeoutMs', 'maxParticipants', 'maxMessages',
     'maxPayloadBytes', 'bodyLimitBytes', 'retryBaseMs', 'retryMaxMs', 'retryBudget', 'sweepIntervalMs', 'maxResponseBytes',
-    'connectionsPerOrigin', 'batchMaxCalls', 'retentionMs', 'pruneIntervalMs'] as const) {
+    'connectionsPerOrigin', 'batchMaxCalls', 'outboxMaxRows', 'retentionMs', 'pruneIntervalMs'] as const) {
     positiveInt(key, resolved[key])
   }
   if (!(Number.isFinite(resolved.logInlineSyncMaxMs) && resolved.logInlineSyncMaxMs >= 0 && resolved.logInlineSyncMaxMs <= MAX_INLINE_SYNC_MS)) {
@@ -145,6 +151,7 @@ export const EnvSchema = Type.Object({
   TWOPC_AMQP_PREFIX: Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$', default: 'twopc' }),
   TWOPC_BATCH_MAX_CALLS: Type.Integer({ minimum: 1, maximum: MAX_BATCH_CALLS, default: defaults.batchMaxCalls }),
   TWOPC_LOG_INLINE_SYNC_MAX_MS: Type.Number({ minimum: 0, maximum: MAX_INLINE_SYNC_MS, default: defaults.logInlineSyncMaxMs }),
+  TWOPC_OUTBOX_MAX_ROWS: Type.Integer({ minimum: 1, default: defaults.outboxMaxRows }),
   TWOPC_RETENTION: Type.String({ pattern: '^[0-9]+(ms|s|m|h|d)$', default: '7d' }),
   LOG_LEVEL: Type.Union([
     Type.Literal('fatal'), Type.Literal('error'), Type.Literal('warn'),
@@ -183,6 +190,7 @@ const ENV_NAMES: Record<string, string> = {
   retryBudget: 'TWOPC_RETRY_BUDGET',
   batchMaxCalls: 'TWOPC_BATCH_MAX_CALLS',
   logInlineSyncMaxMs: 'TWOPC_LOG_INLINE_SYNC_MAX_MS',
+  outboxMaxRows: 'TWOPC_OUTBOX_MAX_ROWS',
   coordinatorId: 'TWOPC_COORDINATOR_ID',
   secret: 'TWOPC_SECRET',
   apiToken: 'TWOPC_API_TOKEN',
@@ -217,6 +225,7 @@ export function configFromEnv (env: NodeJS.ProcessEnv = process.env): ServerConf
     retryBudget: e.TWOPC_RETRY_BUDGET,
     batchMaxCalls: e.TWOPC_BATCH_MAX_CALLS,
     logInlineSyncMaxMs: e.TWOPC_LOG_INLINE_SYNC_MAX_MS,
+    outboxMaxRows: e.TWOPC_OUTBOX_MAX_ROWS,
     logger: e.LOG_LEVEL === 'silent' ? false : { level: e.LOG_LEVEL }
   }
   try {

@@ -21,6 +21,7 @@ import type { CoordinatorLog, StepWrites } from './log/store.js'
 import type { ParticipantDriver } from './driver.js'
 import { newTransactionId } from './ids.js'
 import { childTraceparent, traceIdOf } from './trace.js'
+import { Errors } from './errors.js'
 
 export interface Outcome {
   id: string
@@ -40,6 +41,11 @@ export interface EngineOptions {
   now?: () => number
   random?: () => number
   crashPoint?: CrashPoint
+  /**
+   * Unpublished outbox rows at most: work that would add messages beyond it is refused (503
+   * OUTBOX_FULL). Unset: no outbox (no broker), no bound.
+   */
+  outboxMaxRows?: number
   /** Called after a step wrote to the outbox, so the publisher can flush soon. */
   onOutboxWrite?: () => void
   observer?: EngineObserver
@@ -128,6 +134,7 @@ export class Engine {
 
   private start (timeoutMs: number, metadata: unknown, participants: NewParticipant[], messages: TxMessage[], commit: boolean, traceparent: string | null):
   { tx: Transaction, durable: Promise<void>, decided?: Promise<Outcome> } {
+    this.admit(messages.length)
     const now = this.now()
     const initial = newTransaction(newTransactionId(this.options.coordinatorId, now), now, now + timeoutMs, metadata ?? null, traceparent)
     const events: Event[] = participants.map(p => ({ type: 'enlist', participant: p, now }))
@@ -189,9 +196,18 @@ export class Engine {
     return pending === undefined ? undefined : this.counted(Promise.all(pending).then(() => {}))
   }
 
+  // A failed sync latched the log: 503 LOG_UNAVAILABLE, as any request now. A batch SQLite
+  // refused without latching was rolled back: the decision was never written, nothing to wait for.
   private async counted (p: Promise<void>): Promise<void> {
     this.syncWaits++
-    try { await p } finally { this.syncWaits-- }
+    try {
+      await p
+    } catch (err) {
+      const failure = this.log.failure
+      if (failure !== undefined) throw new Errors.LOG_UNAVAILABLE(failure.message)
+    } finally {
+      this.syncWaits--
+    }
   }
 
   /** Keeps a commit decision's durability until it is synced (see commitsNotSynced). */
@@ -208,10 +224,32 @@ export class Engine {
     this.commitsNotSynced.set(id, entry)
   }
 
+  /**
+   * Refuses new work before it reaches the state machine (nothing is sent, nothing changes in
+   * memory): 503 LOG_UNAVAILABLE while the log cannot be written (latched until a restart),
+   * 503 OUTBOX_FULL when the outbox could not take `messages` more rows. Decision notices are
+   * not new work and never pass here: they are written beyond the bound (see the README).
+   */
+  private admit (messages: number): void {
+    const failure = this.log.failure
+    if (failure !== undefined) throw new Errors.LOG_UNAVAILABLE(failure.message)
+    const max = this.options.outboxMaxRows
+    if (messages > 0 && max !== undefined) {
+      const queued = this.log.outboxQueued()
+      if (queued + messages > max) throw new Errors.OUTBOX_FULL(queued, max)
+    }
+  }
+
+  /** The messages a transaction carries (0 if unknown: the step then answers TX_NOT_FOUND). */
+  private messagesOf (id: string): number {
+    return this.log.loadLatest(id)?.messageCount ?? 0
+  }
+
   /** Applies a request's event; resolves with the new record once it is durable. */
-  private async request (id: string, event: Event): Promise<Transaction> {
+  private async request (id: string, event: Event, messages = 0): Promise<Transaction> {
     const unsynced = this.decisionSynced(id)
     if (unsynced !== undefined) await unsynced
+    this.admit(messages)
     // The clock value of the step is the time it is applied (later, when it waited).
     const result = this.apply(id, unsynced === undefined ? event : { ...event, now: this.now() }, true)
     if (!result.ok) throw new Rejected(result.code, result.tx)
@@ -226,7 +264,8 @@ export class Engine {
   }
 
   async addMessage (id: string, message: TxMessage): Promise<Transaction> {
-    return await this.request(id, { type: 'add-message', message, now: this.now() })
+    // Checked against its commit's need: all of its messages, this one included.
+    return await this.request(id, { type: 'add-message', message, now: this.now() }, this.messagesOf(id) + 1)
   }
 
   async abort (id: string): Promise<Transaction> {
@@ -237,6 +276,7 @@ export class Engine {
   async commit (id: string): Promise<Outcome> {
     const unsynced = this.decisionSynced(id)
     if (unsynced !== undefined) await unsynced
+    this.admit(this.messagesOf(id))
     const waiter = this.waitForDecision(id)
     let result: ReturnType<Engine['apply']>
     try {
@@ -266,6 +306,7 @@ export class Engine {
   async operatorRetry (id: string, actor: string): Promise<Transaction> {
     const unsynced = this.decisionSynced(id)
     if (unsynced !== undefined) await unsynced
+    this.admit(0)
     const result = this.apply(id, { type: 'operator-retry', actor, now: this.now() }, true)
     if (!result.ok) throw new Rejected(result.code, result.tx)
     // Synchronously, before a timer could fire: the send is already queued by the step.
@@ -283,6 +324,7 @@ export class Engine {
   async operatorResolve (id: string, reason: string, actor: string): Promise<Transaction> {
     const unsynced = this.decisionSynced(id)
     if (unsynced !== undefined) await unsynced
+    this.admit(0)
     const result = this.apply(id, { type: 'operator-resolve', actor, reason, now: this.now() }, true)
     if (!result.ok) throw new Rejected(result.code, result.tx)
     for (const p of result.tx.participants) {
@@ -553,7 +595,8 @@ export class Engine {
 
   /** Aborts active/preparing transactions past their expiry, a bounded page per tick. */
   sweep (): number {
-    if (this.stopped) return 0
+    // A log that cannot be written would refuse every expiry (the restart's recovery aborts them).
+    if (this.stopped || this.log.failure !== undefined) return 0
     const ids = this.log.expiredIds(this.now(), PAGE)
     for (const id of ids) this.feed(id, { type: 'expired', now: this.now() })
     return ids.length

@@ -23,7 +23,11 @@ export const Errors = {
   BAD_CURSOR: createError('BAD_CURSOR', 'cursor is not one this API returned', 400),
   UNAUTHORIZED: createError('UNAUTHORIZED', 'missing or wrong bearer token', 401),
   NOT_READY: createError('NOT_READY', 'the coordinator is recovering its log', 503),
-  SHUTTING_DOWN: createError('SHUTTING_DOWN', 'the coordinator is shutting down', 503)
+  SHUTTING_DOWN: createError('SHUTTING_DOWN', 'the coordinator is shutting down', 503),
+  /** The log cannot be written (disk full, I/O error) or synced: nothing new is accepted until a restart. */
+  LOG_UNAVAILABLE: createError('LOG_UNAVAILABLE', '%s', 503),
+  /** The outbox holds its limit of unpublished rows (the broker is down or slow). */
+  OUTBOX_FULL: createError('OUTBOX_FULL', 'the outbox holds %s unpublished rows (limit %s): transactional messages are refused until the broker takes them', 503)
 } as const
 
 /** Fastify's own errors, renamed to stable codes of this API. */

@@ -21,6 +21,7 @@ import { SyncPlacement, type Decision } from '@fastify-2pc/protocol'
 import { migrations } from './migrations.js'
 import type { AttentionKind, Participant, Transaction, TxMessage, TxState } from '../core/machine.js'
 import { MultiRowInsert, OperatorTables, entersPhase1, type NewAudit } from './operator-tables.js'
+import { Errors } from '../errors.js'
 
 export interface AttentionEntry {
   id: number
@@ -121,6 +122,22 @@ export const OUTBOX_STATS_SQL = `SELECT
   (SELECT count(*) FROM outbox WHERE published_at IS NULL AND dead_at IS NULL) AS depth,
   (SELECT count(*) FROM outbox WHERE dead_at IS NOT NULL) AS dead,
   (SELECT min(created_at) FROM outbox WHERE published_at IS NULL AND dead_at IS NULL) AS oldest`
+
+/**
+ * Whether an error of a write means the disk cannot take the log: `full` (no space left),
+ * `failed` (an I/O error, a read-only or damaged file); undefined for anything else (a
+ * constraint, a busy lock: that batch fails, the next one is tried).
+ */
+export function diskFailure (err: unknown): 'full' | 'failed' | undefined {
+  const code = typeof err === 'object' && err !== null ? (err as { code?: unknown }).code : undefined
+  if (typeof code !== 'string') return undefined
+  if (code === 'SQLITE_FULL' || code === 'ENOSPC' || code === 'EDQUOT') return 'full'
+  if (/^SQLITE_(IOERR|CORRUPT|NOTADB|CANTOPEN|READONLY)/.test(code) || code === 'EIO' || code === 'EROFS') return 'failed'
+  return undefined
+}
+
+/** How often at most the outbox's queued rows are counted exactly (the guard of new messages). */
+const OUTBOX_COUNT_MS = 1000
 
 export interface OutboxRow {
   id: number
@@ -381,8 +398,19 @@ export class CoordinatorLog {
    * still take back (a transactional message of a commit decision that then never was).
    */
   private syncedOutboxId = 0
-  /** Set when the disk refused a sync: nothing is reported durable after that (restart). */
+  /**
+   * Set when the disk refused a sync or a write (LOG_UNAVAILABLE): no step is written after
+   * that, until a restart. A refused write was rolled back, but the steps it carried (votes,
+   * acks, retries) are dropped from memory and nobody would redo them; a restart's recovery does.
+   */
   failure: Error | undefined
+  /** Why: `full` (no space left for a write), `failed` (an I/O error, or a sync refused). */
+  failureKind: 'full' | 'failed' | undefined
+  /** A sync was refused: nothing is reported durable after that, not even what was written before. */
+  private syncFailed = false
+  /** Queued outbox rows as last counted, plus the rows inserted since (see outboxQueued). */
+  private outboxQueuedRows = 0
+  private outboxCountedAt = -Infinity
   /** `merged`: steps written together with an earlier step of the same transaction in its batch. */
   readonly flushStats = { flushes: 0, steps: 0, merged: 0, maxBatch: 0, lastBatch: 0, lastFlushMs: 0, totalFlushMs: 0, syncs: 0, inlineSyncs: 0, totalSyncMs: 0 }
   /** Whether each fdatasync runs on the event loop or the thread pool (replaceable by tests). */
@@ -458,6 +486,7 @@ export class CoordinatorLog {
       markPublished: this.db.prepare('UPDATE outbox SET published_at = ?, attempts = attempts + 1, last_error = NULL WHERE id = ?'),
       markFailed: this.db.prepare('UPDATE outbox SET attempts = attempts + 1, last_error = ?, dead_at = ? WHERE id = ?'),
       outboxStats: this.db.prepare<[], { depth: number, dead: number, oldest: number | null }>(OUTBOX_STATS_SQL),
+      outboxQueued: this.db.prepare<[], { n: number }>('SELECT count(*) AS n FROM outbox WHERE published_at IS NULL AND dead_at IS NULL'),
       outboxFor: this.db.prepare<[string], OutboxDbRow>('SELECT * FROM outbox WHERE tx_id = ? ORDER BY id'),
       getMeta: this.db.prepare<[string], { value: string }>('SELECT value FROM coordinator_meta WHERE key = ?'),
       setMeta: this.db.prepare('INSERT INTO coordinator_meta (key, value) VALUES (?, ?)')
@@ -493,6 +522,7 @@ export class CoordinatorLog {
         if (next.state === 'committed' && next.messageCount > 0) {
           const info = this.stmts.releaseMessages.run(now, next.id)
           if (info.changes > 0) outboxMax = Number(info.lastInsertRowid)
+          this.outboxQueuedRows += info.changes
         }
       }
       for (const a of writes.attention) this.stmts.insertAttention.run(next.id, a.participant, a.kind, a.detail, now)
@@ -506,6 +536,7 @@ export class CoordinatorLog {
           const info = this.stmts.insertOutbox.run(next.id, 'decision', this.noticeRouting.exchange, this.noticeRouting.routingKey(n.participant),
             `${next.id}:${n.participant}:${n.decision}`, body, null, now)
           if (info.changes > 0) outboxMax = Number(info.lastInsertRowid)
+          this.outboxQueuedRows += info.changes
         }
       }
       this.operator.write(prev, next, writes.audit, writes.resolveAttention, now, rows.events)
@@ -743,7 +774,9 @@ export class CoordinatorLog {
     } catch (err) {
       // Rolled back: these steps never happened; the transactions continue from what is written.
       this.forget(batch)
-      for (const step of batch) step.done(err as Error)
+      const kind = diskFailure(err)
+      if (kind !== undefined) this.failWrite(err as Error, kind)
+      for (const step of batch) step.done(kind !== undefined ? this.failure : err as Error)
       return
     }
     const ms = performance.now() - started
@@ -813,7 +846,7 @@ export class CoordinatorLog {
   }
 
   private markSynced (steps: PendingStep[]): void {
-    if (this.failure !== undefined) { // a sync failed meanwhile: nothing is reported durable any more
+    if (this.syncFailed) { // a sync failed meanwhile: nothing is reported durable any more
       for (const step of steps) if (step.forced) step.done(this.failure)
       return
     }
@@ -883,10 +916,29 @@ export class CoordinatorLog {
    * reads what really is on disk, can go on. Callers waiting for these steps get the error.
    */
   private failSync (err: Error, covered: PendingStep[]): void {
-    this.failure ??= new Error(`the coordinator log could not be synced to disk: ${err.message}`, { cause: err })
+    if (!this.syncFailed) {
+      this.syncFailed = true
+      this.failure = new Errors.LOG_UNAVAILABLE(`the coordinator log could not be synced to disk: ${err.message}; restart the coordinator`, { cause: err })
+      this.failureKind = 'failed'
+    }
     const waiting = [...covered, ...this.unsynced]
     this.unsynced = []
     for (const step of waiting) if (step.forced) step.done(this.failure)
+  }
+
+  /**
+   * The disk refused a write. Latched until a restart, like a failed sync: the batch was rolled
+   * back (SQLite undoes a write that found no space), so what is written stays good and steps
+   * written before are still synced and reported; but the refused steps are gone from memory and
+   * the engine would not redo them (a vote, an ack, a retry's schedule) — a restart's recovery
+   * reads the log and does. Until then every new step fails at once.
+   */
+  private failWrite (err: Error, kind: 'full' | 'failed'): void {
+    if (this.failure !== undefined) return
+    const what = kind === 'full' ? 'the disk is full' : 'the disk refused a write'
+    this.failure = new Errors.LOG_UNAVAILABLE(`the coordinator log cannot be written, ${what} (${(err as NodeJS.ErrnoException).code ?? 'error'}: ${err.message}); ` +
+      `${kind === 'full' ? 'free space, then ' : ''}restart the coordinator`, { cause: err })
+    this.failureKind = kind
   }
 
   get pendingSteps (): number {
@@ -898,6 +950,7 @@ export class CoordinatorLog {
     // A FULL commit: the fsync covers this row and every row committed before it.
     const info = this.stmts.insertOutbox.run(null, 'event', exchange, routingKey, messageId, JSON.stringify(body), null, now)
     if (info.changes > 0) this.syncedOutboxId = Math.max(this.syncedOutboxId, Number(info.lastInsertRowid))
+    this.outboxQueuedRows += info.changes
   }
 
   /** The next unpublished, synced outbox rows after `afterId`, oldest first. */
@@ -911,11 +964,29 @@ export class CoordinatorLog {
       for (const id of published) this.stmts.markPublished.run(now, id)
       for (const f of failed) this.stmts.markFailed.run(f.error.slice(0, 1000), f.permanent ? now : null, f.id)
     })()
+    this.outboxQueuedRows = Math.max(0, this.outboxQueuedRows - published.length - failed.filter(f => f.permanent).length)
   }
 
   outboxStats (): OutboxStats {
     const row = this.stmts.outboxStats.get() as { depth: number, dead: number, oldest: number | null }
+    this.outboxQueuedRows = row.depth
+    this.outboxCountedAt = Date.now()
     return { depth: row.depth, dead: row.dead, oldestCreatedAt: row.oldest }
+  }
+
+  /**
+   * Outbox rows waiting to be published (not parked), for the guard of new messages: counted
+   * exactly at most once a second (through the queued rows' partial index), kept up to date
+   * between counts by the rows this log inserts and settles. A batch rolled back after counting
+   * its rows leaves the number too high until the next count, never too low.
+   */
+  outboxQueued (): number {
+    const now = Date.now()
+    if (now - this.outboxCountedAt >= OUTBOX_COUNT_MS) {
+      this.outboxQueuedRows = this.stmts.outboxQueued.get()?.n ?? 0
+      this.outboxCountedAt = now
+    }
+    return this.outboxQueuedRows
   }
 
   outboxFor (txId: string): OutboxRow[] {
@@ -975,7 +1046,7 @@ export class CoordinatorLog {
   /** Writes and syncs everything saved so far, blocking (graceful stop). */
   flushAndSync (): void {
     this.flush()
-    if (this.unsynced.length === 0 || this.failure !== undefined) return
+    if (this.unsynced.length === 0 || this.syncFailed) return
     clearTimeout(this.lazySync)
     this.lazySync = undefined
     // The syncs still running cover earlier steps; this one covers them too, in order (their
