@@ -8,6 +8,8 @@
  */
 import t, { type Test } from 'tap'
 import Database from 'better-sqlite3'
+import { execFile } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
 import { startCoordinator, startParticipant, waitFor, type HttpClient, type TestCoordinator } from './support/participant.js'
 
 async function commitWith (api: HttpClient, participants: Array<{ name: string, url: string }>): Promise<string> {
@@ -117,4 +119,37 @@ t.test('forget: an operator drops a compact record (audited); then the id is pre
   t.equal(bad.status, 400)
   t.equal(bad.body.code, 'INVALID_ID')
   t.same(c.app.coordinator.log.db.prepare("SELECT count(*) AS n FROM audit WHERE action = 'forget'").get(), { n: 1 }, 'refusals are not audited')
+})
+
+const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url))
+
+/** The `twopc` CLI in a child process (built: `npx tsc -b`), asynchronously (the coordinator runs in this process). */
+async function twopc (args: string[], env: Record<string, string>): Promise<{ code: number, stdout: string, stderr: string }> {
+  return await new Promise(resolve => {
+    execFile(process.execPath, [CLI, ...args], { env: { PATH: process.env.PATH ?? '', ...env }, timeout: 30_000 }, (err, stdout, stderr) => {
+      const code = err === null ? 0 : typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : -1
+      resolve({ code, stdout, stderr })
+    })
+  })
+}
+
+t.test('twopc forget <id> --reason: the CLI forgets a kept record; refusals exit 1 with the code, a missing reason 2', async t => {
+  const c = await startCoordinator(t, { retentionMs: 50, pruneIntervalMs: 3_600_000 })
+  const { id } = await resolvedCommit(t, c)
+  const env = { TWOPC_URL: c.url }
+  const early = await twopc(['forget', id, '--reason', 'x'], env)
+  t.equal(early.code, 1)
+  t.match(early.stderr, /^twopc: TX_NOT_PRUNED: /)
+  await waitFor(() => c.app.coordinator.pruner.run() === 1, 5000, 'pruned')
+  const usage = await twopc(['forget', id], env)
+  t.equal(usage.code, 2)
+  t.match(usage.stderr, /forget needs --reason/)
+  const done = await twopc(['forget', id, '--reason', 'every participant confirmed', '--actor', 'ops'], env)
+  t.equal(done.code, 0, done.stderr)
+  t.match(done.stdout, new RegExp(`^forgot the decision record of ${id} \\(commit, decided .*\\): its decision endpoint now answers a presumed abort`))
+  t.equal(await decisionOf(c.api, id), 'abort')
+  t.same(c.app.coordinator.log.db.prepare("SELECT actor, reason FROM audit WHERE tx_id = ? AND action = 'forget'").all(id), [{ actor: 'ops', reason: 'every participant confirmed' }])
+  const again = await twopc(['forget', id, '--reason', 'x', '--json'], env)
+  t.equal(again.code, 1)
+  t.match(JSON.parse(again.stdout), { error: { status: 404, code: 'NO_DECISION_RECORD' } })
 })
