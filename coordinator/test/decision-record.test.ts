@@ -10,6 +10,8 @@ import t, { type Test } from 'tap'
 import Database from 'better-sqlite3'
 import { execFile } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
+import { join } from 'node:path'
+import { CoordinatorLog, KEEP_PRUNED_COMMITS_SQL, PRUNE_BATCH_SQL } from '../src/log/store.js'
 import { startCoordinator, startParticipant, waitFor, type HttpClient, type TestCoordinator } from './support/participant.js'
 
 async function commitWith (api: HttpClient, participants: Array<{ name: string, url: string }>): Promise<string> {
@@ -152,4 +154,15 @@ t.test('twopc forget <id> --reason: the CLI forgets a kept record; refusals exit
   const again = await twopc(['forget', id, '--reason', 'x', '--json'], env)
   t.equal(again.code, 1)
   t.match(JSON.parse(again.stdout), { error: { status: 404, code: 'NO_DECISION_RECORD' } })
+})
+
+t.test('retention\'s batch reads what it deletes: the compact records are found by key, not by walking every commit', async t => {
+  const log = new CoordinatorLog(join(t.testdir(), 'c.db'))
+  t.teardown(() => log.close())
+  const plan = (sql: string, ...args: unknown[]): string[] => (log.db.prepare(`EXPLAIN QUERY PLAN ${sql}`).all(...args) as Array<{ detail: string }>).map(r => r.detail)
+  const batch = plan(PRUNE_BATCH_SQL, 1, 1)
+  t.ok(batch.some(d => /^SEARCH transactions USING INDEX transactions_completed /.test(d)), batch.join('; '))
+  const keep = plan(KEEP_PRUNED_COMMITS_SQL, 1, '["x"]')
+  t.notOk(keep.some(d => /^SCAN t\b|transactions_by_state/.test(d)), keep.join('; '))
+  t.ok(keep.some(d => /^SEARCH t USING (INDEX sqlite_autoindex_transactions_1|PRIMARY KEY) \(id=\?\)$/.test(d)), keep.join('; '))
 })

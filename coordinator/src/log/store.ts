@@ -134,10 +134,12 @@ export const PRUNE_BATCH_SQL = `SELECT id FROM transactions
 /**
  * `acked` and `not-needed` are the only states in which a participant certainly holds its
  * outcome; `resolved` (an operator's word, see the machine's operator-resolve) is not one.
+ * CROSS JOIN keeps the batch's ids as the outer loop, each record found by its key: for
+ * `state = 'committed'` the planner otherwise walked every committed transaction of the log.
  */
 export const KEEP_PRUNED_COMMITS_SQL = `INSERT OR IGNORE INTO pruned_commits (id, decided_at, pruned_at)
-  SELECT t.id, coalesce(t.decided_at, t.completed_at), ? FROM transactions t
-  WHERE t.id IN (SELECT value FROM json_each(?)) AND t.state = 'committed'
+  SELECT t.id, coalesce(t.decided_at, t.completed_at), ? FROM json_each(?) AS batch CROSS JOIN transactions AS t ON t.id = batch.value
+  WHERE t.state = 'committed'
     AND EXISTS (SELECT 1 FROM participants p WHERE p.tx_id = t.id AND p.ack NOT IN ('acked', 'not-needed'))`
 
 /** A pruned commit's compact record (migration 8). */
