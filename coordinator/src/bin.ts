@@ -23,7 +23,9 @@ let app: Awaited<ReturnType<typeof buildCoordinator>>
 try {
   app = await buildCoordinator(config.options)
 } catch (err) {
-  process.stderr.write(`twopc-coordinator: cannot start: ${(err as Error).message}\n`)
+  // A stable code first when there is one (LOG_LOCKED: another process holds the log).
+  const code = (err as { code?: unknown }).code
+  process.stderr.write(`twopc-coordinator: cannot start: ${code === 'LOG_LOCKED' ? 'LOG_LOCKED: ' : ''}${(err as Error).message}\n`)
   process.exit(1)
 }
 

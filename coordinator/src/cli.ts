@@ -6,6 +6,7 @@
  *   twopc list [--state <state>] [--needs-attention] [--limit <n>]
  *   twopc retry <id>
  *   twopc resolve <id> --reason <text>
+ *   twopc forget <id> --reason <text>
  *
  * Options: --url (env TWOPC_URL, default http://127.0.0.1:7070), --token (env TWOPC_API_TOKEN),
  * --json (the API's JSON, for scripts), --actor (audited; default cli:<user>).
@@ -24,6 +25,8 @@ commands:
                                   transactions, newest first (S: active, preparing, committed, aborted)
   retry <id>                      send the decision now to pending or heuristic participants
   resolve <id> --reason TEXT      mark a needs-attention or heuristic transaction handled
+  forget <id> --reason TEXT       drop the decision record kept for a pruned commit (it then
+                                  answers a presumed abort): only once no participant can ask
 
 options:
   --url URL        coordinator (env TWOPC_URL, default http://127.0.0.1:7070)
@@ -214,6 +217,15 @@ export async function main (argv: string[], env: NodeJS.ProcessEnv, stdout: Out,
         if (values.reason === undefined || values.reason.trim() === '') throw new UsageError('resolve needs --reason "<why it is handled>"')
         const tx = await call(base, token, 'POST', `/v1/transactions/${id}/resolve`, { reason: values.reason }, { 'x-twopc-actor': actor }) as TxView
         print(tx, () => `resolved ${tx.id}\n\n` + describe(tx, now))
+        return 0
+      }
+      case 'forget': {
+        const id = needId()
+        if (values.reason === undefined || values.reason.trim() === '') throw new UsageError('forget needs --reason "<why no participant can still ask>"')
+        const kept = await call(base, token, 'POST', `/v1/transactions/${id}/forget`, { reason: values.reason }, { 'x-twopc-actor': actor }) as
+          { id: string, decision: string, decidedAt: string, prunedAt: string, forgottenAt: string }
+        print(kept, () => `forgot the decision record of ${kept.id} (${kept.decision}, decided ${kept.decidedAt}, pruned ${kept.prunedAt}): ` +
+          'its decision endpoint now answers a presumed abort\n')
         return 0
       }
       case undefined:

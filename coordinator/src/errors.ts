@@ -8,6 +8,8 @@ export const Errors = {
   TX_EXPIRED: createError('TX_EXPIRED', 'transaction %s expired at %s, before this request: it is aborted (reason timeout)', 409),
   TX_NOT_DECIDED: createError('TX_NOT_DECIDED', 'transaction %s is %s: it has no decision yet', 409),
   NOTHING_TO_RETRY: createError('NOTHING_TO_RETRY', 'transaction %s has no pending or heuristic participant to retry', 409),
+  NO_DECISION_RECORD: createError('NO_DECISION_RECORD', 'no decision record is kept for transaction %s (never pruned with an unacked commit, or already forgotten)', 404),
+  TX_NOT_PRUNED: createError('TX_NOT_PRUNED', 'transaction %s is still in the log: only the compact record of a pruned commit can be forgotten', 409),
   NOTHING_TO_RESOLVE: createError('NOTHING_TO_RESOLVE', 'transaction %s needs no attention and has no pending or heuristic participant', 409),
   PARTICIPANT_EXISTS: createError('PARTICIPANT_EXISTS', 'transaction %s already has a participant named %s', 409),
   TOO_MANY_MESSAGES: createError('TOO_MANY_MESSAGES', 'a transaction takes at most %s messages', 400),

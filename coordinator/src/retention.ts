@@ -2,10 +2,15 @@
  * Retention: completed transactions older than TWOPC_RETENTION are deleted in bounded batches,
  * with their participants, decision, attention entries, messages and published outbox rows.
  * Never an undecided transaction, never one with a participant still unacked, never one that
- * needs attention: `completed_at` is set only when every participant acked (or took no part).
+ * needs attention: `completed_at` is set only when every participant acked (or took no part, or an
+ * operator resolved it).
  *
- * A pruned id answers `abort` at the decision endpoint (presumed abort) — safe because only a
- * participant that is still in doubt asks, and a completed transaction has none.
+ * A pruned id answers `abort` at the decision endpoint (presumed abort) — safe because every
+ * participant acked, so none is in doubt. Except a commit that an operator resolved (a
+ * participant that never acked: `resolved`), which may still be asked about by a participant
+ * restored from a backup: it keeps a compact record (migration 8, written by the log in the same
+ * SQLite transaction as the delete) from which the decision endpoint answers `commit`.
+ * Retention never deletes those records; an operator forgets one (`POST …/forget`).
  */
 import type { FastifyBaseLogger } from 'fastify'
 import type { CoordinatorLog } from './log/store.js'
@@ -29,16 +34,12 @@ export interface RetentionOptions {
 
 export class RetentionPruner {
   private timer: NodeJS.Timeout | undefined
-  private readonly deleteTransactions
   private readonly deleteOutbox
   private readonly now: () => number
   pruned = 0
 
   constructor (private readonly log: CoordinatorLog, private readonly options: RetentionOptions) {
     this.now = options.now ?? Date.now
-    this.deleteTransactions = log.db.prepare(`DELETE FROM transactions WHERE id IN (
-      SELECT id FROM transactions WHERE completed_at IS NOT NULL AND completed_at < ? AND needs_attention = 0
-      ORDER BY completed_at LIMIT ?)`)
     this.deleteOutbox = log.db.prepare(PRUNE_OUTBOX_SQL)
   }
 
@@ -50,10 +51,11 @@ export class RetentionPruner {
   /** One bounded run; returns how many transactions it deleted. */
   run (): number {
     if (!this.log.db.open) return 0
-    const before = this.now() - this.options.retentionMs
+    const now = this.now()
+    const before = now - this.options.retentionMs
     let deleted = 0
     for (let i = 0; i < this.options.maxBatchesPerRun; i++) {
-      const n = this.deleteTransactions.run(before, this.options.batchSize).changes
+      const n = this.log.pruneCompleted(before, this.options.batchSize, now)
       const m = this.deleteOutbox.run(before, this.options.batchSize).changes
       deleted += n
       if (n < this.options.batchSize && m < this.options.batchSize) break

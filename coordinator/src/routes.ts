@@ -247,7 +247,7 @@ export async function transactionRoutes (fastify: FastifyInstance, deps: RouteDe
 
   app.get('/v1/transactions/:id/decision', {
     schema: {
-      summary: 'For participants: the decision, "pending", or "abort" for an id of ours with no record (presumed abort)',
+      summary: 'For participants: the decision, "pending", or "abort" for an id of ours with no record (presumed abort) — "commit" for a pruned commit whose compact record is kept',
       params: TxParams,
       response: { 200: DecisionReply, ...errorReplies }
     }
@@ -258,7 +258,8 @@ export async function transactionRoutes (fastify: FastifyInstance, deps: RouteDe
     // From the newest record: an abort need not be on disk (a power cut would make it an abort
     // again, presumed), but a commit is answered only once it is synced.
     const tx = log.loadLatest(id)
-    if (tx === undefined) return { decision: 'abort' as const }
+    // No record: presumed abort, unless it is a commit pruned before every participant acked.
+    if (tx === undefined) return { decision: log.prunedCommit(id) !== undefined ? 'commit' as const : 'abort' as const }
     const decision = decisionOf(tx)
     if (decision === 'commit' && log.hasUnsynced(id)) {
       const synced = log.load(id)

@@ -115,6 +115,20 @@ export const ResolveBody = Type.Object({
 }, { additionalProperties: false })
 export type ResolveBody = Static<typeof ResolveBody>
 
+export const ForgetBody = Type.Object({
+  reason: Type.String({ minLength: 1, maxLength: 2000, description: 'why no participant can still need the commit decision; recorded in the audit table' })
+}, { additionalProperties: false })
+export type ForgetBody = Static<typeof ForgetBody>
+
+/** The compact record of a pruned commit that `forget` dropped. */
+export const ForgetReply = Type.Object({
+  id: Type.String(),
+  decision: Type.Literal('commit'),
+  decidedAt: Type.String(),
+  prunedAt: Type.String(),
+  forgottenAt: Type.String()
+})
+
 export const TransactionView = Type.Object({
   id: Type.String(),
   state: Type.String(),

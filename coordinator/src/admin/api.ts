@@ -2,8 +2,11 @@
  * Operator actions over the HTTP API (behind the API token like all of /v1):
  * - `POST /v1/transactions/:id/retry`: deliver the decision now to pending/heuristic participants.
  * - `POST /v1/transactions/:id/resolve {reason}`: mark a needs-attention/heuristic transaction handled.
- * Both answer the whole record; each action is written to the audit table in the same SQLite
- * transaction as the change, with the actor from `x-twopc-actor` (default `api`).
+ * - `POST /v1/transactions/:id/forget {reason}`: drop the compact record of a pruned commit
+ *   (migration 8), after which the id answers a presumed abort.
+ * retry and resolve answer the whole record, forget the record it dropped; each action is written
+ * to the audit table in the same SQLite transaction as the change, with the actor from
+ * `x-twopc-actor` (default `api`).
  */
 import type { FastifyInstance } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
@@ -13,7 +16,7 @@ import type { Transaction } from '../core/machine.js'
 import { Errors } from '../errors.js'
 import { txIdRegExp } from '../ids.js'
 import { view } from '../routes.js'
-import { ActorHeaders, ErrorReply, ResolveBody, TransactionView, TxParams } from '../schemas.js'
+import { ActorHeaders, ErrorReply, ForgetBody, ForgetReply, ResolveBody, TransactionView, TxParams } from '../schemas.js'
 
 export const ACTOR_HEADER = 'x-twopc-actor'
 
@@ -84,5 +87,28 @@ export async function operatorRoutes (fastify: FastifyInstance, deps: { engine: 
   }, async (req) => {
     const tx = await runOperatorAction(engine, req.params.id, { type: 'resolve', reason: req.body.reason }, req.headers[ACTOR_HEADER] ?? 'api')
     return record(log.view(tx.id) ?? tx)
+  })
+
+  app.post('/v1/transactions/:id/forget', {
+    schema: {
+      summary: 'Operator: drop the compact decision record of a pruned commit',
+      description: 'A committed transaction pruned by retention while a participant had not acked it (an operator resolved it) keeps a compact record, from which the decision endpoint answers `commit`. Forget it once no participant can still ask (every one applied the commit, none will be restored from an older backup): the id then answers a presumed abort. Audited.',
+      params: TxParams,
+      headers: ActorHeaders,
+      body: ForgetBody,
+      response: { 200: ForgetReply, ...errorReplies }
+    }
+  }, async (req) => {
+    const { id } = req.params
+    checkTxId(id)
+    const now = Date.now()
+    const kept = log.forgetPrunedCommit(id, { actor: req.headers[ACTOR_HEADER] ?? 'api', reason: req.body.reason }, now)
+    if (kept === undefined) {
+      if (log.view(id) !== undefined) throw new Errors.TX_NOT_PRUNED(id)
+      throw new Errors.NO_DECISION_RECORD(id)
+    }
+    req.log.warn({ txid: id, actor: req.headers[ACTOR_HEADER] ?? 'api', reason: req.body.reason }, 'operator forgot a pruned commit\'s decision record')
+    const iso = (ms: number): string => new Date(ms).toISOString()
+    return { id, decision: 'commit' as const, decidedAt: iso(kept.decidedAt), prunedAt: iso(kept.prunedAt), forgottenAt: iso(now) }
   })
 }

@@ -272,5 +272,21 @@ export const migrations: readonly Migration[] = [
       CREATE INDEX outbox_published ON outbox (published_at) WHERE published_at IS NOT NULL;
       CREATE INDEX outbox_parked ON outbox (id) WHERE dead_at IS NOT NULL;
     `
+  },
+  {
+    version: 8,
+    name: 'compact records of pruned commits some participant never acked',
+    sql: `
+      -- A committed transaction that retention prunes while a participant never acked it (an
+      -- operator resolved it) leaves its id here, in the same SQLite transaction as the delete:
+      -- the decision endpoint answers commit from it instead of a presumed abort, for a
+      -- participant restored from a backup or down longer than the retention. Retention never
+      -- deletes these rows; an operator's forget does (audited).
+      CREATE TABLE pruned_commits (
+        id         TEXT PRIMARY KEY,
+        decided_at INTEGER NOT NULL,
+        pruned_at  INTEGER NOT NULL
+      ) STRICT, WITHOUT ROWID;
+    `
   }
 ]

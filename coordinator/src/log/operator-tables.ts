@@ -224,6 +224,11 @@ export class OperatorTables {
     return new MultiRowInsert(this.db, 'INSERT INTO tx_events (tx_id, at, kind, participant, detail) VALUES', '', 5, 64)
   }
 
+  /** An audit row of an action that is no state-machine step (forgetting a pruned commit's record). */
+  insertAudit (txId: string, action: string, reason: string | null, actor: string, at: number): void {
+    this.stmts.insertAudit.run(txId, action, reason, actor, at)
+  }
+
   audit (txId: string): AuditEntry[] {
     return this.stmts.auditFor.all(txId).map(r => ({ id: r.id, txId: r.tx_id, action: r.action, reason: r.reason, actor: r.actor, at: r.at }))
   }

@@ -22,6 +22,7 @@ import { migrations } from './migrations.js'
 import type { AttentionKind, Participant, Transaction, TxMessage, TxState } from '../core/machine.js'
 import { MultiRowInsert, OperatorTables, entersPhase1, type NewAudit } from './operator-tables.js'
 import { Errors } from '../errors.js'
+import { LogLock } from './lock.js'
 
 export interface AttentionEntry {
   id: number
@@ -138,6 +139,32 @@ export function diskFailure (err: unknown): 'full' | 'failed' | undefined {
 
 /** How often at most the outbox's queued rows are counted exactly (the guard of new messages). */
 const OUTBOX_COUNT_MS = 1000
+
+/**
+ * Retention (retention.ts) deletes completed transactions a batch at a time: the batch's ids
+ * (oldest completion first), then, in the same SQLite transaction, the compact record of each
+ * committed one that some participant never acked (migration 8), then the transactions with
+ * everything that references them (foreign keys cascade).
+ */
+export const PRUNE_BATCH_SQL = `SELECT id FROM transactions
+  WHERE completed_at IS NOT NULL AND completed_at < ? AND needs_attention = 0 ORDER BY completed_at LIMIT ?`
+/**
+ * `acked` and `not-needed` are the only states in which a participant certainly holds its
+ * outcome; `resolved` (an operator's word, see the machine's operator-resolve) is not one.
+ * CROSS JOIN keeps the batch's ids as the outer loop, each record found by its key: for
+ * `state = 'committed'` the planner otherwise walked every committed transaction of the log.
+ */
+export const KEEP_PRUNED_COMMITS_SQL = `INSERT OR IGNORE INTO pruned_commits (id, decided_at, pruned_at)
+  SELECT t.id, coalesce(t.decided_at, t.completed_at), ? FROM json_each(?) AS batch CROSS JOIN transactions AS t ON t.id = batch.value
+  WHERE t.state = 'committed'
+    AND EXISTS (SELECT 1 FROM participants p WHERE p.tx_id = t.id AND p.ack NOT IN ('acked', 'not-needed'))`
+
+/** A pruned commit's compact record (migration 8). */
+export interface PrunedCommit {
+  id: string
+  decidedAt: number
+  prunedAt: number
+}
 
 export interface OutboxRow {
   id: number
@@ -364,6 +391,8 @@ function txParams (tx: Transaction): unknown[] {
 
 export class CoordinatorLog {
   readonly db: Database.Database
+  /** Held from open to close: one coordinator process per log file (lock.ts). */
+  private readonly lock: LogLock | null
   /** Timeline events, the audit trail and attention resolutions (migration 3). */
   readonly operator: OperatorTables
   private readonly stmts
@@ -438,6 +467,8 @@ export class CoordinatorLog {
 
   constructor (path: string, private readonly noticeRouting: NoticeRouting | null = null) {
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true })
+    // Before anything reads or writes the log: a second process on it stops here (LOG_LOCKED).
+    this.lock = path === ':memory:' ? null : LogLock.acquire(path)
     this.db = new Database(path)
     this.db.pragma('journal_mode = WAL')
     // FULL while migrating and for anything written outside `save` (outbox bookkeeping,
@@ -454,7 +485,13 @@ export class CoordinatorLog {
     // unlinked ~10 times a second at 64 clients: ~4 KB of the ~20 KB written per transaction).
     // A statement journal holds at most one batch statement's pages, so memory stays bounded.
     this.db.pragma('temp_store = MEMORY')
-    this.migrate()
+    try {
+      this.migrate()
+    } catch (err) { // e.g. a log of a newer coordinator: refused, and the lock with it
+      this.db.close()
+      this.lock?.release()
+      throw err
+    }
     // Our own descriptor of the WAL file (it exists once the database is in WAL mode and stays
     // while this connection is open): fdatasync through it flushes every frame written to it.
     if (path !== ':memory:' && this.db.pragma('journal_mode', { simple: true }) === 'wal') {
@@ -489,7 +526,13 @@ export class CoordinatorLog {
       outboxQueued: this.db.prepare<[], { n: number }>('SELECT count(*) AS n FROM outbox WHERE published_at IS NULL AND dead_at IS NULL'),
       outboxFor: this.db.prepare<[string], OutboxDbRow>('SELECT * FROM outbox WHERE tx_id = ? ORDER BY id'),
       getMeta: this.db.prepare<[string], { value: string }>('SELECT value FROM coordinator_meta WHERE key = ?'),
-      setMeta: this.db.prepare('INSERT INTO coordinator_meta (key, value) VALUES (?, ?)')
+      setMeta: this.db.prepare('INSERT INTO coordinator_meta (key, value) VALUES (?, ?)'),
+      pruneBatch: this.db.prepare<[number, number], { id: string }>(PRUNE_BATCH_SQL),
+      keepPrunedCommits: this.db.prepare(KEEP_PRUNED_COMMITS_SQL),
+      deleteTransactions: this.db.prepare('DELETE FROM transactions WHERE id IN (SELECT value FROM json_each(?))'),
+      prunedCommit: this.db.prepare<[string], { id: string, decided_at: number, pruned_at: number }>(
+        'SELECT id, decided_at, pruned_at FROM pruned_commits WHERE id = ?'),
+      deletePrunedCommit: this.db.prepare('DELETE FROM pruned_commits WHERE id = ?')
     }
 
     this.operator = new OperatorTables(this.db)
@@ -1038,6 +1081,41 @@ export class CoordinatorLog {
     return out
   }
 
+  /**
+   * Retention's delete of one batch (see PRUNE_BATCH_SQL), in one SQLite transaction: a pruned
+   * commit some participant never acked keeps its compact record. Returns how many it deleted.
+   */
+  pruneCompleted (before: number, limit: number, now: number): number {
+    return this.db.transaction(() => {
+      const ids = this.stmts.pruneBatch.all(before, limit).map(r => r.id)
+      if (ids.length === 0) return 0
+      const json = JSON.stringify(ids)
+      this.stmts.keepPrunedCommits.run(now, json)
+      return this.stmts.deleteTransactions.run(json).changes
+    })()
+  }
+
+  /** The compact record of a pruned commit (its decision is still `commit`), if one is kept. */
+  prunedCommit (id: string): PrunedCommit | undefined {
+    const row = this.stmts.prunedCommit.get(id)
+    return row === undefined ? undefined : { id: row.id, decidedAt: row.decided_at, prunedAt: row.pruned_at }
+  }
+
+  /**
+   * Operator: drops a pruned commit's compact record, with its audit row, in one SQLite
+   * transaction (synchronous=FULL: durable when this returns). From then on the id answers a
+   * presumed abort. Undefined when no record is kept for it.
+   */
+  forgetPrunedCommit (id: string, audit: { actor: string, reason: string }, now: number): PrunedCommit | undefined {
+    return this.db.transaction(() => {
+      const kept = this.prunedCommit(id)
+      if (kept === undefined) return undefined
+      this.stmts.deletePrunedCommit.run(id)
+      this.operator.insertAudit(id, 'forget', audit.reason, audit.actor, now)
+      return kept
+    })()
+  }
+
   decisionRow (id: string): { decision: Decision, decided_at: number } | undefined {
     return this.db.prepare<[string], { decision: Decision, decided_at: number }>(
       'SELECT decision, decided_at FROM decisions WHERE tx_id = ?').get(id)
@@ -1072,6 +1150,7 @@ export class CoordinatorLog {
       this.flushAndSync() // nothing saved is dropped by a graceful close
       clearTimeout(this.lazySync)
       this.db.close()
+      this.lock?.release()
       this.closed = true
       if (this.syncsInFlight.length === 0) this.closeWal() // else the last running sync's callback closes it
     }
