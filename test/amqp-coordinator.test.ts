@@ -17,6 +17,10 @@ import {
 import { startTcpProxy, type TcpProxy } from './support/tcp-proxy.js'
 import { amqpUrl, amqpUrlVia, listBrokerNames, requireRabbit } from './support/rabbit.js'
 import { BrokerSide, type Received } from './support/broker-side.js'
+import { signBody, signBodyV1, SIGNATURE_HEADER } from '@fastify-2pc/protocol'
+import { verifyBrokerMessage } from '@fastify-2pc/protocol/amqp'
+
+const SECRET = 'amqp-coordinator-secret-0123'
 
 const root = `twopc-c-${randomBytes(3).toString('hex')}`
 let seq = 0
@@ -346,6 +350,81 @@ t.test('an ack over RabbitMQ marks a participant acked; malformed and mismatched
   const calls = p.callsTo('commit').length
   await waitFor(async () => (await c.api.get(`/v1/transactions/${txid}`)).body.participants[0].nextAttemptAt === null, 2000, 'no retry scheduled')
   t.ok(p.callsTo('commit').length <= calls + 1, 'at most the call already in flight after the ack')
+})
+
+t.test('with a secret: notices and coordinator.started go out signed; forged, replayed and legacy acks are refused (dead-lettered, counted), phase 2 goes on; a signed ack is applied', async t => {
+  const broker = await setup(t)
+  if (broker === undefined) return
+  const { names, prefix } = broker
+  broker.participants.add('p')
+  await broker.exchange(names.eventsExchange, 'fanout')
+  const events = await broker.collect(await broker.tempQueue(names.eventsExchange))
+  const p = await startParticipant(t, { secret: SECRET, phase2Failure: { status: 503, times: Infinity } })
+  const c = await startCoordinator(t, { amqpUrl: amqpUrl(), amqpPrefix: prefix, secret: SECRET, retryBudget: 1000 })
+  await waitFor(() => events.length === 1, 10_000, 'coordinator.started')
+  const started = events[0] as Received
+  t.ok(verifyBrokerMessage(SECRET, 'amqp.event', started.headers, started.raw).ok, 'coordinator.started signed for amqp.event over its exact bytes')
+
+  const res = await c.api.post('/v1/transactions', { participants: [{ name: 'p', url: p.url }], commit: true })
+  t.equal(res.body.state, 'committed')
+  const txid = res.body.id as string
+  await waitFor(async () => (await broker.count(names.participantQueue('p'))) === 1, 10_000, 'decision notice on p\'s queue')
+  const [notice] = await broker.drain(names.participantQueue('p'))
+  if (notice === undefined) throw new Error('no notice')
+  t.same(notice.body, { txid, participant: 'p', decision: 'commit' })
+  t.ok(verifyBrokerMessage(SECRET, 'amqp.decision', notice.headers, notice.raw).ok, 'the notice is signed for amqp.decision over its exact bytes')
+  t.match(verifyBrokerMessage(SECRET, 'amqp.ack', notice.headers, notice.raw), { ok: false, reason: 'mismatch' }, 'and is no ack')
+
+  const content = Buffer.from(JSON.stringify({ txid, participant: 'p', decision: 'commit' }))
+  const ack = (body: Buffer, messageId: string, signature?: unknown): Promise<void> =>
+    broker.publish(names.acksExchange, names.acksRoutingKey, body, { messageId, contentType: 'application/json', ...(signature !== undefined ? { headers: { [SIGNATURE_HEADER]: signature } } : {}) })
+  await ack(content, 'unsigned')
+  await ack(content, 'wrong-secret', signBody('not-the-secret', 'amqp.ack', content))
+  await ack(notice.raw, 'notice-as-ack', notice.headers[SIGNATURE_HEADER]) // the same body shape, signed for amqp.decision
+  await ack(content, 'legacy-v1', signBodyV1(SECRET, content))
+  await ack(content, 'garbage-signature', 'v2=0')
+  const forged = ['garbage-signature', 'legacy-v1', 'notice-as-ack', 'unsigned', 'wrong-secret']
+  const dlq = names.deadLetterQueue(names.acksQueue)
+  await waitFor(async () => (await broker.count(dlq)) === forged.length, 10_000, 'the forged acks dead-lettered')
+  const dead = await broker.drain(dlq)
+  t.same(dead.map(m => m.messageId).sort(), forged, 'each forged ack dead-lettered once')
+  let view = (await c.api.get(`/v1/transactions/${txid}`)).body
+  t.equal(view.participants[0].ack, 'pending', 'no forged ack marked the participant acked')
+  t.equal(view.completed, false)
+  const metrics = (await c.api.get('/metrics')).text
+  const series = (name: string): number | undefined => {
+    const line = metrics.split('\n').find(l => l.startsWith(name + ' '))
+    return line === undefined ? undefined : Number(line.slice(name.length + 1))
+  }
+  t.equal(series('twopc_amqp_rejected_total{reason="missing"}'), 1)
+  t.equal(series('twopc_amqp_rejected_total{reason="mismatch"}'), 2)
+  t.equal(series('twopc_amqp_rejected_total{reason="legacy-scheme"}'), 1)
+  t.equal(series('twopc_amqp_rejected_total{reason="malformed"}'), 1)
+
+  // Phase 2 goes on: once p answers, the real participant gets the decision over HTTP.
+  delete p.behaviour.phase2Failure
+  view = await waitFor(async () => {
+    const v = (await c.api.get(`/v1/transactions/${txid}`)).body
+    return v.completed === true ? v : undefined
+  }, 10_000, 'acked over HTTP')
+  t.equal(view.participants[0].ack, 'acked')
+  t.equal(p.state(txid), 'committed', 'the participant got the decision')
+  t.ok(p.callsTo('commit', txid).some(call => call.status === 200 && call.signatureOk === true), 'a signed commit callback answered ok')
+
+  // A signed ack (however old: no age limit on broker messages) is applied.
+  const p2 = await startParticipant(t, { secret: SECRET, phase2Failure: { status: 503, times: Infinity } })
+  const res2 = await c.api.post('/v1/transactions', { participants: [{ name: 'p', url: p2.url }], commit: true })
+  const txid2 = res2.body.id as string
+  await waitFor(async () => (await broker.count(names.participantQueue('p'))) === 1, 10_000, 'second notice on p\'s queue')
+  const content2 = Buffer.from(JSON.stringify({ txid: txid2, participant: 'p', decision: 'commit' }))
+  await ack(content2, 'signed', signBody(SECRET, 'amqp.ack', content2, Date.now() - 3_600_000))
+  view = await waitFor(async () => {
+    const v = (await c.api.get(`/v1/transactions/${txid2}`)).body
+    return v.completed === true ? v : undefined
+  }, 10_000, 'acked over RabbitMQ')
+  t.equal(view.participants[0].ack, 'acked', 'a signed ack marks the participant acked')
+  t.equal(await broker.count(dlq), 0, 'nothing more dead-lettered')
+  t.equal(await broker.count(names.acksQueue), 0)
 })
 
 t.test('an ack that arrives while the coordinator is closing is left on the queue, and applied by the next start', async t => {

@@ -17,7 +17,7 @@ import { transactionRoutes } from './routes.js'
 import { operatorRoutes } from './admin/api.js'
 import { adminConsole } from './admin/console.js'
 import { OutboxPublisher } from './outbox.js'
-import { AmqpLink, PoisonMessageError } from '@fastify-2pc/protocol/amqp'
+import { AmqpLink, PoisonMessageError, verifyBrokerMessage } from '@fastify-2pc/protocol/amqp'
 import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
 import { createMetrics, type CoordinatorMetrics } from './metrics.js'
@@ -72,7 +72,14 @@ export const coordinatorPlugin = fp<{ options: ResolvedOptions }>(async (app, { 
   let outbox: OutboxPublisher | undefined
   if (options.amqpUrl !== undefined) {
     link = new AmqpLink({ url: options.amqpUrl, prefix: options.amqpPrefix, logger: app.log.child({ component: 'amqp' }), connectionName: `twopc-coordinator ${coordinatorId}` })
-    outbox = new OutboxPublisher(log, link, { batchSize: 500, intervalMs: 1000, maxBatchesPerFlush: 20, publishTimeoutMs: 10_000, logger: app.log.child({ component: 'outbox' }) })
+    outbox = new OutboxPublisher(log, link, {
+      batchSize: 500,
+      intervalMs: 1000,
+      maxBatchesPerFlush: 20,
+      publishTimeoutMs: 10_000,
+      logger: app.log.child({ component: 'outbox' }),
+      ...(options.secret !== undefined ? { secret: options.secret } : {})
+    })
   } else {
     app.log.warn('AMQP_URL is not set: running WITHOUT RabbitMQ — undelivered decisions are retried over HTTP only, transactional messages are refused')
   }
@@ -158,7 +165,19 @@ export const coordinatorPlugin = fp<{ options: ResolvedOptions }>(async (app, { 
       const amqp = link
       // start() resolves after the first attempt either way: a down broker never blocks start-up.
       await amqp.start()
+      const secret = options.secret
       await amqp.consumeAcks(async (msg) => {
+        if (secret !== undefined) {
+          // Authenticate before parsing: anyone who can publish on the vhost could otherwise
+          // mark a participant acked and stop phase 2 for it. Dead-lettered, never requeued.
+          const check = verifyBrokerMessage(secret, 'amqp.ack', msg.properties.headers, msg.content)
+          if (!check.ok) {
+            metrics.amqpRejected.inc({ reason: check.reason })
+            app.log.warn({ queue: names.acksQueue, messageId: msg.properties.messageId, reason: check.reason, bytes: msg.content.length },
+              'RabbitMQ: ack refused: bad signature; dead-lettered')
+            throw new PoisonMessageError(`ack refused: signature ${check.reason}`)
+          }
+        }
         const ack = parseAckNotice(msg.content)
         if (ack === undefined) throw new PoisonMessageError('not an ack notice')
         // Closing: fail the delivery so the broker keeps the ack for the next start — returning

@@ -23,6 +23,7 @@ export interface CoordinatorMetrics {
   httpRequests: Counter<'method' | 'route' | 'status'>
   httpSeconds: Histogram<'method' | 'route'>
   outboxPublished: Counter
+  amqpRejected: Counter<'reason'>
 }
 
 export function createMetrics (log: CoordinatorLog, outboxEnabled: () => boolean): CoordinatorMetrics {
@@ -104,6 +105,12 @@ export function createMetrics (log: CoordinatorLog, outboxEnabled: () => boolean
     callbackBatch: new Histogram({ name: 'twopc_callback_batch_size', help: 'Callbacks per batch request to a participant (lone calls go out singly and are not counted)', buckets: [2, 4, 8, 16, 32, 64, 128, 256], registers: [registry] }),
     httpRequests: new Counter({ name: 'twopc_http_requests_total', help: 'HTTP requests by route and status', labelNames: ['method', 'route', 'status'], registers: [registry] }),
     httpSeconds: new Histogram({ name: 'twopc_http_request_duration_seconds', help: 'HTTP request duration by route', labelNames: ['method', 'route'], buckets: latency, registers: [registry] }),
-    outboxPublished: new Counter({ name: 'twopc_outbox_published_total', help: 'Outbox rows confirmed by RabbitMQ', registers: [registry] })
+    outboxPublished: new Counter({ name: 'twopc_outbox_published_total', help: 'Outbox rows confirmed by RabbitMQ', registers: [registry] }),
+    amqpRejected: new Counter({
+      name: 'twopc_amqp_rejected_total',
+      help: 'Acks from RabbitMQ refused because their signature failed (with TWOPC_SECRET), by reason (missing, malformed, mismatch, legacy-scheme); each is dead-lettered',
+      labelNames: ['reason'],
+      registers: [registry]
+    })
   }
 }

@@ -4,9 +4,16 @@
  * after the broker's confirm. A broker that is down or slow only makes the outbox grow: nothing
  * here is on the HTTP path. At least once: a row whose confirm was lost is published again,
  * with the same messageId.
+ *
+ * With a secret, decision notices and events are signed here, at publish time, over the exact
+ * bytes published (`x-2pc-signature`, operations `amqp.decision` / `amqp.event`): the outbox
+ * stores the body only, so a row written before a restart is signed with the secret in force
+ * when it goes out. Transactional messages are the application's and go out as enlisted.
+ * Consumers verify broker signatures without an age limit (protocol/src/amqp/signing.ts), so a
+ * notice that waits hours in a queue is still accepted.
  */
 import type { FastifyBaseLogger } from 'fastify'
-import type { AmqpLink, PublishItem } from '@fastify-2pc/protocol/amqp'
+import { signBrokerMessage, type AmqpLink, type BrokerOperation, type PublishItem } from '@fastify-2pc/protocol/amqp'
 import type { CoordinatorLog, OutboxRow } from './log/store.js'
 
 export interface OutboxOptions {
@@ -17,6 +24,8 @@ export interface OutboxOptions {
   maxBatchesPerFlush: number
   publishTimeoutMs: number
   logger: FastifyBaseLogger
+  /** TWOPC_SECRET: signs decision notices and events; unset, they go out unsigned. */
+  secret?: string
   now?: () => number
 }
 
@@ -68,7 +77,8 @@ export class OutboxPublisher {
       const rows = this.log.outboxBatch(afterId, this.options.batchSize)
       if (rows.length === 0) return
       afterId = (rows[rows.length - 1] as OutboxRow).id
-      const result = await this.link.publishBatch(rows.map(toItem), { timeoutMs: this.options.publishTimeoutMs })
+      const secret = this.options.secret
+      const result = await this.link.publishBatch(rows.map(row => toItem(row, secret)), { timeoutMs: this.options.publishTimeoutMs })
       if (this.stopped && !this.log.db.open) return
       const failed = result.failed.map(f => ({ id: f.item.rowId, error: `${f.error.code}: ${f.error.message}`, permanent: f.error.permanent }))
       this.log.settleOutbox(result.confirmed.map(c => c.rowId), failed, this.now())
@@ -102,14 +112,20 @@ export class OutboxPublisher {
   }
 }
 
-function toItem (row: OutboxRow): OutboxItem {
+const SIGNED_KINDS: Partial<Record<OutboxRow['kind'], BrokerOperation>> = { decision: 'amqp.decision', event: 'amqp.event' }
+
+function toItem (row: OutboxRow, secret: string | undefined): OutboxItem {
   const headers: Record<string, unknown> = { ...(row.headers ?? {}) }
   if (row.txId !== null) headers['x-twopc-txid'] = row.txId
+  const body = Buffer.from(row.body)
+  const operation = SIGNED_KINDS[row.kind]
+  // Signed over `body`, the Buffer the link publishes as is.
+  if (secret !== undefined && operation !== undefined) Object.assign(headers, signBrokerMessage(secret, operation, body))
   return {
     rowId: row.id,
     exchange: row.exchange,
     routingKey: row.routingKey,
-    body: Buffer.from(row.body),
+    body,
     messageId: row.messageId,
     headers
   }

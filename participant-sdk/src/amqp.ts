@@ -21,12 +21,21 @@
  * operator and logged at error), or a decision contradicting the one already applied.
  * A user handler that throws is not poison: the notice is requeued (after the link's
  * `retryDelayMs`), and the queue's delivery limit dead-letters it if it keeps failing.
+ *
+ * With a `secret` (the one the HTTP callbacks are signed with), every notice and event must carry
+ * `x-2pc-signature` for its operation (`amqp.decision`, `amqp.event`) over its exact content, or
+ * it is refused before it is even parsed: dead-lettered (a notice) or dropped (an event: its
+ * private queue has no dead-letter queue), logged with the reason and counted (`rejected`). Acks
+ * go out signed for `amqp.ack`. No age limit on these signatures: a notice may wait in the queue
+ * for as long as the participant is down (see protocol/src/amqp/signing.ts). Without a secret,
+ * unsigned notices and events are accepted: anyone who can publish on the vhost can then commit
+ * or abort a prepared transaction here.
  */
 import type { FastifyBaseLogger } from 'fastify'
 import { crashPoint, parseCoordinatorStarted, parseDecisionNotice, TX_ID_PATTERN } from '@fastify-2pc/protocol'
 import type { AckNotice, DecisionNotice } from '@fastify-2pc/protocol'
-import { AmqpLink, PoisonMessageError } from '@fastify-2pc/protocol/amqp'
-import type { AmqpLinkOptions, AmqpLinkStatus, MessageHandler } from '@fastify-2pc/protocol/amqp'
+import { AmqpLink, PoisonMessageError, signBrokerMessage, verifyBrokerMessage } from '@fastify-2pc/protocol/amqp'
+import type { AmqpLinkOptions, AmqpLinkStatus, BrokerRejectReason, MessageHandler } from '@fastify-2pc/protocol/amqp'
 import { applyDecision } from './decision.js'
 import type { ParticipantEngine } from './engine.js'
 import { HandlerThrew } from './engine.js'
@@ -56,6 +65,8 @@ export interface ParticipantAmqpStatus extends AmqpLinkStatus {
   ackPublishFailures: number
   /** In-doubt re-checks started by `coordinator.started` or a (re)connect. */
   rechecks: number
+  /** Notices and events refused for a bad signature (with a `secret`): notices dead-lettered, events dropped. */
+  rejected: number
 }
 
 export interface DecisionReceiverOptions {
@@ -65,9 +76,16 @@ export interface DecisionReceiverOptions {
   recovery: InDoubtRecovery
   logger: FastifyBaseLogger
   link?: ParticipantAmqpOptions
+  /** Shared with the coordinator: notices and events must be signed with it; acks are. */
+  secret?: string
   /** Observer of every counter change (metrics): the counter's name. */
   onCount?: (counter: AmqpCounter) => void
+  /** Observer of every message refused for its signature (metrics). */
+  onRejected?: (kind: RejectedKind, reason: BrokerRejectReason) => void
 }
+
+/** What a refused message claimed to be. */
+export type RejectedKind = 'decision' | 'event'
 
 export type AmqpCounter = 'received' | 'applied' | 'repeated' | 'deadLettered' | 'failed' | 'acksPublished' | 'ackPublishFailures' | 'rechecks'
 
@@ -84,8 +102,10 @@ export class DecisionReceiver {
   readonly #recovery: InDoubtRecovery
   readonly #logger: FastifyBaseLogger
   readonly #prefetch: number
-  readonly #stats = { received: 0, applied: 0, repeated: 0, deadLettered: 0, failed: 0, acksPublished: 0, ackPublishFailures: 0, rechecks: 0 }
+  readonly #stats = { received: 0, applied: 0, repeated: 0, deadLettered: 0, failed: 0, acksPublished: 0, ackPublishFailures: 0, rechecks: 0, rejected: 0 }
   readonly #onCount: ((counter: AmqpCounter) => void) | undefined
+  readonly #secret: string | undefined
+  readonly #onRejected: ((kind: RejectedKind, reason: BrokerRejectReason) => void) | undefined
   #started = false
   #closed = false
 
@@ -96,6 +116,8 @@ export class DecisionReceiver {
     this.#logger = options.logger
     this.#prefetch = options.link?.prefetch ?? DEFAULT_PREFETCH
     this.#onCount = options.onCount
+    this.#secret = options.secret
+    this.#onRejected = options.onRejected
     this.link = new AmqpLink({
       connectionName: `twopc-participant ${options.engine.name}`,
       ...options.link,
@@ -150,8 +172,24 @@ export class DecisionReceiver {
     this.#onCount?.(counter)
   }
 
+  /**
+   * With a secret: throws a PoisonMessageError (the link dead-letters, never requeues) unless the
+   * message is signed for `operation` over its exact content. Logs the reason, never the body.
+   */
+  #authenticate (msg: ConsumeMessage, kind: RejectedKind): void {
+    if (this.#secret === undefined) return
+    const check = verifyBrokerMessage(this.#secret, kind === 'decision' ? 'amqp.decision' : 'amqp.event', msg.properties.headers, msg.content)
+    if (check.ok) return
+    this.#stats.rejected++
+    this.#onRejected?.(kind, check.reason)
+    this.#logger.warn({ kind, reason: check.reason, messageId: msg.properties.messageId, exchange: msg.fields.exchange, routingKey: msg.fields.routingKey, bytes: msg.content.length },
+      kind === 'decision' ? 'RabbitMQ: decision notice refused: bad signature; dead-lettered' : 'RabbitMQ: event refused: bad signature; dropped')
+    throw new PoisonMessageError(`${kind} refused: signature ${check.reason}`)
+  }
+
   async #onDecision (msg: ConsumeMessage): Promise<void> {
     this.#count('received')
+    this.#authenticate(msg, 'decision')
     const notice = parseDecisionNotice(msg.content)
     const messageId = msg.properties.messageId as string | undefined
     if (notice === undefined || !TX_ID.test(notice.txid)) {
@@ -204,6 +242,8 @@ export class DecisionReceiver {
   async #publishAck (notice: DecisionNotice, messageId: string | undefined): Promise<void> {
     const names = this.link.names
     const ack: AckNotice = { txid: notice.txid, participant: this.#engine.name, decision: notice.decision }
+    // Encoded here so the signature covers the exact bytes published.
+    const body = Buffer.from(JSON.stringify(ack))
     // Consumers are subscribed while the link is still setting up a (re)connection, before it
     // reports 'connected' and accepts publishes: a notice that was waiting in the queue can be
     // applied in that window. Wait (bounded) for the link rather than fail the ack.
@@ -211,8 +251,9 @@ export class DecisionReceiver {
     const { failed } = await this.link.publishBatch([{
       exchange: names.acksExchange,
       routingKey: names.acksRoutingKey,
-      body: ack,
-      messageId: `ack.${this.#engine.name}.${notice.txid}.${notice.decision}`
+      body,
+      messageId: `ack.${this.#engine.name}.${notice.txid}.${notice.decision}`,
+      ...(this.#secret !== undefined ? { headers: signBrokerMessage(this.#secret, 'amqp.ack', body) } : {})
     }])
     if (failed.length === 0) {
       this.#count('acksPublished')
@@ -227,6 +268,7 @@ export class DecisionReceiver {
   }
 
   #onEvent (msg: ConsumeMessage): void {
+    this.#authenticate(msg, 'event')
     const event = parseCoordinatorStarted(msg.content)
     if (event === undefined) throw new PoisonMessageError('not a coordinator.started event')
     this.#recheck(`coordinator ${event.coordinatorId} started`)

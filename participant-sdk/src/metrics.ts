@@ -11,7 +11,8 @@
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client'
 import type { Database } from 'better-sqlite3'
-import type { AmqpCounter } from './amqp.js'
+import type { BrokerRejectReason } from '@fastify-2pc/protocol/amqp'
+import type { AmqpCounter, RejectedKind } from './amqp.js'
 import type { EngineObserver } from './engine.js'
 import type { ParticipantLog } from './log.js'
 
@@ -22,6 +23,7 @@ export interface ParticipantMetrics {
   onQuery: (result: 'committed' | 'aborted' | 'pending' | 'failed') => void
   onPrune: (deleted: number) => void
   onAmqp: (counter: AmqpCounter) => void
+  onAmqpRejected: (kind: RejectedKind, reason: BrokerRejectReason) => void
   /** For the batch route: calls carried by one request. */
   onBatch: (calls: number) => void
 }
@@ -124,6 +126,12 @@ export function createParticipantMetrics (name: string, db: Database, log: Parti
     labelNames: ['result', 'participant'],
     registers: [registry]
   })
+  const rejected = new Counter({
+    name: 'twopc_participant_amqp_rejected_total',
+    help: 'RabbitMQ messages refused because their signature failed (with a secret), by kind (decision: dead-lettered, event: dropped) and reason (missing, malformed, mismatch, legacy-scheme)',
+    labelNames: ['kind', 'reason', 'participant'],
+    registers: [registry]
+  })
   const rechecks = new Counter({
     name: 'twopc_participant_amqp_rechecks_total',
     help: 'In-doubt re-checks started by coordinator.started or a (re)connect to RabbitMQ',
@@ -159,6 +167,7 @@ export function createParticipantMetrics (name: string, db: Database, log: Parti
       else if (counter === 'acksPublished') acks.inc({ result: 'published', ...p })
       else if (counter === 'ackPublishFailures') acks.inc({ result: 'failed', ...p })
       else if (counter === 'rechecks') rechecks.inc(p)
-    }
+    },
+    onAmqpRejected (kind, reason) { rejected.inc({ kind, reason, ...p }) }
   }
 }

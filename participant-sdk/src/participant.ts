@@ -517,7 +517,8 @@ const plugin: FastifyPluginAsync<TwoPhaseParticipantOptions> = async (fastify: F
       engine,
       recovery,
       logger,
-      ...(metrics !== undefined ? { onCount: metrics.onAmqp } : {}),
+      ...(options.secret !== undefined ? { secret: options.secret } : {}),
+      ...(metrics !== undefined ? { onCount: metrics.onAmqp, onRejected: metrics.onAmqpRejected } : {}),
       ...(options.amqpOptions !== undefined ? { link: options.amqpOptions } : {})
     })
   } else {

@@ -8,11 +8,11 @@ import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import amqp from 'amqplib'
 import pino from 'pino'
-import { amqpNames, type AckNotice } from '@fastify-2pc/protocol'
-import { topologyObjects } from '@fastify-2pc/protocol/amqp'
+import { amqpNames, signBody, signBodyV1, SIGNATURE_HEADER, type AckNotice } from '@fastify-2pc/protocol'
+import { topologyObjects, verifyBrokerMessage } from '@fastify-2pc/protocol/amqp'
 import { buildCoordinator } from '@fastify-2pc/coordinator'
 import type { FastifyInstance } from 'fastify'
-import { buildInventory, callback, prepareBody, txid } from './helpers.js'
+import { buildInventory, callback, prepareBody, SECRET, txid } from './helpers.js'
 import type { Inventory } from './helpers.js'
 import type { TwoPhaseParticipantOptions } from '../src/index.js'
 import { amqpUrl, amqpUrlVia, cleanupPrefix, listBrokerNames, requireRabbit, testPrefix } from '../../test/support/rabbit.js'
@@ -46,21 +46,27 @@ async function brokerFor (t: Teardown, prefix: string) {
   })
   return {
     names,
-    async publish (body: unknown, messageId: string): Promise<void> {
+    /** To the decisions exchange (or, with `straight`, to the queue through the default exchange). */
+    async publish (body: unknown, messageId: string, headers?: Record<string, unknown>, straight = false): Promise<void> {
       const content = Buffer.isBuffer(body) ? body : Buffer.from(JSON.stringify(body))
-      ch.publish(names.decisionsExchange, names.participantRoutingKey('inventory'), content, { persistent: true, messageId, contentType: 'application/json' })
+      const [exchange, routingKey] = straight ? ['', names.participantQueue('inventory')] : [names.decisionsExchange, names.participantRoutingKey('inventory')]
+      ch.publish(exchange, routingKey, content, { persistent: true, messageId, contentType: 'application/json', ...(headers !== undefined ? { headers } : {}) })
+      await ch.waitForConfirms()
+    },
+    async publishEvent (content: Buffer, messageId: string, headers?: Record<string, unknown>): Promise<void> {
+      ch.publish(names.eventsExchange, '', content, { persistent: true, messageId, contentType: 'application/json', ...(headers !== undefined ? { headers } : {}) })
       await ch.waitForConfirms()
     },
     async count (queue: string): Promise<number> {
       return (await ch.checkQueue(queue)).messageCount
     },
     /** Takes every message now in `queue` (acked: removed). */
-    async drain (queue: string): Promise<Array<{ body: string, messageId: string | undefined }>> {
-      const out: Array<{ body: string, messageId: string | undefined }> = []
+    async drain (queue: string): Promise<Array<{ body: string, raw: Buffer, messageId: string | undefined, headers: Record<string, unknown> }>> {
+      const out: Array<{ body: string, raw: Buffer, messageId: string | undefined, headers: Record<string, unknown> }> = []
       for (;;) {
         const msg = await ch.get(queue, { noAck: true })
         if (msg === false) return out
-        out.push({ body: msg.content.toString(), messageId: msg.properties.messageId as string | undefined })
+        out.push({ body: msg.content.toString(), raw: msg.content, messageId: msg.properties.messageId as string | undefined, headers: msg.properties.headers ?? {} })
       }
     }
   }
@@ -73,8 +79,8 @@ async function startInventory (t: Teardown, dir: string, options: Partial<TwoPha
   return inv
 }
 
-async function prepared (app: FastifyInstance, id: string): Promise<void> {
-  const res = await app.inject(callback('/2pc/prepare', prepareBody(id, 2)))
+async function prepared (app: FastifyInstance, id: string, secret?: string): Promise<void> {
+  const res = await app.inject(callback('/2pc/prepare', prepareBody(id, 2), secret))
   if (res.json().vote !== 'yes') throw new Error(`prepare of ${id} answered ${res.body}`)
 }
 
@@ -152,6 +158,91 @@ t.test('decision notices: applied once, acked to the coordinator; poison and heu
   t.equal(series('twopc_participant_callbacks_total{kind="commit",source="amqp",outcome="ok",participant="inventory"}'), 2)
   t.equal(series('twopc_participant_callbacks_total{kind="commit",source="amqp",outcome="tx_unknown",participant="inventory"}'), 1)
   t.equal(series('twopc_participant_callbacks_total{kind="abort",source="amqp",outcome="ok",participant="inventory"}'), 1)
+})
+
+t.test('with a secret: forged, replayed and legacy-signed notices and events are refused (dead-lettered, counted); signed ones are applied, however old, and acks go out signed', async t => {
+  if (!(await requireRabbit(t))) return
+  const prefix = testPrefix('t')
+  const broker = await brokerFor(t, prefix)
+  const { names } = broker
+  const inv = await startInventory(t, t.testdir(), { amqpUrl: amqpUrl(), amqpPrefix: prefix, secret: SECRET })
+  const status = () => inv.app.twoPhase.amqpStatus()!
+  await waitFor('the link and its first re-check', () => status().connected && status().rechecks === 1)
+
+  const id = txid()
+  const old = txid()
+  await prepared(inv.app, id, SECRET)
+  await prepared(inv.app, old, SECRET)
+  t.same(inv.stock('apple'), { available: 6, reserved: 4 })
+
+  const commit = Buffer.from(JSON.stringify({ txid: id, participant: 'inventory', decision: 'commit' }))
+  const abort = Buffer.from(JSON.stringify({ txid: id, participant: 'inventory', decision: 'abort' }))
+  const sig = (value: unknown): Record<string, unknown> => ({ [SIGNATURE_HEADER]: value })
+  // Anyone who can publish on the vhost, without the secret, or with a signature for something else:
+  await broker.publish(commit, 'unsigned')
+  await broker.publish(abort, 'unsigned-straight-to-the-queue', undefined, true)
+  await broker.publish(commit, 'wrong-secret', sig(signBody('not-the-secret', 'amqp.decision', commit)))
+  await broker.publish(commit, 'garbage-signature', sig('t=1,v2=nope'))
+  await broker.publish(commit, 'bytes-signature', sig(Buffer.from(signBody(SECRET, 'amqp.decision', commit))))
+  await broker.publish(commit, 'legacy-v1', sig(signBodyV1(SECRET, commit)))
+  // A genuine ack (same body shape as a notice) republished onto the decision queue:
+  await broker.publish(abort, 'ack-as-notice', sig(signBody(SECRET, 'amqp.ack', abort)))
+  // The HTTP callback's signature over the same bytes:
+  await broker.publish(commit, 'http-commit-signature', sig(signBody(SECRET, 'commit', commit)))
+  // Signed for another body:
+  await broker.publish(commit, 'signature-of-another-body', sig(signBody(SECRET, 'amqp.decision', abort)))
+  const forged = ['ack-as-notice', 'bytes-signature', 'garbage-signature', 'http-commit-signature', 'legacy-v1', 'signature-of-another-body', 'unsigned', 'unsigned-straight-to-the-queue', 'wrong-secret']
+
+  const queue = names.participantQueue('inventory')
+  const dlq = names.deadLetterQueue(queue)
+  await waitFor('every forged notice refused', async () => status().rejected === forged.length && await broker.count(dlq) === forged.length, 15_000, status)
+  t.equal(inv.app.twoPhase.stateOf(id), 'prepared', 'no forged notice committed or aborted the prepared transaction')
+  t.same(inv.calls, { prepare: 2, commit: 0, abort: 0 }, 'no handler ran')
+  t.same(inv.stock('apple'), { available: 6, reserved: 4 })
+  t.equal(await broker.count(names.acksQueue), 0, 'nothing acked')
+  const dead = await broker.drain(dlq)
+  t.same(dead.map(m => m.messageId).sort(), forged, 'each forged notice dead-lettered once, as sent')
+  t.same(dead.find(m => m.messageId === 'unsigned')?.raw, commit)
+
+  // A forged coordinator.started does not start a re-check (its private queue has no dead-letter queue: dropped).
+  const event = Buffer.from(JSON.stringify({ type: 'coordinator.started', coordinatorId: 'c1', at: Date.now() }))
+  await broker.publishEvent(event, 'event-unsigned')
+  await broker.publishEvent(event, 'event-signed-as-notice', sig(signBody(SECRET, 'amqp.decision', event)))
+  await waitFor('the forged events refused', () => status().rejected === forged.length + 2, 15_000, status)
+  t.equal(status().rechecks, 1, 'no re-check from a forged event')
+  await broker.publishEvent(event, 'event-signed', sig(signBody(SECRET, 'amqp.event', event)))
+  await waitFor('the signed event', () => status().rechecks === 2, 15_000, status)
+
+  // Genuine notices: applied, acked with a signature for amqp.ack. One was signed an hour ago
+  // (a participant down for an hour still accepts what waited in its queue).
+  await broker.publish(commit, 'signed', sig(signBody(SECRET, 'amqp.decision', commit)))
+  const oldCommit = Buffer.from(JSON.stringify({ txid: old, participant: 'inventory', decision: 'commit' }))
+  await broker.publish(oldCommit, 'signed-an-hour-ago', sig(signBody(SECRET, 'amqp.decision', oldCommit, Date.now() - 3_600_000)))
+  await waitFor('both applied and acked', async () => status().acksPublished === 2 && await broker.count(names.acksQueue) === 2, 15_000, status)
+  t.equal(inv.app.twoPhase.stateOf(id), 'committed')
+  t.equal(inv.app.twoPhase.stateOf(old), 'committed')
+  t.same(inv.stock('apple'), { available: 6, reserved: 0 })
+  const acks = await broker.drain(names.acksQueue)
+  for (const ack of acks) {
+    t.ok(verifyBrokerMessage(SECRET, 'amqp.ack', ack.headers, ack.raw).ok, `ack ${ack.messageId ?? ''} signed for amqp.ack over its exact bytes`)
+    t.match(verifyBrokerMessage(SECRET, 'amqp.decision', ack.headers, ack.raw), { ok: false, reason: 'mismatch' }, 'and not usable as a notice')
+  }
+  t.equal(await broker.count(dlq), 0, 'nothing more dead-lettered')
+  t.match(status(), { rejected: forged.length + 2, deadLettered: 0, applied: 2, failed: 0 })
+
+  const metrics = await inv.app.twoPhase.metrics!.metrics()
+  const series = (name: string): number | undefined => {
+    const line = metrics.split('\n').find(l => l.startsWith(name + ' '))
+    return line === undefined ? undefined : Number(line.slice(name.length + 1))
+  }
+  const rejected = (kind: string, reason: string): number | undefined =>
+    series(`twopc_participant_amqp_rejected_total{kind="${kind}",reason="${reason}",participant="inventory"}`)
+  t.equal(rejected('decision', 'missing'), 2)
+  t.equal(rejected('decision', 'mismatch'), 4)
+  t.equal(rejected('decision', 'malformed'), 2)
+  t.equal(rejected('decision', 'legacy-scheme'), 1)
+  t.equal(rejected('event', 'missing'), 1)
+  t.equal(rejected('event', 'mismatch'), 1)
 })
 
 t.test('a handler that throws: the notice is requeued, then applied once it succeeds', async t => {

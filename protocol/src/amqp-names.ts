@@ -78,6 +78,68 @@ export function amqpNames (prefix: string = DEFAULT_AMQP_PREFIX): AmqpNames {
 }
 
 // ---------------------------------------------------------------------------------------------
+// RabbitMQ permissions (README, "RabbitMQ permissions")
+
+/**
+ * One user's permissions on the deployment's vhost, as `rabbitmqctl set_permissions` takes them
+ * (regular expressions over exchange and queue names), and, for a participant, its topic
+ * permissions on the decisions exchange (`rabbitmqctl set_topic_permissions`).
+ */
+export interface AmqpPermissions {
+  configure: string
+  write: string
+  read: string
+  topic?: { exchange: string, write: string, read: string }
+}
+
+function escapeRegex (text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
+}
+
+function anyOf (names: string[]): string {
+  return `^(${names.join('|')})$`
+}
+
+/**
+ * The coordinator's user: every name under the prefix (it declares the topology and every
+ * participant's queue, publishes notices and events, consumes acks), plus write on the exchanges
+ * transactional messages are published to (`messageExchanges`, names as enlisted).
+ */
+export function coordinatorPermissions (names: AmqpNames, messageExchanges: readonly string[] = []): AmqpPermissions {
+  const own = `^${escapeRegex(names.prefix)}\\.`
+  return {
+    configure: own,
+    write: messageExchanges.length === 0 ? own : anyOf([`${escapeRegex(names.prefix)}\\..*`, ...messageExchanges.map(escapeRegex)]),
+    read: own
+  }
+}
+
+/**
+ * One participant's user, with the topology declared by the coordinator (or pre-declared) and
+ * the participant's link run with `declareTopology: false`. It may:
+ * - declare its own queue and dead-letter queue (configure), bind them (write on the queues,
+ *   read on the decisions and dead-letter exchanges) and consume its queue (read);
+ * - publish acks to the acks exchange (write), and nothing else: not to the decisions or events
+ *   exchanges, not through the default exchange (`amq.default`) into any queue;
+ * - declare, bind and consume its private, server-named events queue (`amq.gen-…`);
+ * - declare a queue that dead-letters to the dead-letter exchange: RabbitMQ asks for write on it;
+ * - bind to the decisions exchange with its own routing key only (topic permissions), so it
+ *   cannot route other participants' notices into its queue.
+ */
+export function participantPermissions (names: AmqpNames, participant: string): AmqpPermissions {
+  const queue = names.participantQueue(participant)
+  const dlq = names.deadLetterQueue(queue)
+  const x = (name: string): string => escapeRegex(name)
+  const events = 'amq\\.gen-.*'
+  return {
+    configure: anyOf([x(queue), x(dlq), events]),
+    write: anyOf([x(names.acksExchange), x(names.deadLetterExchange), x(queue), x(dlq), events]),
+    read: anyOf([x(names.decisionsExchange), x(names.eventsExchange), x(names.deadLetterExchange), x(queue), events]),
+    topic: { exchange: names.decisionsExchange, write: '^$', read: `^${x(names.participantRoutingKey(participant))}$` }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Message bodies (JSON, content type application/json)
 
 /** Coordinator -> participant, on `<prefix>.decisions` with routing key `participant.<name>`. */

@@ -155,3 +155,22 @@ export async function rabbitmqctlList (args: string[]): Promise<string[][] | und
     })
   })
 }
+
+/** Runs `rabbitmqctl args…` (the local node); never throws. */
+export async function rabbitmqctl (args: string[], timeoutMs = 30_000): Promise<{ ok: boolean, stdout: string, stderr: string }> {
+  const { execFile } = await import('node:child_process')
+  return new Promise((resolve) => {
+    execFile('rabbitmqctl', args, { timeout: timeoutMs }, (err, stdout, stderr) => {
+      resolve({ ok: err === null, stdout: String(stdout), stderr: String(stderr) })
+    })
+  })
+}
+
+/** `url` (default `amqpUrl()`) with another user and vhost. */
+export function amqpUrlAs (user: string, password: string, vhost: string, base = amqpUrl()): string {
+  const u = new URL(base)
+  u.username = encodeURIComponent(user)
+  u.password = encodeURIComponent(password)
+  u.pathname = `/${encodeURIComponent(vhost)}`
+  return u.toString()
+}

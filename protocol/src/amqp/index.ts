@@ -1,2 +1,3 @@
 export * from './link.js'
 export * from './topology.js'
+export * from './signing.js'
