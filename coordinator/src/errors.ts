@@ -35,7 +35,7 @@ export const JSON_LIMIT_CODES = { depth: 'JSON_TOO_DEEP', keys: 'JSON_TOO_MANY_K
  */
 export const CLIENT_ERRORS: Record<string, [number, string, string]> = {
   HPE_INVALID_CONTENT_LENGTH: [400, 'BAD_CONTENT_LENGTH', 'content-length is not a valid length'],
-  HPE_UNEXPECTED_CONTENT_LENGTH: [400, 'BAD_CONTENT_LENGTH', 'content-length given twice, or with transfer-encoding'],
+  HPE_UNEXPECTED_CONTENT_LENGTH: [400, 'BAD_CONTENT_LENGTH', 'content-length given twice'],
   HPE_INVALID_EOF_STATE: [400, 'BAD_REQUEST', 'the connection ended before the whole request (as its content-length says) arrived'],
   HPE_HEADER_OVERFLOW: [431, 'HEADERS_TOO_LARGE', 'the request headers are too large'],
   ERR_HTTP_REQUEST_TIMEOUT: [408, 'REQUEST_TIMEOUT', 'the request did not arrive in time']

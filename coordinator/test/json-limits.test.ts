@@ -62,7 +62,7 @@ t.test('a stored record with metadata too deep to serialize: record, list, CLI a
   const c = await startCoordinator(t, { dbPath, logger: { level: 'warn', stream } as CoordinatorOptions['logger'] })
 
   const list = await c.api.get<{ items: Array<{ id: string, metadata: unknown, metadataOmitted?: boolean }> }>('/v1/transactions')
-  t.equal(list.status, 200, list.status === 200 ? "list" : `list: ${list.text.slice(0, 200)}`)
+  t.equal(list.status, 200, list.status === 200 ? 'list' : `list: ${list.text.slice(0, 200)}`)
   t.same((list.body.items ?? []).map(i => i.id), [...ids].reverse(), 'the whole page, newest first')
   const deep = (list.body.items ?? []).find(i => i.id === deepId)
   t.same({ metadata: deep?.metadata, metadataOmitted: deep?.metadataOmitted }, { metadata: null, metadataOmitted: true }, 'the deep metadata is omitted, with a flag')
@@ -71,7 +71,7 @@ t.test('a stored record with metadata too deep to serialize: record, list, CLI a
     t.match(item.metadata, { order: Number }, 'and their metadata')
   }
   const one = await c.api.get<{ metadata: unknown, metadataOmitted?: boolean }>(`/v1/transactions/${deepId}`)
-  t.equal(one.status, 200, one.status === 200 ? "record" : `record: ${one.text.slice(0, 200)}`)
+  t.equal(one.status, 200, one.status === 200 ? 'record' : `record: ${one.text.slice(0, 200)}`)
   t.same({ metadata: one.body.metadata, metadataOmitted: one.body.metadataOmitted }, { metadata: null, metadataOmitted: true })
   t.equal((await c.api.get('/v1/transactions?limit=1&state=aborted')).status, 200)
   const again = await c.api.get('/v1/transactions')
