@@ -342,6 +342,8 @@ t.test('a bad content-length: 400 in the one error shape (raw socket), nothing w
     const res = await rejected(t, c, async () => await rawRequest(c, h, body), 400, code, what)
     t.equal(res.headers['content-type'], 'application/json; charset=utf-8', `${what}: JSON`)
   }
+  await rejected(t, c, async () => await rawRequest(c, head(`content-length: ${body.length}`, `x-big: ${'a'.repeat(20 * 1024)}`), body),
+    431, 'HEADERS_TOO_LARGE', 'headers over Node\'s limit')
   const ok = await rawRequest(c, head(`content-length: ${body.length}`), body)
   t.equal(ok.status, 201, 'the right length is accepted')
 })

@@ -128,3 +128,10 @@ t.test('no log line carries the API token: ?token= redacted, bearer and login fo
   t.ok(requests.some(l => l.includes('"url":"/admin/in-doubt?state=preparing&token=[REDACTED]"')), 'the rest of the URL is kept')
   t.ok(requests.some(l => l.includes('"url":"/admin?TOKEN=[REDACTED]&x=1"')), 'names are matched in any case')
 })
+
+t.test('the OpenAPI document states the JSON limits', async t => {
+  const c = await startCoordinator(t)
+  const doc = await c.api.get('/docs/json')
+  t.equal(doc.status, 200)
+  t.match(doc.text, '"x-json-limits":{"maxDepth":32,"maxKeys":10000}')
+})
