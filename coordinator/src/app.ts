@@ -2,7 +2,8 @@
  * The app factory: builds the coordinator's Fastify app from an options object. Tests use it
  * directly; the `twopc-coordinator` bin builds the options from the environment.
  */
-import Fastify, { type FastifyInstance, type FastifyError } from 'fastify'
+import Fastify, { type FastifyInstance, type FastifyError, type FastifyRequest } from 'fastify'
+import type { Socket } from 'node:net'
 import fp from 'fastify-plugin'
 import { STATUS_CODES } from 'node:http'
 import { createHash, timingSafeEqual } from 'node:crypto'
@@ -12,7 +13,8 @@ import { ParticipantDriver } from './driver.js'
 import { Engine } from './engine.js'
 import { parseAllowlist } from './allowlist.js'
 import { newCoordinatorId } from './ids.js'
-import { Errors, FRAMEWORK_CODES } from './errors.js'
+import { CLIENT_ERROR_DEFAULT, CLIENT_ERRORS, Errors, FRAMEWORK_CODES, JSON_LIMIT_CODES } from './errors.js'
+import { JSON_LIMITS_KEYWORD, jsonLimitsKeyword } from './schemas.js'
 import { transactionRoutes } from './routes.js'
 import { operatorRoutes } from './admin/api.js'
 import { adminConsole } from './admin/console.js'
@@ -242,22 +244,91 @@ export const coordinatorPlugin = fp<{ options: ResolvedOptions }>(async (app, { 
   await app.register(async (admin) => { await adminConsole(admin, { engine, log, apiToken: options.apiToken, coordinatorId }) })
 }, { name: '@fastify-2pc/coordinator', fastify: '5.x' })
 
+/** Query parameters whose values never reach a log line (matched anywhere in the name, any case). */
+const SECRET_PARAM = /token|secret|passw|pwd|key|auth|credential|session|cookie|signature/i
+
+/** The URL with the value of every secret-like query parameter replaced by `[REDACTED]`. */
+export function redactUrl (url: string): string {
+  const q = url.indexOf('?')
+  if (q === -1) return url
+  const params = url.slice(q + 1).split('&').map(param => {
+    const eq = param.indexOf('=')
+    const raw = eq === -1 ? param : param.slice(0, eq)
+    let name = raw
+    try { name = decodeURIComponent(raw.replace(/\+/g, ' ')) } catch { /* malformed escape: match the raw name */ }
+    return SECRET_PARAM.test(name) ? `${raw}=[REDACTED]` : param
+  })
+  return `${url.slice(0, q + 1)}${params.join('&')}`
+}
+
+/**
+ * Fastify's request serializer with the query's secrets redacted (`/admin?token=…` is how an
+ * operator opens the console). Headers are not logged at all (the bearer token is one).
+ */
+function serializeRequest (req: FastifyRequest): Record<string, unknown> {
+  return {
+    method: req.method,
+    url: redactUrl(req.url),
+    version: req.headers['accept-version'],
+    host: req.host,
+    remoteAddress: req.ip,
+    remotePort: req.socket?.remotePort
+  }
+}
+
+/** The charset a content-type names, lower-cased, unquoted; undefined when it names none. */
+function charsetOf (contentType: string | undefined): string | undefined {
+  if (contentType === undefined) return undefined
+  for (const param of contentType.split(';').slice(1)) {
+    const eq = param.indexOf('=')
+    if (eq === -1 || param.slice(0, eq).trim().toLowerCase() !== 'charset') continue
+    return param.slice(eq + 1).trim().replace(/^"(.*)"$/, '$1').toLowerCase()
+  }
+  return undefined
+}
+
 /** Builds the coordinator app (not yet listening). */
 export async function buildCoordinator (input: CoordinatorOptions): Promise<FastifyInstance> {
   const options = resolveOptions(input)
   const app = Fastify({
-    logger: options.logger,
+    logger: options.logger === false
+      ? false
+      : { ...(options.logger === true ? {} : options.logger), serializers: { req: serializeRequest } },
     bodyLimit: options.bodyLimitBytes,
     return503OnClosing: true,
     ajv: {
       // Unknown fields are an error, not silently dropped; bodies are not coerced.
-      customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false }
+      customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false },
+      plugins: [jsonLimitsKeyword]
+    },
+    // A request Node's HTTP parser refuses (bad content-length, a body cut short, bytes that are
+    // not HTTP) never reaches a route: answer it in the one error shape too.
+    clientErrorHandler (err: NodeJS.ErrnoException, socket: Socket) {
+      if (err.code === 'ECONNRESET' || socket.destroyed) return
+      const [statusCode, code, message] = CLIENT_ERRORS[err.code ?? ''] ?? CLIENT_ERROR_DEFAULT
+      app.log.debug({ err }, 'malformed HTTP request refused')
+      if (socket.writable) {
+        const body = JSON.stringify({ statusCode, code, error: STATUS_CODES[statusCode] ?? 'Error', message })
+        socket.write(`HTTP/1.1 ${statusCode} ${STATUS_CODES[statusCode] ?? 'Error'}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
+      }
+      socket.destroy(err)
     }
   })
 
   // The API is JSON only: without this, Fastify's default text/plain parser hands a string to
   // the body schema and a wrong content type answers 400 VALIDATION_FAILED instead of 415.
   app.removeContentTypeParser('text/plain')
+  // JSON is UTF-8 (RFC 8259): a body declared in another charset is refused, not misread as UTF-8.
+  const parseJson = app.getDefaultJsonParser('error', 'error')
+  app.removeContentTypeParser('application/json')
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) => {
+    const charset = charsetOf(req.headers['content-type'])
+    if (charset !== undefined && charset !== 'utf-8' && charset !== 'utf8') {
+      done(new Errors.UNSUPPORTED_MEDIA_TYPE(`charset ${charset.slice(0, 64)} is not supported: JSON bodies are UTF-8`), undefined)
+      return
+    }
+    parseJson(req, body as string, done)
+  })
 
   app.setErrorHandler((err: FastifyError, req, reply) => {
     let statusCode = err.statusCode ?? 500
@@ -265,7 +336,8 @@ export async function buildCoordinator (input: CoordinatorOptions): Promise<Fast
     let message = err.message
     if (err.validation !== undefined) {
       statusCode = 400
-      code = 'VALIDATION_FAILED'
+      const first = err.validation[0]
+      code = first?.keyword === JSON_LIMITS_KEYWORD ? JSON_LIMIT_CODES[(first.params as { limit: 'depth' | 'keys' }).limit] : 'VALIDATION_FAILED'
     } else if (FRAMEWORK_CODES[code] !== undefined) {
       code = FRAMEWORK_CODES[code] as string
     }

@@ -29,8 +29,26 @@ export const Errors = {
   /** The log cannot be written (disk full, I/O error) or synced: nothing new is accepted until a restart. */
   LOG_UNAVAILABLE: createError('LOG_UNAVAILABLE', '%s', 503),
   /** The outbox holds its limit of unpublished rows (the broker is down or slow). */
-  OUTBOX_FULL: createError('OUTBOX_FULL', 'the outbox holds %s unpublished rows (limit %s): transactional messages are refused until the broker takes them', 503)
+  OUTBOX_FULL: createError('OUTBOX_FULL', 'the outbox holds %s unpublished rows (limit %s): transactional messages are refused until the broker takes them', 503),
+  UNSUPPORTED_MEDIA_TYPE: createError('UNSUPPORTED_MEDIA_TYPE', '%s', 415)
 } as const
+
+/** The codes of a value over the JSON limits (schemas.ts `JSON_LIMITS`, the `x-json-limits` keyword). */
+export const JSON_LIMIT_CODES = { depth: 'JSON_TOO_DEEP', keys: 'JSON_TOO_MANY_KEYS' } as const
+
+/**
+ * Node's HTTP parser errors (a malformed request, refused before it reaches a route), answered
+ * in the one error shape by the client error handler: [status, code, message].
+ */
+export const CLIENT_ERRORS: Record<string, [number, string, string]> = {
+  HPE_INVALID_CONTENT_LENGTH: [400, 'BAD_CONTENT_LENGTH', 'content-length is not a valid length'],
+  HPE_UNEXPECTED_CONTENT_LENGTH: [400, 'BAD_CONTENT_LENGTH', 'content-length given twice'],
+  HPE_INVALID_EOF_STATE: [400, 'BAD_REQUEST', 'the connection ended before the whole request (as its content-length says) arrived'],
+  HPE_HEADER_OVERFLOW: [431, 'HEADERS_TOO_LARGE', 'the request headers are too large'],
+  ERR_HTTP_REQUEST_TIMEOUT: [408, 'REQUEST_TIMEOUT', 'the request did not arrive in time']
+}
+/** Any other parser error: bytes that are not an HTTP request (e.g. after a too-short content-length). */
+export const CLIENT_ERROR_DEFAULT: [number, string, string] = [400, 'BAD_REQUEST', 'malformed HTTP request']
 
 /** Fastify's own errors, renamed to stable codes of this API. */
 export const FRAMEWORK_CODES: Record<string, string> = {

@@ -1,5 +1,5 @@
 /** The coordinator HTTP API of DESIGN.md, a thin adapter over the engine. */
-import type { FastifyInstance } from 'fastify'
+import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { Static } from '@sinclair/typebox'
 import { coordinatorIdOf } from '@fastify-2pc/protocol'
@@ -14,8 +14,8 @@ import { Errors } from './errors.js'
 import { txIdRegExp } from './ids.js'
 import { newTraceparent, parseTraceparent } from './trace.js'
 import {
-  BeginBody, BeginReply, DecisionReply, ErrorReply, ListQuery, ListReply, MessageInput, MessageReply, OutcomeReply, ParticipantInput,
-  TransactionView, TxParams
+  BeginBody, BeginReply, DecisionReply, ErrorReply, JSON_LIMITS, jsonLimitExceeded, ListQuery, ListReply, MessageInput, MessageReply, OutcomeReply,
+  ParticipantInput, TransactionView, TxParams
 } from './schemas.js'
 
 export interface RouteDeps {
@@ -27,6 +27,15 @@ export interface RouteDeps {
 }
 
 const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString())
+
+/**
+ * Whether stored metadata must be left out of an answer: nested deeper than JSON_LIMITS allow
+ * (written before the limits existed), serializing it could overflow the stack and fail the
+ * whole answer — a page of the list, the console, the CLI — not just this record.
+ */
+export function metadataOmitted (metadata: unknown): boolean {
+  return jsonLimitExceeded(metadata, JSON_LIMITS.maxDepth, Number.POSITIVE_INFINITY) !== undefined
+}
 
 export function view (tx: Transaction, attention: AttentionEntry[] = [], outbox: OutboxRow[] = [], audit?: AuditEntry[]): Static<typeof TransactionView> {
   return {
@@ -43,7 +52,7 @@ export function view (tx: Transaction, attention: AttentionEntry[] = [], outbox:
     completed: tx.completedAt !== null,
     needsAttention: tx.needsAttention,
     onePhase: tx.onePhase,
-    metadata: tx.metadata,
+    ...(metadataOmitted(tx.metadata) ? { metadata: null, metadataOmitted: true } : { metadata: tx.metadata }),
     traceparent: tx.traceparent,
     participants: tx.participants.map(p => ({
       name: p.name,
@@ -83,6 +92,15 @@ const errorReplies = { 400: ErrorReply, 401: ErrorReply, 403: ErrorReply, 404: E
 export async function transactionRoutes (fastify: FastifyInstance, deps: RouteDeps): Promise<void> {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
   const { engine, log, allowlist, options, coordinatorId } = deps
+
+  // Each record whose metadata is left out is logged once (a bounded memory of them).
+  const omittedLogged = new Set<string>()
+  function noteOmitted (logger: FastifyBaseLogger, v: { id: string, metadataOmitted?: boolean }): void {
+    if (v.metadataOmitted !== true || omittedLogged.has(v.id)) return
+    if (omittedLogged.size >= 1000) omittedLogged.clear()
+    omittedLogged.add(v.id)
+    logger.warn({ txid: v.id, maxDepth: JSON_LIMITS.maxDepth }, 'stored metadata nests too deep to answer: shown as null with metadataOmitted')
+  }
 
   function checkId (id: string): void {
     if (!txIdRegExp.test(id)) throw new Errors.INVALID_ID(id.slice(0, 128))
@@ -242,7 +260,9 @@ export async function transactionRoutes (fastify: FastifyInstance, deps: RouteDe
     const unsynced = engine.decisionSynced(req.params.id)
     if (unsynced !== undefined) await unsynced
     const tx = load(req.params.id)
-    return view(tx, log.attention(tx.id), log.outboxFor(tx.id), log.operator.audit(tx.id))
+    const v = view(tx, log.attention(tx.id), log.outboxFor(tx.id), log.operator.audit(tx.id))
+    noteOmitted(req.log, v)
+    return v
   })
 
   app.get('/v1/transactions/:id/decision', {
@@ -293,8 +313,10 @@ export async function transactionRoutes (fastify: FastifyInstance, deps: RouteDe
       items = items.map(tx => log.view(tx.id) ?? tx)
     }
     const last = items[items.length - 1]
+    const views = items.map(tx => view(tx))
+    for (const v of views) noteOmitted(req.log, v)
     return {
-      items: items.map(tx => view(tx)),
+      items: views,
       nextCursor: items.length === limit && last !== undefined ? encodeCursor(last) : null
     }
   })

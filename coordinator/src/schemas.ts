@@ -5,10 +5,68 @@ import { PARTICIPANT_NAME_PATTERN } from '@fastify-2pc/protocol'
 /** Upper bound of array sizes in any body; the configured limits are checked in the handlers. */
 export const HARD_MAX_ITEMS = 1000
 
+/**
+ * Limits of every free-form JSON value a request carries (metadata, a participant's payload, a
+ * message body): nesting depth (`{}` and `[1]` are 1 deep, `{"a":{}}` 2) and object keys plus
+ * array items counted over the whole value. A deeper value would be accepted by JSON.parse but
+ * break whatever serializes it later by recursion (the API's answers, the console, the callbacks);
+ * over the limits a request is refused before anything is written: 400 JSON_TOO_DEEP /
+ * JSON_TOO_MANY_KEYS.
+ */
+export const JSON_LIMITS = { maxDepth: 32, maxKeys: 10_000 } as const
+/** The schema keyword that applies JSON_LIMITS (its value: the limits; in the OpenAPI too). */
+export const JSON_LIMITS_KEYWORD = 'x-json-limits'
+const limited = { [JSON_LIMITS_KEYWORD]: JSON_LIMITS }
+
+/**
+ * Which limit a JSON value exceeds, if any: 'depth' or 'keys'. Iterative (an explicit stack, no
+ * recursion) and bounded: it stops as soon as either limit is passed.
+ */
+export function jsonLimitExceeded (value: unknown, maxDepth: number, maxKeys: number): 'depth' | 'keys' | undefined {
+  if (value === null || typeof value !== 'object') return undefined
+  const values: object[] = [value]
+  const depths: number[] = [1]
+  let keys = 0
+  while (values.length > 0) {
+    const node = values.pop() as object
+    const depth = depths.pop() as number
+    if (depth > maxDepth) return 'depth'
+    const children: unknown[] = Array.isArray(node) ? node : Object.values(node)
+    keys += children.length
+    if (keys > maxKeys) return 'keys'
+    for (const child of children) {
+      if (child !== null && typeof child === 'object') {
+        values.push(child)
+        depths.push(depth + 1)
+      }
+    }
+  }
+  return undefined
+}
+
+/** The messages of the two refusals (after `body/<path> `, as Ajv's errors read). */
+export function jsonLimitMessage (limit: 'depth' | 'keys', limits: { maxDepth: number, maxKeys: number } = JSON_LIMITS): string {
+  return limit === 'depth' ? `nests deeper than ${limits.maxDepth} levels` : `has more than ${limits.maxKeys} keys and array items`
+}
+
+interface KeywordError { keyword: string, message: string, params: { limit: 'depth' | 'keys' } }
+type LimitsValidator = ((limits: { maxDepth: number, maxKeys: number }, data: unknown) => boolean) & { errors?: KeywordError[] | null }
+
+/** Ajv plugin: the `x-json-limits` keyword (Fastify's `ajv.plugins`). */
+export function jsonLimitsKeyword<A extends { addKeyword: (definition: any) => unknown }> (ajv: A): A {
+  const validate: LimitsValidator = (limits, data) => {
+    const over = jsonLimitExceeded(data, limits.maxDepth, limits.maxKeys)
+    validate.errors = over === undefined ? null : [{ keyword: JSON_LIMITS_KEYWORD, message: jsonLimitMessage(over, limits), params: { limit: over } }]
+    return over === undefined
+  }
+  ajv.addKeyword({ keyword: JSON_LIMITS_KEYWORD, schemaType: 'object', errors: true, validate })
+  return ajv
+}
+
 export const ParticipantInput = Type.Object({
   name: Type.String({ pattern: PARTICIPANT_NAME_PATTERN, description: 'unique within the transaction' }),
   url: Type.String({ minLength: 1, maxLength: 2048, description: 'callback base: the coordinator POSTs to url + "/prepare" etc.' }),
-  payload: Type.Optional(Type.Unknown({ description: 'handed to the participant\'s prepare' })),
+  payload: Type.Optional(Type.Unknown({ description: 'handed to the participant\'s prepare', ...limited })),
   onePhase: Type.Optional(Type.Boolean({ description: 'may be committed in one phase when it is the only participant' }))
 }, { additionalProperties: false })
 export type ParticipantInput = Static<typeof ParticipantInput>
@@ -16,14 +74,14 @@ export type ParticipantInput = Static<typeof ParticipantInput>
 export const MessageInput = Type.Object({
   exchange: Type.String({ pattern: '^[A-Za-z0-9_.:-]{1,255}$', description: 'an existing exchange; published there after the commit decision' }),
   routingKey: Type.String({ maxLength: 255 }),
-  body: Type.Unknown({ description: 'published as JSON' }),
+  body: Type.Unknown({ description: 'published as JSON', ...limited }),
   headers: Type.Optional(Type.Record(Type.String({ maxLength: 128 }), Type.String({ maxLength: 1024 }), { maxProperties: 32 }))
 }, { additionalProperties: false })
 export type MessageInput = Static<typeof MessageInput>
 
 export const BeginBody = Type.Object({
   timeoutMs: Type.Optional(Type.Integer()),
-  metadata: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
+  metadata: Type.Optional(Type.Record(Type.String(), Type.Unknown(), limited)),
   participants: Type.Optional(Type.Array(ParticipantInput, { maxItems: HARD_MAX_ITEMS })),
   messages: Type.Optional(Type.Array(MessageInput, { maxItems: HARD_MAX_ITEMS })),
   commit: Type.Optional(Type.Boolean({ description: 'one-shot form: begin, enlist and commit in one request' }))
@@ -143,6 +201,8 @@ export const TransactionView = Type.Object({
   needsAttention: Type.Boolean(),
   onePhase: Type.Boolean(),
   metadata: Type.Unknown(),
+  /** Set (true) when the stored metadata is over JSON_LIMITS (written before they existed): `metadata` is null. */
+  metadataOmitted: Type.Optional(Type.Boolean()),
   traceparent: NullableString,
   participants: Type.Array(ParticipantView),
   messageCount: Type.Integer(),

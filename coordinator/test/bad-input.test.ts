@@ -7,6 +7,7 @@
 import t, { type Test } from 'tap'
 import Database from 'better-sqlite3'
 import { spawn } from 'node:child_process'
+import { connect } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import { resolve } from 'node:path'
 import { configFromEnv, resolveOptions } from '../src/config.js'
@@ -227,6 +228,124 @@ t.test('wrong content type: 415 UNSUPPORTED_MEDIA_TYPE', async t => {
   await rejected(t, c, async () => await c.api.post('/v1/transactions', 'timeoutMs=1000', { 'content-type': 'application/x-www-form-urlencoded' }),
     415, 'UNSUPPORTED_MEDIA_TYPE', 'form body')
   await rejected(t, c, async () => await c.api.post('/v1/transactions', '{}', { 'content-type': 'text/plain' }), 415, 'UNSUPPORTED_MEDIA_TYPE', 'text/plain')
+})
+
+/** JSON nested `levels` deep (arrays and objects alternating), as text: the client's JSON.stringify would overflow first. */
+const nested = (levels: number): string => {
+  let open = ''
+  let close = ''
+  for (let i = 0; i < levels; i++) {
+    open += i % 2 === 0 ? '{"a":' : '['
+    close = (i % 2 === 0 ? '}' : ']') + close
+  }
+  return open + '1' + close
+}
+/** An object of `n` keys, as text. */
+const wide = (n: number): string => '{' + Array.from({ length: n }, (_, i) => `"k${i}":0`).join(',') + '}'
+
+t.test('deep or wide JSON in metadata, payloads and message bodies: 400 JSON_TOO_DEEP / JSON_TOO_MANY_KEYS', async t => {
+  const c = await startCoordinator(t, { maxPayloadBytes: 256 * 1024 })
+  const p = await startParticipant(t)
+  const id = await begin(c)
+  const json = { 'content-type': 'application/json' }
+  const post = (path: string, raw: string) => async () => await c.api.post(path, raw, json)
+  const participant = (payload: string): string => `{"name":"a","url":"${p.url}","payload":${payload}}`
+  const message = (body: string): string => `{"exchange":"orders","routingKey":"x","body":${body}}`
+  for (const levels of [32, 100, 5_000, 100_000]) {
+    // The value itself is one level: metadata's own object plus 32 more is 33.
+    await rejected(t, c, post('/v1/transactions', `{"metadata":{"x":${nested(levels)}}}`), 400, 'JSON_TOO_DEEP', `begin, metadata ${levels + 1} deep`)
+    await rejected(t, c, post('/v1/transactions', `{"participants":[${participant(nested(levels + 1))}],"commit":true}`), 400, 'JSON_TOO_DEEP', `one-shot, payload ${levels + 1} deep`)
+    await rejected(t, c, post(`/v1/transactions/${id}/participants`, participant(nested(levels + 1))), 400, 'JSON_TOO_DEEP', `enlist, payload ${levels + 1} deep`)
+    await rejected(t, c, post(`/v1/transactions/${id}/messages`, message(nested(levels + 1))), 400, 'JSON_TOO_DEEP', `message body ${levels + 1} deep`)
+    await rejected(t, c, post('/v1/transactions', `{"messages":[${message(nested(levels + 1))}]}`), 400, 'JSON_TOO_DEEP', `begin, message body ${levels + 1} deep`)
+  }
+  const deep = await rejected(t, c, post('/v1/transactions', `{"metadata":{"x":${nested(40)}}}`), 400, 'JSON_TOO_DEEP', 'the message says where')
+  t.match((deep.body as { message: string }).message, /^body\/metadata nests deeper than 32 levels$/)
+  await rejected(t, c, post('/v1/transactions', `{"metadata":${wide(10_001)}}`), 400, 'JSON_TOO_MANY_KEYS', 'begin, metadata of 10,001 keys')
+  await rejected(t, c, post('/v1/transactions', `{"metadata":{"x":[${Array(10_000).fill('0').join(',')}]}}`), 400, 'JSON_TOO_MANY_KEYS', 'begin, metadata of 1 key and 10,000 items')
+  await rejected(t, c, post(`/v1/transactions/${id}/participants`, participant(`[${Array(10_001).fill('0').join(',')}]`)), 400, 'JSON_TOO_MANY_KEYS', 'enlist, payload of 10,001 items')
+  await rejected(t, c, post(`/v1/transactions/${id}/messages`, message(wide(10_001))), 400, 'JSON_TOO_MANY_KEYS', 'message body of 10,001 keys')
+  t.equal(p.calls.length, 0)
+
+  // At the limits: accepted, and read back. Keys and items: x, w, 31 in x, 9,967 in w.
+  const atLimit = await c.api.post<{ id: string }>('/v1/transactions', `{"metadata":{"x":${nested(31)},"w":${wide(9_967)}}}`, json)
+  t.equal(atLimit.status, 201, 'metadata 32 deep and 10,000 keys')
+  t.equal((await c.api.post(`/v1/transactions/${id}/participants`, participant(nested(32)), json)).status, 201, 'a payload 32 deep')
+  t.equal((await c.api.get(`/v1/transactions/${atLimit.body.id}`)).status, 200)
+  t.equal((await c.api.get('/v1/transactions')).status, 200)
+})
+
+t.test('a charset other than UTF-8: 415 UNSUPPORTED_MEDIA_TYPE (JSON is UTF-8)', async t => {
+  const c = await startCoordinator(t)
+  const id = await begin(c)
+  const body = '{"timeoutMs": 1000}'
+  for (const charset of ['utf-16', 'UTF-16LE', 'latin1', 'iso-8859-1', '"utf-16"', 'klingon', '']) {
+    const headers = { 'content-type': `application/json; charset=${charset}` }
+    await rejected(t, c, async () => await c.api.post('/v1/transactions', body, headers), 415, 'UNSUPPORTED_MEDIA_TYPE', `begin, charset=${charset}`)
+    await rejected(t, c, async () => await c.api.post(`/v1/transactions/${id}/participants`, '{"name":"a","url":"http://127.0.0.1:9/2pc"}', headers),
+      415, 'UNSUPPORTED_MEDIA_TYPE', `enlist, charset=${charset}`)
+  }
+  const utf16 = await rejected(t, c, async () => await c.api.post('/v1/transactions', Buffer.from(body, 'utf16le').toString('latin1'), { 'content-type': 'application/json; charset=utf-16le' }),
+    415, 'UNSUPPORTED_MEDIA_TYPE', 'a real UTF-16 body')
+  t.match((utf16.body as { message: string }).message, /charset utf-16le/)
+  for (const charset of ['utf-8', 'UTF-8', '"utf-8"', 'utf8']) {
+    t.equal((await c.api.post('/v1/transactions', body, { 'content-type': `application/json; charset=${charset}` })).status, 201, `charset=${charset} is accepted`)
+  }
+})
+
+/**
+ * One request over a raw socket, exactly as written (clients fix content-length themselves);
+ * the socket's write side is closed after it. The first answer on the connection.
+ */
+async function rawRequest (c: TestCoordinator, head: string, body: string): Promise<HttpAnswer> {
+  const { port } = new URL(c.url)
+  const text = await new Promise<string>((resolve, reject) => {
+    const socket = connect(Number(port), '127.0.0.1')
+    let out = ''
+    const timer = setTimeout(() => { socket.destroy(); reject(new Error(`no answer within 10 s; got ${JSON.stringify(out)}`)) }, 10_000)
+    socket.setEncoding('latin1')
+    socket.on('data', (d: string) => { out += d })
+    socket.on('error', () => { /* the server may reset after answering: what arrived is the answer */ })
+    socket.on('close', () => { clearTimeout(timer); resolve(out) })
+    socket.end(`${head}\r\n\r\n${body}`, 'latin1')
+  })
+  const match = /^HTTP\/1\.1 (\d{3}) [^\r]*\r\n([\s\S]*?)\r\n\r\n([\s\S]*)$/.exec(text)
+  if (match === null) throw new Error(`not an HTTP answer: ${JSON.stringify(text)}`)
+  const headers: Record<string, string> = {}
+  for (const line of (match[2] as string).split('\r\n')) {
+    const colon = line.indexOf(':')
+    headers[line.slice(0, colon).toLowerCase()] = line.slice(colon + 1).trim()
+  }
+  const length = Number(headers['content-length'])
+  const raw = Number.isInteger(length) ? (match[3] as string).slice(0, length) : match[3] as string
+  let parsed: unknown = raw
+  try { parsed = JSON.parse(raw) } catch { /* not JSON: the assertions say so */ }
+  return { status: Number(match[1]), headers, body: parsed, text: raw }
+}
+
+t.test('a bad content-length: 400 in the one error shape (raw socket), nothing written', async t => {
+  const c = await startCoordinator(t)
+  const body = '{"timeoutMs":1000}'
+  const head = (...lines: string[]): string => ['POST /v1/transactions HTTP/1.1', 'host: 127.0.0.1', 'content-type: application/json', ...lines].join('\r\n')
+  const cases: Array<[string, string, string]> = [
+    ['too long (the body ends first)', head(`content-length: ${body.length + 10}`), 'BAD_REQUEST'],
+    ['too long by one', head(`content-length: ${body.length + 1}`), 'BAD_REQUEST'],
+    ['too short (the rest is not HTTP)', head(`content-length: ${body.length - 3}`), 'BAD_REQUEST'],
+    ['too short, connection: close', head(`content-length: ${body.length - 3}`, 'connection: close'), 'BAD_REQUEST'],
+    ['non-numeric', head('content-length: abc'), 'BAD_CONTENT_LENGTH'],
+    ['negative', head('content-length: -5'), 'BAD_CONTENT_LENGTH'],
+    ['fractional', head(`content-length: ${body.length}.0`), 'BAD_CONTENT_LENGTH'],
+    ['given twice, differing', head(`content-length: ${body.length}`, `content-length: ${body.length + 1}`), 'BAD_CONTENT_LENGTH'],
+    ['with transfer-encoding too', head(`content-length: ${body.length}`, 'transfer-encoding: chunked'), 'BAD_REQUEST']
+  ]
+  for (const [what, h, code] of cases) {
+    const res = await rejected(t, c, async () => await rawRequest(c, h, body), 400, code, what)
+    t.equal(res.headers['content-type'], 'application/json; charset=utf-8', `${what}: JSON`)
+  }
+  await rejected(t, c, async () => await rawRequest(c, head(`content-length: ${body.length}`, `x-big: ${'a'.repeat(20 * 1024)}`), body),
+    431, 'HEADERS_TOO_LARGE', 'headers over Node\'s limit')
+  const ok = await rawRequest(c, head(`content-length: ${body.length}`), body)
+  t.equal(ok.status, 201, 'the right length is accepted')
 })
 
 t.test('list: bad limit, cursor, state or parameter', async t => {

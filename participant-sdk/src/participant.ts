@@ -8,7 +8,8 @@
  * reach the host app; the routes live in an inner, encapsulated plugin so their raw-body JSON
  * parser and their error handler do not leak into (or get overridden by) the host app.
  */
-import { Ajv } from 'ajv'
+import { Ajv, type FuncKeywordDefinition } from 'ajv'
+import createError from '@fastify/error'
 import { STATUS_CODES } from 'node:http'
 import fp from 'fastify-plugin'
 import type { FastifyBaseLogger, FastifyError, FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify'
@@ -150,12 +151,74 @@ const DAY_MS = 24 * 60 * 60 * 1000
 const MIN_SAFE_RETENTION_MS = 15 * 60 * 1000
 const MAX_IN_DOUBT_LIST = 10_000
 
+/**
+ * Limits of a prepare's `payload` — the coordinator's (it refuses more when it is enlisted):
+ * nesting depth (`{}` is 1 deep) and object keys plus array items over the whole payload.
+ * Over them a prepare is refused 400 `JSON_TOO_DEEP` / `JSON_TOO_MANY_KEYS`, the handler not called.
+ */
+const PAYLOAD_LIMITS = { maxDepth: 32, maxKeys: 10_000 } as const
+const JSON_LIMITS_KEYWORD = 'x-json-limits'
+const JsonTooDeepError = createError('JSON_TOO_DEEP', '%s', 400)
+const JsonTooManyKeysError = createError('JSON_TOO_MANY_KEYS', '%s', 400)
+/** A body in another charset than UTF-8 (JSON is UTF-8): refused, not misread. */
+const UnsupportedCharsetError = createError('FST_ERR_CTP_INVALID_MEDIA_TYPE', 'Unsupported charset %s: callbacks are UTF-8 JSON', 415)
+
+/** Which limit a JSON value exceeds: iterative (no recursion to overflow) and bounded by the limits. */
+function jsonLimitExceeded (value: unknown, maxDepth: number, maxKeys: number): 'depth' | 'keys' | undefined {
+  if (value === null || typeof value !== 'object') return undefined
+  const values: object[] = [value]
+  const depths: number[] = [1]
+  let keys = 0
+  while (values.length > 0) {
+    const node = values.pop() as object
+    const depth = depths.pop() as number
+    if (depth > maxDepth) return 'depth'
+    const children: unknown[] = Array.isArray(node) ? node : Object.values(node)
+    keys += children.length
+    if (keys > maxKeys) return 'keys'
+    for (const child of children) {
+      if (child !== null && typeof child === 'object') {
+        values.push(child)
+        depths.push(depth + 1)
+      }
+    }
+  }
+  return undefined
+}
+
+type LimitsValidator = ((limits: typeof PAYLOAD_LIMITS, data: unknown) => boolean) & { errors?: Array<{ keyword: string, message: string, params: { limit: string } }> | null }
+const validateLimits: LimitsValidator = (limits, data) => {
+  const over = jsonLimitExceeded(data, limits.maxDepth, limits.maxKeys)
+  validateLimits.errors = over === undefined
+    ? null
+    : [{ keyword: JSON_LIMITS_KEYWORD, message: over === 'depth' ? `nests deeper than ${limits.maxDepth} levels` : `has more than ${limits.maxKeys} keys and array items`, params: { limit: over } }]
+  return over === undefined
+}
+const jsonLimitsKeyword: FuncKeywordDefinition = { keyword: JSON_LIMITS_KEYWORD, schemaType: 'object', errors: true, validate: validateLimits as FuncKeywordDefinition['validate'] }
+
+/** The error of a body over the payload limits (from its validation errors), else undefined. */
+function jsonLimitError (errors: ReadonlyArray<{ keyword: string, instancePath?: string, message?: string, params?: Record<string, unknown> }> | null | undefined): FastifyError | undefined {
+  const first = errors?.[0]
+  if (first?.keyword !== JSON_LIMITS_KEYWORD) return undefined
+  const message = `body${first.instancePath ?? ''} ${first.message ?? ''}`
+  return first.params?.limit === 'depth' ? new JsonTooDeepError(message) : new JsonTooManyKeysError(message)
+}
+
+/** The charset a content-type names (lower-cased, unquoted), or undefined. */
+function charsetOf (contentType: string | undefined): string | undefined {
+  for (const param of (contentType ?? '').split(';').slice(1)) {
+    const eq = param.indexOf('=')
+    if (eq !== -1 && param.slice(0, eq).trim().toLowerCase() === 'charset') return param.slice(eq + 1).trim().replace(/^"(.*)"$/, '$1').toLowerCase()
+  }
+  return undefined
+}
+
 const TxId = Type.String({ pattern: TX_ID_PATTERN, maxLength: 64 })
 const ParticipantName = Type.String({ pattern: PARTICIPANT_NAME_PATTERN, maxLength: 64 })
 const PrepareBody = Type.Object({
   txid: TxId,
   participant: ParticipantName,
-  payload: Type.Optional(Type.Unknown()),
+  payload: Type.Optional(Type.Unknown({ [JSON_LIMITS_KEYWORD]: PAYLOAD_LIMITS })),
   deadline: Type.Integer({ minimum: 0 }),
   onePhase: Type.Optional(Type.Boolean())
 }, { additionalProperties: false })
@@ -294,7 +357,8 @@ interface ErrorAnswer { statusCode: number, code: string, error: string, message
  * for one call of a batch (its result): the coordinator reads `code` either way. A status outside
  * 400..599 becomes 500, and the message of an unexpected 5xx is hidden (it may carry internals).
  */
-function errorAnswer (error: FastifyError): ErrorAnswer {
+function errorAnswer (failure: FastifyError): ErrorAnswer {
+  const error = jsonLimitError(failure.validation) ?? failure
   const statusCode = typeof error.statusCode === 'number' && error.statusCode >= 400 && error.statusCode < 600 ? error.statusCode : 500
   const known = statusCode < 500 || error.code === 'HANDLER_FAILED' || error.code === 'LOG_WRITE_FAILED'
   return {
@@ -337,7 +401,7 @@ const callbackRoutes: FastifyPluginAsync<RouteOptions> = async (instance, { engi
   const parseJson = instance.getDefaultJsonParser('error', 'error')
   // The protocol's bodies are strict: an unknown field is refused, not silently dropped (Fastify's
   // default Ajv removes additional properties), whatever validator options the host app chose.
-  const ajv = new Ajv({ removeAdditional: false, coerceTypes: false, useDefaults: false, allErrors: false, strict: false })
+  const ajv = new Ajv({ removeAdditional: false, coerceTypes: false, useDefaults: false, allErrors: false, strict: false, keywords: [jsonLimitsKeyword] })
   instance.setValidatorCompiler(({ schema }) => ajv.compile(schema))
 
   // Only JSON is accepted here, and the raw string must be seen before parsing to check the
@@ -367,6 +431,12 @@ const callbackRoutes: FastifyPluginAsync<RouteOptions> = async (instance, { engi
     const body = errorAnswer(error)
     logFailure(scopes.get(request)?.log ?? logger, error, body.statusCode, { url: request.url })
     void reply.code(body.statusCode).send(body)
+  })
+
+  // JSON is UTF-8 (RFC 8259): a body declared in another charset is refused before it is read.
+  instance.addHook('preParsing', async request => {
+    const charset = charsetOf(request.headers['content-type'])
+    if (charset !== undefined && charset !== 'utf-8' && charset !== 'utf8') throw new UnsupportedCharsetError(charset.slice(0, 64))
   })
 
   const app = instance.withTypeProvider<TypeBoxTypeProvider>()
@@ -431,7 +501,7 @@ const callbackRoutes: FastifyPluginAsync<RouteOptions> = async (instance, { engi
   const validateDecision = ajv.compile<DecisionBodyType>(DecisionBody)
   const runCall = async (op: BatchOp, body: object, scope: CallScope): Promise<unknown> => {
     if (op === 'prepare') {
-      if (!validatePrepare(body)) throw new CallValidationError(ajv.errorsText(validatePrepare.errors, { dataVar: 'body' }))
+      if (!validatePrepare(body)) throw jsonLimitError(validatePrepare.errors) ?? new CallValidationError(ajv.errorsText(validatePrepare.errors, { dataVar: 'body' }))
       return await runPrepare(body, scope)
     }
     if (!validateDecision(body)) throw new CallValidationError(ajv.errorsText(validateDecision.errors, { dataVar: 'body' }))

@@ -5,6 +5,8 @@ import type { AttentionEntry, OutboxRow } from '../log/store.js'
 import type { AuditEntry } from '../log/operator-tables.js'
 import { html, layout, qs, iso, ago, type Html } from './html.js'
 import type { Counters, ListFilter, TimelineEntry, View } from './queries.js'
+import { JSON_LIMITS } from '../schemas.js'
+import { metadataOmitted } from '../routes.js'
 
 export const VIEW_TITLES: Record<View, string> = {
   all: 'Transactions',
@@ -107,7 +109,10 @@ export interface DetailData {
 }
 
 function json (value: unknown): string {
-  return value === null || value === undefined ? '' : JSON.stringify(value, null, 2)
+  if (value === null || value === undefined) return ''
+  // Too deep to stringify safely (stored before the JSON limits existed): the page still renders.
+  if (metadataOmitted(value)) return `(omitted: nests deeper than ${JSON_LIMITS.maxDepth} levels)`
+  return JSON.stringify(value, null, 2)
 }
 
 export function detailPage (ctx: PageContext, d: DetailData): string {
