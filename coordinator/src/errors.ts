@@ -33,8 +33,8 @@ export const Errors = {
   UNSUPPORTED_MEDIA_TYPE: createError('UNSUPPORTED_MEDIA_TYPE', '%s', 415)
 } as const
 
-/** The codes of a value over the JSON limits (schemas.ts `JSON_LIMITS`, the `x-json-limits` keyword). */
-export const JSON_LIMIT_CODES = { depth: 'JSON_TOO_DEEP', keys: 'JSON_TOO_MANY_KEYS' } as const
+/** The codes of a value over the JSON limits (the protocol's `JSON_LIMITS`, the `x-json-limits` keyword). */
+export { JSON_LIMIT_CODES } from '@fastify-2pc/protocol'
 
 /**
  * Node's HTTP parser errors (a malformed request, refused before it reaches a route), answered

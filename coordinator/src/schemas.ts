@@ -1,53 +1,13 @@
 /** TypeBox schemas of the coordinator API: validation, serialization and (later) OpenAPI. */
 import { Type, type Static } from '@sinclair/typebox'
-import { PARTICIPANT_NAME_PATTERN } from '@fastify-2pc/protocol'
+import { JSON_LIMITS, JSON_LIMITS_KEYWORD, PARTICIPANT_NAME_PATTERN, jsonLimitExceeded, jsonLimitMessage } from '@fastify-2pc/protocol'
 
 /** Upper bound of array sizes in any body; the configured limits are checked in the handlers. */
 export const HARD_MAX_ITEMS = 1000
 
-/**
- * Limits of every free-form JSON value a request carries (metadata, a participant's payload, a
- * message body): nesting depth (`{}` and `[1]` are 1 deep, `{"a":{}}` 2) and object keys plus
- * array items counted over the whole value. A deeper value would be accepted by JSON.parse but
- * break whatever serializes it later by recursion (the API's answers, the console, the callbacks);
- * over the limits a request is refused before anything is written: 400 JSON_TOO_DEEP /
- * JSON_TOO_MANY_KEYS.
- */
-export const JSON_LIMITS = { maxDepth: 32, maxKeys: 10_000 } as const
-/** The schema keyword that applies JSON_LIMITS (its value: the limits; in the OpenAPI too). */
-export const JSON_LIMITS_KEYWORD = 'x-json-limits'
+// The limits and their check are the protocol's (protocol/src/json-limits.ts), shared with the SDK.
+export { JSON_LIMITS, JSON_LIMITS_KEYWORD, jsonLimitExceeded, jsonLimitMessage }
 const limited = { [JSON_LIMITS_KEYWORD]: JSON_LIMITS }
-
-/**
- * Which limit a JSON value exceeds, if any: 'depth' or 'keys'. Iterative (an explicit stack, no
- * recursion) and bounded: it stops as soon as either limit is passed.
- */
-export function jsonLimitExceeded (value: unknown, maxDepth: number, maxKeys: number): 'depth' | 'keys' | undefined {
-  if (value === null || typeof value !== 'object') return undefined
-  const values: object[] = [value]
-  const depths: number[] = [1]
-  let keys = 0
-  while (values.length > 0) {
-    const node = values.pop() as object
-    const depth = depths.pop() as number
-    if (depth > maxDepth) return 'depth'
-    const children: unknown[] = Array.isArray(node) ? node : Object.values(node)
-    keys += children.length
-    if (keys > maxKeys) return 'keys'
-    for (const child of children) {
-      if (child !== null && typeof child === 'object') {
-        values.push(child)
-        depths.push(depth + 1)
-      }
-    }
-  }
-  return undefined
-}
-
-/** The messages of the two refusals (after `body/<path> `, as Ajv's errors read). */
-export function jsonLimitMessage (limit: 'depth' | 'keys', limits: { maxDepth: number, maxKeys: number } = JSON_LIMITS): string {
-  return limit === 'depth' ? `nests deeper than ${limits.maxDepth} levels` : `has more than ${limits.maxKeys} keys and array items`
-}
 
 interface KeywordError { keyword: string, message: string, params: { limit: 'depth' | 'keys' } }
 type LimitsValidator = ((limits: { maxDepth: number, maxKeys: number }, data: unknown) => boolean) & { errors?: KeywordError[] | null }

@@ -17,7 +17,7 @@ import { Type } from '@sinclair/typebox'
 import type { Static } from '@sinclair/typebox'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { Database } from 'better-sqlite3'
-import { AMQP_PREFIX_PATTERN, MAX_BATCH_CALLS, MAX_INLINE_SYNC_MS, PARTICIPANT_NAME_PATTERN, SIGNATURE_HEADER, TX_ID_PATTERN, verifySignature, type SignedOperation } from '@fastify-2pc/protocol'
+import { AMQP_PREFIX_PATTERN, MAX_BATCH_CALLS, MAX_INLINE_SYNC_MS, PARTICIPANT_NAME_PATTERN, SIGNATURE_HEADER, TX_ID_PATTERN, verifySignature, JSON_LIMITS, JSON_LIMITS_KEYWORD, JSON_LIMIT_CODES, jsonLimitExceeded, jsonLimitMessage, type SignedOperation } from '@fastify-2pc/protocol'
 import type { BatchCapability, BatchResult } from '@fastify-2pc/protocol'
 import { createCoordinatorClient } from './client.js'
 import type { Registry } from 'prom-client'
@@ -152,46 +152,22 @@ const MIN_SAFE_RETENTION_MS = 15 * 60 * 1000
 const MAX_IN_DOUBT_LIST = 10_000
 
 /**
- * Limits of a prepare's `payload` — the coordinator's (it refuses more when it is enlisted):
- * nesting depth (`{}` is 1 deep) and object keys plus array items over the whole payload.
- * Over them a prepare is refused 400 `JSON_TOO_DEEP` / `JSON_TOO_MANY_KEYS`, the handler not called.
+ * Limits of a prepare's `payload` — the coordinator's (it refuses more when it is enlisted), from
+ * the protocol (protocol/src/json-limits.ts). Over them a prepare is refused 400 `JSON_TOO_DEEP` /
+ * `JSON_TOO_MANY_KEYS`, the handler not called.
  */
-const PAYLOAD_LIMITS = { maxDepth: 32, maxKeys: 10_000 } as const
-const JSON_LIMITS_KEYWORD = 'x-json-limits'
-const JsonTooDeepError = createError('JSON_TOO_DEEP', '%s', 400)
-const JsonTooManyKeysError = createError('JSON_TOO_MANY_KEYS', '%s', 400)
+const PAYLOAD_LIMITS = JSON_LIMITS
+const JsonTooDeepError = createError(JSON_LIMIT_CODES.depth, '%s', 400)
+const JsonTooManyKeysError = createError(JSON_LIMIT_CODES.keys, '%s', 400)
 /** A body in another charset than UTF-8 (JSON is UTF-8): refused, not misread. */
 const UnsupportedCharsetError = createError('FST_ERR_CTP_INVALID_MEDIA_TYPE', 'Unsupported charset %s: callbacks are UTF-8 JSON', 415)
-
-/** Which limit a JSON value exceeds: iterative (no recursion to overflow) and bounded by the limits. */
-function jsonLimitExceeded (value: unknown, maxDepth: number, maxKeys: number): 'depth' | 'keys' | undefined {
-  if (value === null || typeof value !== 'object') return undefined
-  const values: object[] = [value]
-  const depths: number[] = [1]
-  let keys = 0
-  while (values.length > 0) {
-    const node = values.pop() as object
-    const depth = depths.pop() as number
-    if (depth > maxDepth) return 'depth'
-    const children: unknown[] = Array.isArray(node) ? node : Object.values(node)
-    keys += children.length
-    if (keys > maxKeys) return 'keys'
-    for (const child of children) {
-      if (child !== null && typeof child === 'object') {
-        values.push(child)
-        depths.push(depth + 1)
-      }
-    }
-  }
-  return undefined
-}
 
 type LimitsValidator = ((limits: typeof PAYLOAD_LIMITS, data: unknown) => boolean) & { errors?: Array<{ keyword: string, message: string, params: { limit: string } }> | null }
 const validateLimits: LimitsValidator = (limits, data) => {
   const over = jsonLimitExceeded(data, limits.maxDepth, limits.maxKeys)
   validateLimits.errors = over === undefined
     ? null
-    : [{ keyword: JSON_LIMITS_KEYWORD, message: over === 'depth' ? `nests deeper than ${limits.maxDepth} levels` : `has more than ${limits.maxKeys} keys and array items`, params: { limit: over } }]
+    : [{ keyword: JSON_LIMITS_KEYWORD, message: jsonLimitMessage(over, limits), params: { limit: over } }]
   return over === undefined
 }
 const jsonLimitsKeyword: FuncKeywordDefinition = { keyword: JSON_LIMITS_KEYWORD, schemaType: 'object', errors: true, validate: validateLimits as FuncKeywordDefinition['validate'] }
