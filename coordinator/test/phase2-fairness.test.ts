@@ -4,7 +4,11 @@
  * phase 2. Real coordinator, real participants on 127.0.0.1.
  */
 import t from 'tap'
-import { startCoordinator, startParticipant, waitFor, type HttpClient, type TestParticipant } from './support/participant.js'
+import Fastify from 'fastify'
+import { startCoordinator, startParticipant, tempDbPath, waitFor, type HttpClient, type TestParticipant } from './support/participant.js'
+import { CoordinatorLog } from '../src/log/store.js'
+import { ParticipantDriver } from '../src/driver.js'
+import { Engine } from '../src/engine.js'
 
 const HUNG_TRANSACTIONS = 600
 
@@ -51,4 +55,48 @@ t.test('a participant whose commits hang delays only itself: another participant
   }
   t.comment(`healthy participant's commit arrived ${delays.join(', ')} ms after the decision; ${hung.held} commits held at the hung one`)
   for (const d of delays) t.ok(d < 1000, `phase 2 of the healthy participant within 1 s (${d} ms)`)
+})
+
+t.test('beyond a participant\'s queue bound a delivery is left to the retry timer: recorded as such, retried, delivered', async t => {
+  const hung = await startParticipant(t, { phase2Hang: true })
+  const log = new CoordinatorLog(tempDbPath(t))
+  const driver = new ParticipantDriver({ maxResponseBytes: 65536, connectionsPerOrigin: 64 })
+  const engine = new Engine(log, driver, {
+    coordinatorId: 'c',
+    policy: { maxParticipants: 8, maxMessages: 8, retryBaseMs: 20, retryMaxMs: 100, retryBudget: 1000 },
+    prepareTimeoutMs: 2000,
+    phase2TimeoutMs: 30_000,
+    sweepIntervalMs: 1000,
+    maxConcurrentPhase2: 256,
+    maxConcurrentPhase2PerParticipant: 1,
+    maxQueuedPhase2PerParticipant: 2,
+    logger: Fastify({ logger: false }).log
+  })
+  t.teardown(async () => {
+    await hung.down()
+    await engine.stop()
+    await driver.close()
+    log.close()
+  })
+  const ids: string[] = []
+  for (let i = 0; i < 5; i++) {
+    const outcome = await engine.beginAndCommit(10_000, null, [{ name: 'h', url: hung.url }])
+    t.equal(outcome.state, 'committed')
+    ids.push(outcome.id)
+  }
+  await waitFor(() => hung.held === 1, 5000, 'one call in flight')
+  const left = await waitFor(() => {
+    const txs = ids.map(id => log.loadLatest(id)?.participants[0])
+    const full = txs.filter(p => p?.lastError === 'not sent: the phase-2 queue of this participant is full')
+    return full.length >= 2 ? full : undefined
+  }, 5000, 'the deliveries beyond the bound left to the retry timer')
+  for (const p of left) t.match(p, { ack: 'pending', attempts: Number, nextAttemptAt: Number })
+  t.equal(hung.held, 1, 'the limit of one call in flight to it holds')
+
+  // The participant answers again: every delivery gets through, the ones that overflowed included.
+  hung.behaviour.phase2Hang = false
+  await hung.down()
+  await hung.up()
+  await waitFor(() => ids.every(id => log.loadLatest(id)?.participants[0]?.ack === 'acked'), 10_000, 'every transaction acked')
+  t.equal(hung.callsTo('commit').filter(c => c.status === 200).length, 5)
 })
