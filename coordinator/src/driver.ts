@@ -14,6 +14,7 @@
  * then on until a prepare answer advertises batching again.
  */
 import { setMaxListeners } from 'node:events'
+import type { Phase2Attention } from './core/machine.js'
 import { Agent, type Dispatcher } from 'undici'
 import {
   signBody, SIGNATURE_HEADER, CallbackPath, MAX_BATCH_CALLS, ParticipantErrorCodes, type SignedOperation,
@@ -44,7 +45,7 @@ export type PrepareOutcome =
  * wrong or rotated secret, clock skew), `not-found` (404 without the protocol's TX_UNKNOWN: no
  * such route, an ingress not ready yet).
  */
-export type Phase2Attention = 'unauthorized' | 'not-found'
+export type { Phase2Attention }
 
 export type DecisionOutcome =
   | { ok: true }

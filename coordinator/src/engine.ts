@@ -339,7 +339,7 @@ export class Engine {
       this.crash('coordinator.after-decision-before-phase2')
     }
     if (next.completedAt !== null && prev?.completedAt == null && next.decidedAt !== null) observer?.completed(next.completedAt - next.decidedAt)
-    for (const a of writes.attention) observer?.attention(a.kind)
+    for (const e of effects) if (e.type === 'record-attention') observer?.attention(e.cause ?? e.kind)
     for (const a of writes.attention) {
       this.logger.warn({ txid: next.id, participant: a.participant, kind: a.kind, detail: a.detail }, 'transaction needs attention')
     }
@@ -433,7 +433,7 @@ export class Engine {
     } else {
       this.logger.warn({ txid: id, participant: name, decision, error: outcome.error, refused: outcome.refused }, 'phase 2 delivery failed')
       if (!outcome.refused) this.options.observer?.retry()
-      this.feed(id, { type: 'phase2-failed', participant: name, error: outcome.error, refused: outcome.refused, jitter: this.random(), now: this.now() })
+      this.feed(id, { type: 'phase2-failed', participant: name, error: outcome.error, refused: outcome.refused, ...(outcome.attention !== undefined ? { attention: outcome.attention } : {}), jitter: this.random(), now: this.now() })
     }
   }
 
