@@ -8,12 +8,11 @@
  * caller leaves that delivery to its retry timer.
  */
 
-/** Phase-2 calls in flight at once, all participants together. */
-export const PHASE2_MAX_IN_FLIGHT = 256
 /**
  * Phase-2 calls in flight at once to one participant: what a hung participant can hold of the
- * global limit (seven of them hung at once still leave room for the rest). Below the default
- * connections per origin (64), so a participant's own prepares still find a connection.
+ * global limit (the engine's maxConcurrentPhase2, 256: seven of them hung at once still leave
+ * room for the rest). Below the default connections per origin (64), so a participant's own
+ * prepares still find a connection while its phase-2 calls hang.
  */
 export const PHASE2_MAX_IN_FLIGHT_PER_PARTICIPANT = 32
 /** Deliveries waiting for one participant at most; more are left to the retry timer. */

@@ -57,6 +57,17 @@ t.test('a participant whose commits hang delays only itself: another participant
   for (const d of delays) t.ok(d < 1000, `phase 2 of the healthy participant within 1 s (${d} ms)`)
 })
 
+t.test('with the default connections per origin, a participant whose commits hang still gets its prepares (its phase-2 calls hold only part of the pool)', async t => {
+  const c = await startCoordinator(t, { phase2TimeoutMs: 30_000 })
+  const hung = await startParticipant(t, { phase2Hang: true })
+  t.teardown(async () => { await hung.down() })
+  // commitMany throws on any transaction that does not commit (a prepare stuck behind hung commits aborts it).
+  const ids = await commitMany(c.api, hung, 200, 16)
+  t.equal(ids.length, 200)
+  await waitFor(() => hung.held >= 32, 5000, 'its share of commits in flight')
+  t.equal(hung.held, 32, 'no more of its commits in flight than its share')
+})
+
 t.test('beyond a participant\'s queue bound a delivery is left to the retry timer: recorded as such, retried, delivered', async t => {
   const hung = await startParticipant(t, { phase2Hang: true })
   const log = new CoordinatorLog(tempDbPath(t))
