@@ -14,9 +14,10 @@
  * then on until a prepare answer advertises batching again.
  */
 import { setMaxListeners } from 'node:events'
+import type { Phase2Attention } from './core/machine.js'
 import { Agent, type Dispatcher } from 'undici'
 import {
-  signBody, SIGNATURE_HEADER, CallbackPath, MAX_BATCH_CALLS, type SignedOperation,
+  signBody, SIGNATURE_HEADER, CallbackPath, MAX_BATCH_CALLS, ParticipantErrorCodes, type SignedOperation,
   type BatchCapability, type Decision, type DecisionRequest, type PrepareRequest, type Vote
 } from '@fastify-2pc/protocol'
 
@@ -39,12 +40,63 @@ export type PrepareOutcome =
   | { ok: true, vote: Vote, reason?: string }
   | { ok: false, error: string }
 
+/**
+ * A phase-2 answer that is retried but will not get better by itself: `unauthorized` (401: a
+ * wrong or rotated secret, clock skew), `not-found` (404 without the protocol's TX_UNKNOWN: no
+ * such route, an ingress not ready yet).
+ */
+export type { Phase2Attention }
+
 export type DecisionOutcome =
   | { ok: true }
-  /** `refused`: a definite 4xx answer (not 408/425/429) — retrying the same call cannot help. */
-  | { ok: false, error: string, refused: boolean }
+  /**
+   * `refused`: a definite answer — retrying the same call cannot help (see `classifyDecisionAnswer`).
+   * `attention`: retried, and the transaction flagged for an operator meanwhile.
+   */
+  | { ok: false, error: string, refused: boolean, attention?: Phase2Attention }
 
 const RETRYABLE_4XX = new Set([408, 425, 429])
+/** The protocol's codes for "this participant cannot apply that decision": definite whatever the 4xx status. */
+const DEFINITE_CODES = new Set<string>([ParticipantErrorCodes.TX_UNKNOWN, ParticipantErrorCodes.TX_ALREADY_COMMITTED, ParticipantErrorCodes.TX_ALREADY_ABORTED])
+/**
+ * What of an answer is recorded: the `code` of a JSON error body when it looks like one, never
+ * the text (the answer may come from anything listening at the url).
+ */
+const SAFE_CODE = /^[A-Z][A-Z0-9_]{0,63}$/
+
+/**
+ * How a non-2xx phase-2 answer counts.
+ * - Definite (`refused`, recorded as a heuristic, not retried blindly): a 4xx carrying one of the
+ *   protocol's codes (TX_UNKNOWN, TX_ALREADY_COMMITTED, TX_ALREADY_ABORTED), or any other 4xx
+ *   except those below.
+ * - Retried and flagged for attention: 401 (whatever its code) and a 404 without TX_UNKNOWN.
+ * - Retried: 408, 425, 429, 5xx, anything else (1xx/3xx).
+ */
+export function classifyDecisionAnswer (status: number, code: string | undefined): { refused: boolean, attention?: Phase2Attention } {
+  if (status >= 400 && status < 500 && code !== undefined && DEFINITE_CODES.has(code)) return { refused: true }
+  if (status === 401) return { refused: false, attention: 'unauthorized' }
+  if (status === 404) return { refused: false, attention: 'not-found' }
+  return { refused: status >= 400 && status < 500 && !RETRYABLE_4XX.has(status) }
+}
+
+/** The error code of an answer: a JSON body's `code`, when it is a well-formed code. */
+function errorCode (answer: Answer): string | undefined {
+  const code = answerObject(answer)?.code
+  return typeof code === 'string' && SAFE_CODE.test(code) ? code : undefined
+}
+
+/** `commit answered 409: TX_ALREADY_ABORTED`: the status, and the code when there is one. */
+function answered (what: string, status: number, code: string | undefined): string {
+  return code === undefined ? `${what} answered ${status}` : `${what} answered ${status}: ${code}`
+}
+
+/**
+ * A call that failed on the coordinator's side of the wire, with a fixed message: recorded as
+ * is (`describe`), unlike errors carrying text that came from the participant's end.
+ */
+class CallError extends Error {
+  constructor (readonly code: string, message: string) { super(message) }
+}
 
 /** A participant URL split once into what the dispatcher wants (no URL parsing per call). */
 interface Target { origin: string, basePath: string }
@@ -57,11 +109,6 @@ const BATCH_ENVELOPE_BYTES = 12
 
 /** A participant's answer: the raw text of a single call, or a batch result's parsed body. */
 interface Answer { status: number, text?: string, body?: unknown }
-
-function answerText (answer: Answer): string {
-  if (answer.text !== undefined) return answer.text
-  try { return JSON.stringify(answer.body) ?? '' } catch { return '' }
-}
 
 function answerObject (answer: Answer): Record<string, unknown> | undefined {
   if (answer.text !== undefined) return parseObject(answer.text)
@@ -136,7 +183,7 @@ export class ParticipantDriver {
 
   /** One callback: batched when the participant can take batches, else a single POST. */
   private async call (baseUrl: string, op: Op, body: PrepareRequest | DecisionRequest, timeoutMs: number, traceparent: string | undefined): Promise<Answer> {
-    if (this.closed) throw new Error('the participant driver is closed')
+    if (this.closed) throw new CallError('DRIVER_CLOSED', 'the participant driver is closed')
     if (this.batchMaxCalls < 2 || !this.batchable.has(baseUrl)) {
       return await this.post(baseUrl, CallbackPath[op], JSON.stringify(body), timeoutMs, traceparent)
     }
@@ -295,11 +342,11 @@ export class ParticipantDriver {
   async prepare (baseUrl: string, body: PrepareRequest, timeoutMs: number, traceparent?: string): Promise<PrepareOutcome> {
     try {
       const res = await this.call(baseUrl, 'prepare', body, timeoutMs, traceparent)
-      if (res.status !== 200) return { ok: false, error: `prepare answered ${res.status}: ${answerText(res).slice(0, 500)}` }
+      if (res.status !== 200) return { ok: false, error: answered('prepare', res.status, errorCode(res)) }
       const answer = answerObject(res)
       const vote = answer?.vote
       if (answer === undefined || (vote !== 'yes' && vote !== 'no' && vote !== 'read-only')) {
-        return { ok: false, error: `prepare answered without a valid vote: ${answerText(res).slice(0, 500)}` }
+        return { ok: false, error: 'prepare answered 200 without a valid vote' }
       }
       this.learnBatching(baseUrl, answer)
       const reason = typeof answer.reason === 'string' ? answer.reason.slice(0, 1000) : undefined
@@ -313,8 +360,10 @@ export class ParticipantDriver {
     try {
       const res = await this.call(baseUrl, decision, { txid, participant }, timeoutMs, traceparent)
       if (res.status >= 200 && res.status < 300) return { ok: true }
-      const refused = res.status >= 400 && res.status < 500 && !RETRYABLE_4XX.has(res.status)
-      return { ok: false, refused, error: `${decision} answered ${res.status}: ${answerText(res).slice(0, 1000)}` }
+      const code = errorCode(res)
+      const { refused, attention } = classifyDecisionAnswer(res.status, code)
+      const error = answered(decision, res.status, code)
+      return attention === undefined ? { ok: false, refused, error } : { ok: false, refused, attention, error }
     } catch (err) {
       return { ok: false, refused: false, error: describe(err, decision, timeoutMs) }
     }
@@ -359,20 +408,31 @@ function parseObject (text: string): Record<string, unknown> | undefined {
   }
 }
 
+/**
+ * A failed call in words that carry nothing of what answered: a timeout, the driver's own
+ * errors, or the error's class (ECONNREFUSED, UND_ERR_SOCKET, HPE_INVALID_CONSTANT, …) — never
+ * its message, which may quote bytes a service at that address sent.
+ */
 function describe (err: unknown, what: string, timeoutMs: number): string {
-  const e = err as { name?: string, code?: string, message?: string }
+  const e = err as { name?: unknown, code?: unknown }
   if (e.name === 'TimeoutError' || e.name === 'AbortError') return `${what} got no answer within ${timeoutMs} ms`
-  return `${what} failed: ${e.code ?? e.name ?? 'Error'} ${e.message ?? String(err)}`.slice(0, 1000)
+  if (err instanceof CallError && err.code === 'DRIVER_CLOSED') return `${what} failed: ${err.message}`
+  if (typeof e.code === 'string' && SAFE_CODE.test(e.code)) return `${what} failed: ${e.code}`
+  if (typeof e.name === 'string' && /^[A-Za-z]{1,64}$/.test(e.name)) return `${what} failed: ${e.name}`
+  return `${what} failed`
 }
 
 /**
- * undici's handler for one call: the status and at most `limit` bytes of the answer (a longer
- * one is cut off there and the connection dropped), or the error. Settles exactly once.
+ * undici's handler for one call: the status and the whole answer, or the error. An answer
+ * longer than `limit` bytes is cut off there (the connection dropped) and one shorter than its
+ * content-length is incomplete: both are errors, never the part that arrived. Settles exactly once.
  */
 class BoundedCall implements Dispatcher.DispatchHandler {
   private status = 0
   private chunks: Buffer[] = []
   private size = 0
+  /** The answer's content-length, when it gave one. */
+  private expected = -1
   private settled = false
   private abort: ((err?: Error) => void) | undefined
   private readonly onAbort = (): void => { this.abort?.(this.signal.reason as Error) }
@@ -391,17 +451,29 @@ class BoundedCall implements Dispatcher.DispatchHandler {
     this.signal.addEventListener('abort', this.onAbort, { once: true })
   }
 
-  onHeaders (statusCode: number): boolean {
+  onHeaders (statusCode: number, rawHeaders: Buffer[] | string[] | null): boolean {
     this.status = statusCode
+    // Raw name/value pairs; undici itself also fails an answer cut short of its content-length,
+    // this keeps that true whatever the transport did.
+    if (rawHeaders !== null) {
+      for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
+        const name = rawHeaders[i] as Buffer | string
+        if (name.length === 14 && name.toString().toLowerCase() === 'content-length') {
+          const n = Number(rawHeaders[i + 1]?.toString())
+          if (Number.isSafeInteger(n) && n >= 0) this.expected = n
+        }
+      }
+    }
     return true
   }
 
   onData (chunk: Buffer): boolean {
     if (this.settled) return true
     if (this.size + chunk.length > this.limit) {
-      this.chunks.push(chunk.subarray(0, this.limit - this.size))
-      this.finish()
-      this.abort?.(new Error('answer longer than maxResponseBytes: cut off'))
+      // A failed call: the part read may well parse (a vote padded with spaces), but it is not the answer.
+      const err = new CallError('ANSWER_TOO_LARGE', 'answer longer than maxResponseBytes: cut off')
+      this.onError(err)
+      this.abort?.(err)
       return false
     }
     this.chunks.push(chunk)
@@ -410,6 +482,11 @@ class BoundedCall implements Dispatcher.DispatchHandler {
   }
 
   onComplete (): void {
+    // (204 and 304 carry no body whatever their content-length says.)
+    if (this.expected !== -1 && this.size !== this.expected && this.status !== 204 && this.status !== 304) {
+      this.onError(new CallError('ANSWER_INCOMPLETE', 'answer shorter than its content-length'))
+      return
+    }
     this.finish()
   }
 

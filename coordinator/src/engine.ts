@@ -22,6 +22,7 @@ import type { ParticipantDriver } from './driver.js'
 import { newTransactionId } from './ids.js'
 import { childTraceparent, traceIdOf } from './trace.js'
 import { Errors } from './errors.js'
+import { FairScheduler, PHASE2_MAX_IN_FLIGHT_PER_PARTICIPANT, PHASE2_MAX_QUEUED_PER_PARTICIPANT } from './phase2-scheduler.js'
 
 export interface Outcome {
   id: string
@@ -37,6 +38,10 @@ export interface EngineOptions {
   sweepIntervalMs: number
   /** Phase-2 calls in flight at once; the rest wait their turn (recovery can find thousands). */
   maxConcurrentPhase2: number
+  /** Phase-2 calls in flight at once to one participant url (default PHASE2_MAX_IN_FLIGHT_PER_PARTICIPANT). */
+  maxConcurrentPhase2PerParticipant?: number
+  /** Phase-2 deliveries queued for one participant url; beyond, left to the retry timer (default PHASE2_MAX_QUEUED_PER_PARTICIPANT). */
+  maxQueuedPhase2PerParticipant?: number
   logger: FastifyBaseLogger
   now?: () => number
   random?: () => number
@@ -83,7 +88,6 @@ export class Engine {
   private readonly preparingSince = new Map<string, number>()
   private readonly timers = new Map<string, NodeJS.Timeout>()
   private readonly inflight = new Set<Promise<void>>()
-  private readonly phase2Queue: Array<() => Promise<void>> = []
   /**
    * Commit decisions saved but not yet synced, by transaction: settles with their sync. A request
    * that touches such a transaction waits for it (its answer — "already committed", "nothing to
@@ -93,7 +97,8 @@ export class Engine {
   private readonly commitsNotSynced = new Map<string, Promise<void>>()
   /** Requests waiting now for a commit decision's sync (read by tests). */
   syncWaits = 0
-  private phase2Running = 0
+  /** Phase-2 deliveries: per participant url, taking turns (phase2-scheduler.ts). */
+  private readonly phase2: FairScheduler<Phase2Job>
   private sweeper: NodeJS.Timeout | undefined
   private stopped = false
   private readonly now: () => number
@@ -109,6 +114,15 @@ export class Engine {
     this.now = options.now ?? Date.now
     this.random = options.random ?? Math.random
     this.crash = options.crashPoint ?? defaultCrashPoint
+    this.phase2 = new FairScheduler<Phase2Job>({
+      maxInFlight: options.maxConcurrentPhase2,
+      maxInFlightPerKey: options.maxConcurrentPhase2PerParticipant ?? PHASE2_MAX_IN_FLIGHT_PER_PARTICIPANT,
+      maxQueuedPerKey: options.maxQueuedPhase2PerParticipant ?? PHASE2_MAX_QUEUED_PER_PARTICIPANT
+    }, async job => {
+      const sent = this.sendDecision(job.id, job.name, job.decision, job.url, job.traceparent)
+      this.track(sent)
+      await sent
+    })
   }
 
   get logger (): FastifyBaseLogger { return this.options.logger }
@@ -435,7 +449,7 @@ export class Engine {
       this.crash('coordinator.after-decision-before-phase2')
     }
     if (next.completedAt !== null && prev?.completedAt == null && next.decidedAt !== null) observer?.completed(next.completedAt - next.decidedAt)
-    for (const a of writes.attention) observer?.attention(a.kind)
+    for (const e of effects) if (e.type === 'record-attention') observer?.attention(e.cause ?? e.kind)
     for (const a of writes.attention) {
       this.logger.warn({ txid: next.id, participant: a.participant, kind: a.kind, detail: a.detail }, 'transaction needs attention')
     }
@@ -512,19 +526,12 @@ export class Engine {
   }
 
   private enqueuePhase2 (id: string, name: string, decision: Decision, url: string, traceparent: string | null): void {
-    this.phase2Queue.push(async () => await this.sendDecision(id, name, decision, url, traceparent))
-    this.drainPhase2()
-  }
-
-  private drainPhase2 (): void {
-    while (!this.stopped && this.phase2Running < this.options.maxConcurrentPhase2 && this.phase2Queue.length > 0) {
-      const job = this.phase2Queue.shift() as () => Promise<void>
-      this.phase2Running++
-      this.track(job().finally(() => {
-        this.phase2Running--
-        this.drainPhase2()
-      }))
-    }
+    if (this.phase2.submit(url, { id, name, decision, url, traceparent }) || this.stopped) return
+    // This participant's queue is full: the delivery waits for its retry timer instead (the
+    // participant stays pending in the log, so nothing is lost), with the usual backoff.
+    this.options.observer?.retry()
+    const event: Event = { type: 'phase2-failed', participant: name, error: PHASE2_QUEUE_FULL, refused: false, jitter: this.random(), now: this.now() }
+    this.track(Promise.resolve().then(() => { this.feed(id, event) }))
   }
 
   private async sendDecision (id: string, name: string, decision: Decision, url: string, traceparent: string | null): Promise<void> {
@@ -536,7 +543,7 @@ export class Engine {
     } else {
       this.logger.warn({ txid: id, participant: name, decision, error: outcome.error, refused: outcome.refused }, 'phase 2 delivery failed')
       if (!outcome.refused) this.options.observer?.retry()
-      this.feed(id, { type: 'phase2-failed', participant: name, error: outcome.error, refused: outcome.refused, jitter: this.random(), now: this.now() })
+      this.feed(id, { type: 'phase2-failed', participant: name, error: outcome.error, refused: outcome.refused, ...(outcome.attention !== undefined ? { attention: outcome.attention } : {}), jitter: this.random(), now: this.now() })
     }
   }
 
@@ -603,7 +610,7 @@ export class Engine {
   }
 
   get pendingWork (): number {
-    return this.inflight.size + this.phase2Queue.length
+    return this.inflight.size + this.phase2.queued
   }
 
   /** Stops timers and new calls, then waits (bounded by the calls' own timeouts) for calls in flight. */
@@ -613,10 +620,16 @@ export class Engine {
     clearInterval(this.sweeper)
     for (const t of this.timers.values()) clearTimeout(t)
     this.timers.clear()
-    this.phase2Queue.length = 0
+    this.phase2.stop()
     await Promise.allSettled([...this.inflight])
   }
 }
+
+/** A phase-2 delivery waiting for its turn. */
+interface Phase2Job { id: string, name: string, decision: Decision, url: string, traceparent: string | null }
+
+/** lastError of a delivery left to the retry timer because its participant's queue was full. */
+const PHASE2_QUEUE_FULL = 'not sent: the phase-2 queue of this participant is full'
 
 export class NotFound extends Error {
   constructor (readonly id: string) { super(`transaction ${id} not found`) }

@@ -234,8 +234,11 @@ t.test('a batch-level error the single calls would also get (503, 401) fails eac
   t.match(outcomes[1], { ok: false, error: /^prepare answered 503/ })
   t.equal(d.batches(p.url), true)
   p.script.batchAnswer = { status: 401, body: '{"statusCode":401,"code":"BAD_SIGNATURE"}' }
-  const refused = await Promise.all([d.decide(p.url, 'commit', TX(1), 'p', 1000), d.decide(p.url, 'abort', TX(3), 'p', 1000)])
-  t.match(refused, [{ ok: false, refused: true, error: /answered 401/ }, { ok: false, refused: true, error: /answered 401/ }])
+  const unauthorized = await Promise.all([d.decide(p.url, 'commit', TX(1), 'p', 1000), d.decide(p.url, 'abort', TX(3), 'p', 1000)])
+  t.same(unauthorized, [
+    { ok: false, refused: false, attention: 'unauthorized', error: 'commit answered 401: BAD_SIGNATURE' },
+    { ok: false, refused: false, attention: 'unauthorized', error: 'abort answered 401: BAD_SIGNATURE' }
+  ])
   t.same(p.received.slice(1).map(r => r.path), ['/batch', '/batch'], 'nothing resent singly')
 })
 

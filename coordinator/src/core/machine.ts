@@ -93,8 +93,12 @@ export type Event =
   | { type: 'prepare-failed', participant: string, error: string, now: number }
   | { type: 'expired', now: number }
   | { type: 'phase2-acked', participant: string, now: number }
-  /** `refused`: a definite answer (4xx other than 408/425/429) — not retried blindly. */
-  | { type: 'phase2-failed', participant: string, error: string, refused: boolean, jitter: number, now: number }
+  /**
+   * `refused`: a definite answer (the driver's `classifyDecisionAnswer`) — not retried blindly.
+   * `attention`: retried, but it will not get better by itself (a 401, a 404 without TX_UNKNOWN):
+   * the transaction is flagged for an operator meanwhile.
+   */
+  | { type: 'phase2-failed', participant: string, error: string, refused: boolean, attention?: Phase2Attention, jitter: number, now: number }
   | { type: 'phase2-due', participant: string, now: number }
   /** The coordinator restarted and found this record in its log. */
   | { type: 'recovered', now: number }
@@ -117,8 +121,12 @@ export type Effect =
   | { type: 'schedule-phase2', participant: string, at: number }
   /** The decision is durable: answer whoever waits for it. */
   | { type: 'decided', decision: Decision, reason: string | null }
-  /** Written to the attention table in the same SQLite transaction as the record. */
-  | { type: 'record-attention', participant: string | null, kind: AttentionKind, detail: string }
+  /**
+   * Written to the attention table in the same SQLite transaction as the record. `cause`: why a
+   * delivery that is still being retried needs attention (the metric's label; the entry's
+   * detail starts with it).
+   */
+  | { type: 'record-attention', participant: string | null, kind: AttentionKind, detail: string, cause?: Phase2Attention }
   /** Stored with the record; on a commit decision the log moves it to the outbox in the same transaction. */
   | { type: 'record-message', position: number, message: TxMessage }
   /**
@@ -133,7 +141,15 @@ export type Effect =
 
 export type AuditAction = 'retry' | 'resolve'
 
+/**
+ * `retry-budget`: deliveries to a participant are still being retried and need someone to look
+ * (the budget ran out, or an answer that will not get better by itself); resolved as delivered
+ * once every participant acked. `heuristic`: a participant refused the decision.
+ */
 export type AttentionKind = 'heuristic' | 'retry-budget'
+
+/** A retried phase-2 answer that needs attention: 401 (`unauthorized`), a 404 without TX_UNKNOWN (`not-found`). */
+export type Phase2Attention = 'unauthorized' | 'not-found'
 
 export type RejectCode =
   | 'TX_NOT_ACTIVE'
@@ -384,6 +400,18 @@ export function step (tx: Transaction, event: Event, policy: Policy): StepResult
       const effects: Effect[] = [{ type: 'schedule-phase2', participant: p.name, at }]
       // The first failure also queues the decision on the participant's queue (when a broker is configured).
       if (attempts === 1) effects.push({ type: 'notify', participant: p.name, decision: decisionOf(tx) as Decision })
+      // An answer that needs someone (a rotated key, a missing route): flagged at once, one entry
+      // per change of error, and, once the budget is spent and the flag is up, none more.
+      if (event.attention !== undefined && p.lastError !== event.error && (attempts <= policy.retryBudget || !next.needsAttention)) {
+        next = { ...next, needsAttention: true, updatedAt: now }
+        effects.push({
+          type: 'record-attention',
+          participant: p.name,
+          kind: 'retry-budget',
+          cause: event.attention,
+          detail: `${event.attention}: ${event.error}; retried with backoff until it is delivered`
+        })
+      }
       if (attempts === policy.retryBudget) {
         next = { ...next, needsAttention: true, updatedAt: now }
         effects.push({

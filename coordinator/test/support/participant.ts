@@ -92,6 +92,8 @@ export interface ParticipantBehaviour {
    * applying them. Decremented per failed call.
    */
   phase2Failure?: { status: number, times: number, body?: unknown }
+  /** Never answer commit/abort calls (held until `down()`), without applying them. */
+  phase2Hang?: boolean
   /**
    * Go down (as `down()`) right after answering the next prepare: the vote reaches the
    * coordinator, phase 2 finds the port closed until `up()`. Reset to false when it fires.
@@ -126,6 +128,8 @@ export interface TestParticipant {
   callsTo: (path: CallbackName, txid?: string) => RecordedCall[]
   state: (txid: string) => ParticipantTxState | undefined
   readonly isUp: boolean
+  /** Commit/abort calls received while `phase2Hang` was set (answered only at `down()`). */
+  readonly held: number
   /** Closes the server (open connections destroyed); calls get connection refused. */
   down: () => Promise<void>
   /** Listens again on the same port; state and recorded calls are kept. */
@@ -146,7 +150,8 @@ export async function startParticipant (t: Test, options: ParticipantOptions = {
     vote: options.vote ?? 'yes',
     prepareDelayMs: options.prepareDelayMs ?? 0,
     downAfterPrepare: options.downAfterPrepare ?? false,
-    ...(options.phase2Failure !== undefined ? { phase2Failure: options.phase2Failure } : {})
+    ...(options.phase2Failure !== undefined ? { phase2Failure: options.phase2Failure } : {}),
+    ...(options.phase2Hang !== undefined ? { phase2Hang: options.phase2Hang } : {})
   }
   const calls: RecordedCall[] = []
   const states = new Map<string, ParticipantTxState>()
@@ -154,12 +159,21 @@ export async function startParticipant (t: Test, options: ParticipantOptions = {
   const pendingDelays = new Set<() => void>()
   let app: FastifyInstance | undefined
   let port = 0
+  let held = 0
 
   async function delay (ms: number): Promise<void> {
     if (ms <= 0) return
     await new Promise<void>(resolve => {
       const done = (): void => { clearTimeout(timer); pendingDelays.delete(done); resolve() }
       const timer = setTimeout(done, ms)
+      pendingDelays.add(done)
+    })
+  }
+
+  /** Waits until `down()` releases it. */
+  async function hold (): Promise<void> {
+    await new Promise<void>(resolve => {
+      const done = (): void => { pendingDelays.delete(done); resolve() }
       pendingDelays.add(done)
     })
   }
@@ -216,6 +230,12 @@ export async function startParticipant (t: Test, options: ParticipantOptions = {
         if (sig === false) {
           record(path, req, 401, sig)
           return await reply.code(401).send({ code: 'BAD_SIGNATURE' })
+        }
+        if (behaviour.phase2Hang === true) {
+          held++
+          await hold()
+          record(path, req, 503, sig)
+          return await reply.code(503).send({ code: 'HELD' })
         }
         const failure = behaviour.phase2Failure
         if (failure !== undefined && failure.times > 0) {
@@ -275,6 +295,7 @@ export async function startParticipant (t: Test, options: ParticipantOptions = {
     callsTo: (path, txid) => calls.filter(c => c.path === path && (txid === undefined || c.body?.txid === txid)),
     state: txid => states.get(txid),
     get isUp () { return app !== undefined },
+    get held () { return held },
     down,
     up,
     close: down
