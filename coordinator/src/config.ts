@@ -128,7 +128,7 @@ function stripUndefined<T extends object> (o: T): T {
   return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T
 }
 
-/** The environment the bin reads: DESIGN.md's variables plus tuning knobs, all validated. */
+/** The environment the bin reads (docs/protocol.md, "Environment"; README "Configuration"), all validated. */
 export const EnvSchema = Type.Object({
   PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 7070 }),
   HOST: Type.String({ minLength: 1, default: '0.0.0.0' }),

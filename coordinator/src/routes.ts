@@ -1,4 +1,4 @@
-/** The coordinator HTTP API of DESIGN.md, a thin adapter over the engine. */
+/** The coordinator HTTP API (docs/protocol.md, "Coordinator HTTP API"), a thin adapter over the engine. */
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { Static } from '@sinclair/typebox'

@@ -1,5 +1,5 @@
 /**
- * The participant's RabbitMQ side (DESIGN.md, "RabbitMQ topology"), used when `amqpUrl` is set.
+ * The participant's RabbitMQ side (docs/protocol.md, "RabbitMQ topology"), used when `amqpUrl` is set.
  *
  * - Consumes `<prefix>.participant.<name>` (durable quorum queue bound to `<prefix>.decisions`
  *   with `participant.<name>`; bounded prefetch, manual acks). Each decision notice goes through

@@ -192,7 +192,7 @@ t.test('acceptLegacySignatures is checked at register', async t => {
   t.equal(lines.filter(l => /acceptLegacySignatures/.test(l.msg)).length, 0, 'false: no warning')
 })
 
-t.test('the README\'s worked example of a v2 signature (known answers)', async t => {
+t.test('the worked example of a v2 signature in docs/protocol.md (known answers)', async t => {
   const secret = 'example-secret-0123456789'
   const body = '{"txid":"c1.0123456789abcdefghjkmnpqrs","participant":"inventory"}'
   const at = 1767225600000

@@ -1,5 +1,5 @@
 /**
- * RabbitMQ names and message bodies (DESIGN.md, "RabbitMQ topology"). Every exchange and queue
+ * RabbitMQ names and message bodies (docs/protocol.md, "RabbitMQ topology"). Every exchange and queue
  * name starts with the prefix (`TWOPC_AMQP_PREFIX`, default `twopc`); the names are public API.
  *
  * Dead letters: every queue the topology declares dead-letters (poison messages, or messages past
@@ -78,7 +78,7 @@ export function amqpNames (prefix: string = DEFAULT_AMQP_PREFIX): AmqpNames {
 }
 
 // ---------------------------------------------------------------------------------------------
-// RabbitMQ permissions (README, "RabbitMQ permissions")
+// RabbitMQ permissions (README.md, "RabbitMQ permissions")
 
 /**
  * One user's permissions on the deployment's vhost, as `rabbitmqctl set_permissions` takes them

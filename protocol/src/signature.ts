@@ -48,7 +48,7 @@ function hmacV1 (secret: string, timestamp: number, rawBody: string | Buffer): s
 
 /**
  * `t=<unix-ms>,v2=<hex HMAC-SHA256(secret, "v2." + operation + "." + t + "." + rawBody)>`
- * (docs: README, "Participant callbacks" -> signatures).
+ * (docs/protocol.md, "Signatures").
  */
 export function signBody (secret: string, operation: SignedOperation, rawBody: string | Buffer, now: number = Date.now()): string {
   return `t=${now},v2=${hmacV2(secret, operation, now, rawBody)}`

@@ -1,5 +1,5 @@
 /**
- * The wire contract between the coordinator and participants (DESIGN.md, "Participant
+ * The wire contract between the coordinator and participants (docs/protocol.md, "Participant
  * callbacks"). Any HTTP server that answers these three routes is a participant.
  */
 

@@ -2,7 +2,7 @@
  * Test support for the coordinator's end-to-end, bad-input and crash tests. Real parts only:
  * a real Fastify participant on 127.0.0.1, the real coordinator app on a real SQLite file.
  *
- * - `startParticipant(t, behaviour?)`: a small participant server implementing DESIGN.md's
+ * - `startParticipant(t, behaviour?)`: a small participant server implementing docs/protocol.md's
  *   `POST {base}/prepare`, `/commit`, `/abort`. Its `behaviour` is a plain mutable object (vote,
  *   prepare delay, injected phase-2 failures); it records every call and keeps per-txid state.
  *   `down()` closes the server; `up()` starts it again on the SAME port, with state and calls kept.

@@ -1,6 +1,6 @@
 /**
  * The conformance checks: what any participant (whatever its language) must answer on
- * `POST {base}/prepare|commit|abort` (DESIGN.md, "Participant callbacks"; protocol/src/wire.ts),
+ * `POST {base}/prepare|commit|abort` (docs/protocol.md, "Participant callbacks"; protocol/src/wire.ts),
  * and on the optional `POST {base}/batch` when its prepare answers advertise `batch`.
  *
  * Every check works on fresh random transaction ids and only over HTTP. Checks are MUST (the

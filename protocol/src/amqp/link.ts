@@ -5,7 +5,7 @@
  * else is rebuilt here on every (re)connect, inside the recovery `setup` hook:
  *   - a confirm channel for publishing, a channel for consuming, and an "admin" channel for
  *     declarations and existence checks (a 404 there kills only that channel, lazily re-created);
- *   - the topology of DESIGN.md and every participant queue ensured so far;
+ *   - the topology (docs/protocol.md, "RabbitMQ topology") and every participant queue ensured so far;
  *   - every registered consumer.
  * A channel that dies while its connection lives (a publish to a missing exchange, a broker-side
  * channel error) is re-created in place; if that fails, the connection is torn down and recovery

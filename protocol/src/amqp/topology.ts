@@ -1,5 +1,5 @@
 /**
- * The RabbitMQ topology of DESIGN.md, declared idempotently (run on every (re)connect, by the
+ * The RabbitMQ topology of docs/protocol.md, declared idempotently (run on every (re)connect, by the
  * coordinator and by participants alike: both declare with the same arguments, so neither can
  * trip a PRECONDITION_FAILED on the other's declarations).
  *
