@@ -1,5 +1,5 @@
 /**
- * Every crash point of the README, one table: a real child process (the coordinator from
+ * Every crash point of docs/protocol.md ("Crash points"), one table: a real child process (the coordinator from
  * coordinator/dist/bin.js, or a bank participant from test/dist/fixtures) SIGKILLs itself there
  * (TWOPC_CRASH_AT), is started again on the same port and database, the system settles, and
  * the transfer is atomic: the coordinator's decision is the expected one and both participants'
@@ -50,10 +50,10 @@ const TABLE: Row[] = [
   { point: 'participant.after-local-commit-before-amqp-ack', crashes: 'bank-a', expect: 'committed', amqp: true, failPhase2Http: true }
 ]
 
-t.test('the README lists every crash point of this table', async t => {
+t.test('docs/protocol.md lists every crash point of this table', async t => {
   const { readFile } = await import('node:fs/promises')
-  const readme = await readFile(new URL('../README.md', import.meta.url), 'utf8')
-  for (const row of TABLE) t.ok(readme.includes(`\`${row.point}\``), row.point)
+  const contract = await readFile(new URL('../docs/protocol.md', import.meta.url), 'utf8')
+  for (const row of TABLE) t.ok(contract.includes(`\`${row.point}\``), row.point)
 })
 
 // Child starts take about a second on an idle machine, far more on a loaded one.
