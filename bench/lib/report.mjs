@@ -172,7 +172,7 @@ export function renderMarkdown (r) {
     L.push('## Writes per committed transaction', '')
     L.push('From `/proc/<pid>/io` over the window: KB passed to write syscalls (sockets and files: `wchar`), the number of ' +
       'those syscalls (`syscw`), and KB sent to storage (`write_bytes`: WAL frames, checkpoints). They count work rather than ' +
-      'time, so unlike the CPU figures they hardly move with the host\'s speed: compare these across hosts and runs.', '')
+      'time, so unlike the CPU figures they hardly move with the machine\'s speed: compare these across machines and runs.', '')
     L.push('| path | clients | coordinator KB / calls / to disk KB | inventory KB / calls / to disk KB | payment KB / calls / to disk KB | fan-out KB / calls |',
       '| --- | ---: | ---: | ---: | ---: | ---: |')
     const k1 = (/** @type {number | undefined} */ v) => v === undefined ? '–' : v.toFixed(1)
@@ -216,7 +216,7 @@ export function renderMarkdown (r) {
     L.push('')
   }
 
-  L.push('## Targets (issue 7; measured, not asserted)', '')
+  L.push('## Targets (measured, not asserted)', '')
   L.push('| target | measured | met |', '| --- | --- | :---: |')
   const maxC = Math.max(...c.concurrency)
   const o64 = g('oneshot', 64)
