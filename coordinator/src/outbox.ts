@@ -13,7 +13,7 @@
  * notice that waits hours in a queue is still accepted.
  */
 import type { FastifyBaseLogger } from 'fastify'
-import { signBrokerMessage, type AmqpLink, type BrokerOperation, type PublishItem } from '@fastify-2pc/protocol/amqp'
+import { signBrokerMessage, type AmqpLink, type BrokerOperation, type PublishItem } from '@fastify-2pc/amqp'
 import type { CoordinatorLog, OutboxRow } from './log/store.js'
 
 export interface OutboxOptions {
