@@ -1,6 +1,6 @@
 /**
  * The link's public types: options, status, events, publish items and results, consumer
- * handles, and the errors it reports. No behaviour lives here.
+ * handles, and the errors it reports.
  */
 
 import type { ConsumeMessage } from 'amqplib'
