@@ -19,8 +19,10 @@ RUN npm ci --no-audit --no-fund
 FROM toolchain AS deps
 COPY package.json package-lock.json ./
 COPY protocol/package.json protocol/
+COPY amqp/package.json amqp/
 COPY coordinator/package.json coordinator/
 COPY participant-sdk/package.json participant-sdk/
+COPY conformance/package.json conformance/
 COPY demo-services/package.json demo-services/
 COPY test/package.json test/
 # --ignore-scripts: the root `prepare` needs TypeScript (a dev dependency); the native module is
@@ -36,6 +38,8 @@ COPY --from=deps /app/node_modules ./node_modules
 COPY --from=deps /app/package.json ./package.json
 COPY --from=build /app/protocol/package.json ./protocol/package.json
 COPY --from=build /app/protocol/dist ./protocol/dist
+COPY --from=build /app/amqp/package.json ./amqp/package.json
+COPY --from=build /app/amqp/dist ./amqp/dist
 COPY --from=build /app/coordinator/package.json ./coordinator/package.json
 COPY --from=build /app/coordinator/dist ./coordinator/dist
 COPY --from=build /app/participant-sdk/package.json ./participant-sdk/package.json

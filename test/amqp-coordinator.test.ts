@@ -18,7 +18,7 @@ import { startTcpProxy, type TcpProxy } from './support/tcp-proxy.js'
 import { amqpUrl, amqpUrlVia, listBrokerNames, requireRabbit } from './support/rabbit.js'
 import { BrokerSide, type Received } from './support/broker-side.js'
 import { signBody, signBodyV1, SIGNATURE_HEADER } from '@fastify-2pc/protocol'
-import { verifyBrokerMessage } from '@fastify-2pc/protocol/amqp'
+import { verifyBrokerMessage } from '@fastify-2pc/amqp'
 
 const SECRET = 'amqp-coordinator-secret-0123'
 

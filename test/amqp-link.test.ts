@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto'
 import amqp from 'amqplib'
 import type { ConsumeMessage } from 'amqplib'
 import { amqpNames, parseDecisionNotice, parseCoordinatorStarted, type DecisionNotice } from '@fastify-2pc/protocol'
-import { AmqpLink, PoisonMessageError, topologyObjects, type AmqpConsumer, type AmqpLinkOptions, type PublishItem } from '@fastify-2pc/protocol/amqp'
+import { AmqpLink, PoisonMessageError, topologyObjects, type AmqpConsumer, type AmqpLinkOptions, type PublishItem } from '@fastify-2pc/amqp'
 import { startTcpProxy, type TcpProxy, type TcpProxyOptions } from './support/tcp-proxy.js'
 import { amqpUrl, amqpUrlVia, cleanupPrefix, listBrokerNames, rabbitmqctlList, requireRabbit } from './support/rabbit.js'
 

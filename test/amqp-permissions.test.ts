@@ -20,7 +20,7 @@ import amqp from 'amqplib'
 import {
   amqpNames, coordinatorPermissions, participantPermissions, signBody, SIGNATURE_HEADER, type AmqpNames, type AmqpPermissions
 } from '@fastify-2pc/protocol'
-import { declareParticipantQueue } from '@fastify-2pc/protocol/amqp'
+import { declareParticipantQueue } from '@fastify-2pc/amqp'
 import { buildCoordinator } from '@fastify-2pc/coordinator'
 import { createCoordinatorClient } from '@fastify-2pc/participant-sdk'
 import { buildService, readService } from './fixtures/sdk-services.js'

@@ -1,5 +1,5 @@
 /**
- * `twopc-conformance` (participant-sdk/dist/conformance/cli.js) run as a real child process
+ * `twopc-conformance` (conformance/dist/cli.js) run as a real child process
  * against real participants over HTTP on 127.0.0.1:
  * (a) an SDK participant in this process (Fastify + twoPhaseParticipant on a temp SQLite file),
  *     unsigned and signed: every MUST check passes, exit 0, and the database shows the kit left
@@ -26,7 +26,7 @@ import { startConformanceParticipant, type Flaw } from './fixtures/conformance-p
 import { freePort } from '../coordinator/test/support/process.js'
 
 const ROOT = dirname(dirname(fileURLToPath(import.meta.url)))
-const CLI = join(ROOT, 'participant-sdk', 'dist', 'conformance', 'cli.js')
+const CLI = join(ROOT, 'conformance', 'dist', 'cli.js')
 const DEMO_BIN = (name: 'inventory' | 'payment'): string => join(ROOT, 'demo-services', 'dist', `${name}-bin.js`)
 const SECRET = 'conformance-test-secret-0123456789'
 

@@ -9,11 +9,11 @@
  * bytes published (`x-2pc-signature`, operations `amqp.decision` / `amqp.event`): the outbox
  * stores the body only, so a row written before a restart is signed with the secret in force
  * when it goes out. Transactional messages are the application's and go out as enlisted.
- * Consumers verify broker signatures without an age limit (protocol/src/amqp/signing.ts), so a
+ * Consumers verify broker signatures without an age limit (amqp/src/signing.ts), so a
  * notice that waits hours in a queue is still accepted.
  */
 import type { FastifyBaseLogger } from 'fastify'
-import { signBrokerMessage, type AmqpLink, type BrokerOperation, type PublishItem } from '@fastify-2pc/protocol/amqp'
+import { signBrokerMessage, type AmqpLink, type BrokerOperation, type PublishItem } from '@fastify-2pc/amqp'
 import type { CoordinatorLog, OutboxRow } from './log/store.js'
 
 export interface OutboxOptions {

@@ -21,7 +21,7 @@ import { randomBytes } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
 import amqp from 'amqplib'
 import { amqpNames } from '@fastify-2pc/protocol'
-import { topologyObjects } from '@fastify-2pc/protocol/amqp'
+import { topologyObjects } from '@fastify-2pc/amqp'
 import { PRICES } from './catalog.js'
 import type { ServiceName } from './config.js'
 

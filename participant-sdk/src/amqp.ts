@@ -27,15 +27,15 @@
  * it is refused before it is even parsed: dead-lettered (a notice) or dropped (an event: its
  * private queue has no dead-letter queue), logged with the reason and counted (`rejected`). Acks
  * go out signed for `amqp.ack`. No age limit on these signatures: a notice may wait in the queue
- * for as long as the participant is down (see protocol/src/amqp/signing.ts). Without a secret,
+ * for as long as the participant is down (see amqp/src/signing.ts). Without a secret,
  * unsigned notices and events are accepted: anyone who can publish on the vhost can then commit
  * or abort a prepared transaction here.
  */
 import type { FastifyBaseLogger } from 'fastify'
 import { crashPoint, parseCoordinatorStarted, parseDecisionNotice, TX_ID_PATTERN } from '@fastify-2pc/protocol'
 import type { AckNotice, DecisionNotice } from '@fastify-2pc/protocol'
-import { AmqpLink, PoisonMessageError, signBrokerMessage, verifyBrokerMessage } from '@fastify-2pc/protocol/amqp'
-import type { AmqpLinkOptions, AmqpLinkStatus, BrokerRejectReason, MessageHandler } from '@fastify-2pc/protocol/amqp'
+import { AmqpLink, PoisonMessageError, signBrokerMessage, verifyBrokerMessage } from '@fastify-2pc/amqp'
+import type { AmqpLinkOptions, AmqpLinkStatus, BrokerRejectReason, MessageHandler } from '@fastify-2pc/amqp'
 import { applyDecision } from './decision.js'
 import type { ParticipantEngine } from './engine.js'
 import { HandlerThrew } from './engine.js'

@@ -11,7 +11,7 @@
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client'
 import type { Database } from 'better-sqlite3'
-import type { BrokerRejectReason } from '@fastify-2pc/protocol/amqp'
+import type { BrokerRejectReason } from '@fastify-2pc/amqp'
 import type { AmqpCounter, RejectedKind } from './amqp.js'
 import type { EngineObserver } from './engine.js'
 import type { ParticipantLog } from './log.js'

@@ -1,5 +1,5 @@
 /**
- * The conformance kit's batch checks (src/conformance/checks.ts), run in process against SDK
+ * The conformance kit's batch checks (conformance/src/checks.ts), run in process against SDK
  * participants over real HTTP on 127.0.0.1: they pass against the SDK's batch route, pass as
  * "not advertised" without one, and fail against participants whose batch route breaks the
  * contract (answers rewritten on the way out by an onSend hook of the host app).
@@ -8,8 +8,8 @@ import t, { type Test } from 'tap'
 import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
-import { runConformance } from '../src/conformance/checks.js'
-import type { ConformanceReport } from '../src/conformance/checks.js'
+import { runConformance } from '@fastify-2pc/conformance'
+import type { ConformanceReport } from '@fastify-2pc/conformance'
 import { buildInventory, SECRET } from './helpers.js'
 import type { Inventory } from './helpers.js'
 

@@ -16,7 +16,7 @@
  */
 import { join } from 'node:path'
 import { amqpNames } from '@fastify-2pc/protocol'
-import { topologyObjects } from '@fastify-2pc/protocol/amqp'
+import { topologyObjects } from '@fastify-2pc/amqp'
 import { startCoordinator, startBank, freePort, sleep, waitFor, httpJson, listTransactions } from './cluster.js'
 import type { Proc, TxRecord } from './cluster.js'
 import { readBank } from '../fixtures/bank-service.js'

@@ -8,7 +8,7 @@
 import amqp from 'amqplib'
 import type { ConfirmChannel, ChannelModel, GetMessage, ConsumeMessage, Options } from 'amqplib'
 import { amqpNames } from '@fastify-2pc/protocol'
-import { topologyObjects } from '@fastify-2pc/protocol/amqp'
+import { topologyObjects } from '@fastify-2pc/amqp'
 import { amqpUrl, cleanupPrefix } from './rabbit.js'
 
 export interface Received {

@@ -20,7 +20,7 @@
  *   participant's notice (the consumer checks the name in the body) or another transaction.
  * The `t=` in the header still says when the message was signed (useful in a dead-letter queue).
  */
-import { SIGNATURE_HEADER, signBody, verifySignature, type SignedOperation } from '../signature.js'
+import { SIGNATURE_HEADER, signBody, verifySignature, type SignedOperation } from '@fastify-2pc/protocol'
 
 /** The operations broker messages are signed for. */
 export type BrokerOperation = Extract<SignedOperation, 'amqp.decision' | 'amqp.ack' | 'amqp.event'>

@@ -10,7 +10,7 @@
  */
 
 import type { Channel } from 'amqplib'
-import type { AmqpNames } from '../amqp-names.js'
+import type { AmqpNames } from '@fastify-2pc/protocol'
 
 export const DEFAULT_DELIVERY_LIMIT = 20
 

@@ -1,3 +1,0 @@
-export * from './link.js'
-export * from './topology.js'
-export * from './signing.js'
