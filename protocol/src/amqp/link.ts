@@ -1023,4 +1023,3 @@ export class AmqpLink extends EventEmitter<AmqpLinkEvents> {
 export function createAmqpLink (options: AmqpLinkOptions): AmqpLink {
   return new AmqpLink(options)
 }
-
