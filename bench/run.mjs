@@ -157,9 +157,16 @@ async function startCluster (o) {
     nodeArgs: [...cfg.coordinatorNodeArgs, ...(o.coordinatorNodeArgs ?? [])],
     ...(o.strace ? { strace: join(dir, 'coordinator.strace') } : {}),
     cwd: dir,
-    env: { PORT: String(cPort), HOST: '127.0.0.1', TWOPC_DB: join(dir, 'coordinator.db'), LOG_LEVEL: cfg.logLevel, TWOPC_COORDINATOR_ID: 'bench', ...secretEnv,
+    env: {
+      PORT: String(cPort),
+      HOST: '127.0.0.1',
+      TWOPC_DB: join(dir, 'coordinator.db'),
+      LOG_LEVEL: cfg.logLevel,
+      TWOPC_COORDINATOR_ID: 'bench',
+      ...secretEnv,
       ...(cfg.batchMaxCalls !== undefined ? { TWOPC_BATCH_MAX_CALLS: String(cfg.batchMaxCalls) } : {}),
-      ...(cfg.inlineSyncMaxMs !== undefined ? { TWOPC_LOG_INLINE_SYNC_MAX_MS: String(cfg.inlineSyncMaxMs) } : {}) }
+      ...(cfg.inlineSyncMaxMs !== undefined ? { TWOPC_LOG_INLINE_SYNC_MAX_MS: String(cfg.inlineSyncMaxMs) } : {})
+    }
   })
   started.add(coordinator)
   const participant = (/** @type {string} */ name, /** @type {number} */ port) => {
@@ -168,8 +175,15 @@ async function startCluster (o) {
       script: 'participant.mjs',
       ...(name === 'inventory' && o.inventoryNodeArgs !== undefined ? { nodeArgs: o.inventoryNodeArgs } : {}),
       ...(o.strace ? { strace: join(dir, `${name}.strace`) } : {}),
-      env: { NAME: name, PORT: String(port), DB_PATH: join(dir, `${name}.db`), COORDINATOR_URL: coordinatorUrl, LOG_LEVEL: cfg.logLevel, ...secretEnv,
-        ...(cfg.inlineSyncMaxMs !== undefined ? { INLINE_SYNC_MAX_MS: String(cfg.inlineSyncMaxMs) } : {}) }
+      env: {
+        NAME: name,
+        PORT: String(port),
+        DB_PATH: join(dir, `${name}.db`),
+        COORDINATOR_URL: coordinatorUrl,
+        LOG_LEVEL: cfg.logLevel,
+        ...secretEnv,
+        ...(cfg.inlineSyncMaxMs !== undefined ? { INLINE_SYNC_MAX_MS: String(cfg.inlineSyncMaxMs) } : {})
+      }
     })
     started.add(p)
     return p

@@ -115,7 +115,7 @@ t.test('declares the topology: durable exchanges, quorum queues with dead-letter
   }
   for (const q of [names.acksQueue, names.participantQueue('inventory')]) {
     const args = mine.get(q)?.[3] ?? ''
-    t.match(args, `x-dead-letter-exchange`, `${q} dead-letters`)
+    t.match(args, 'x-dead-letter-exchange', `${q} dead-letters`)
     t.match(args, names.deadLetterExchange, `${q} dead-letters to ${names.deadLetterExchange}`)
     t.match(args, 'x-delivery-limit', `${q} has a delivery limit`)
   }

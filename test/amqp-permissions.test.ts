@@ -100,8 +100,14 @@ t.test('with the documented permissions: the coordinator and a participant work,
   // The coordinator (declares the topology) and, as the coordinator's user, payment's queue.
   const dir = t.testdir()
   const coordinator = await buildCoordinator({
-    dbPath: join(dir, 'coordinator.db'), coordinatorId: 'c1', secret: SECRET, amqpUrl: coordinatorUrl,
-    retryBaseMs: 5_000, retryMaxMs: 600_000, phase2TimeoutMs: 2_000, logger: false
+    dbPath: join(dir, 'coordinator.db'),
+    coordinatorId: 'c1',
+    secret: SECRET,
+    amqpUrl: coordinatorUrl,
+    retryBaseMs: 5_000,
+    retryMaxMs: 600_000,
+    phase2TimeoutMs: 2_000,
+    logger: false
   })
   t.teardown(() => coordinator.close())
   await coordinator.listen({ port: 0, host: '127.0.0.1' })

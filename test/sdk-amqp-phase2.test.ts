@@ -142,7 +142,16 @@ async function setup (t: Test) {
   const participant = async (name: string): Promise<Participant | undefined> => (await status()).participants.find(p => p.name === name)
 
   return {
-    prefix, names, coordinator, outcome, status, participant, queued, inventoryDb, paymentDb, first,
+    prefix,
+    names,
+    coordinator,
+    outcome,
+    status,
+    participant,
+    queued,
+    inventoryDb,
+    paymentDb,
+    first,
     coordinatorPartitionUrl: `http://${coordinatorPartition.address}`,
     commitCallbacks: () => commitCallbacks,
     httpProxy

@@ -193,13 +193,21 @@ export class ParticipantDriver {
         : `{"op":"${op}","body":${JSON.stringify(body)},"traceparent":${JSON.stringify(traceparent)}}`
       const signal = this.timeoutSignal(timeoutMs)
       const queued: QueuedCall = {
-        op, body, traceparent, json, bytes: Buffer.byteLength(json), timeoutMs, deadline: performance.now() + timeoutMs, signal, settled: false,
+        op,
+        body,
+        traceparent,
+        json,
+        bytes: Buffer.byteLength(json),
+        timeoutMs,
+        deadline: performance.now() + timeoutMs,
+        signal,
+        settled: false,
         // Each call keeps its own deadline inside a batch: it settles as timed out on its own.
         onAbort: () => { settle(queued, undefined, signal.reason as Error) },
         resolve,
         reject
       }
-      if (signal.aborted) { reject(signal.reason as Error); return }
+      if (signal.aborted) { reject(signal.reason); return }
       signal.addEventListener('abort', queued.onAbort, { once: true })
       let calls = this.queued.get(baseUrl)
       if (calls === undefined) this.queued.set(baseUrl, calls = [])

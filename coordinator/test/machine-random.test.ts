@@ -52,7 +52,7 @@ function runSchedule (seed: number): { ok: true, steps: number, decision: string
     if (!r.ok) return { ok: false, why: 'enlist rejected', trace }
     disk = r.tx
   }
-  let toParticipants: ToParticipant[] = []
+  const toParticipants: ToParticipant[] = []
   let toCoordinator: ToCoordinator[] = []
   let timers: Array<{ at: number, participant: string }> = []
   let commitRequested = false

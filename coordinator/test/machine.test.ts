@@ -29,8 +29,16 @@ t.test('enlist: only while active, unique names, bounded count', async t => {
   const tx = twoEnlisted()
   t.equal(tx.participants.length, 2)
   t.same(tx.participants[0], {
-    name: 'a', url: 'http://127.0.0.1/a', payload: { n: 'a' }, onePhase: false, vote: null, voteReason: null,
-    ack: 'none', attempts: 0, lastError: null, nextAttemptAt: null
+    name: 'a',
+    url: 'http://127.0.0.1/a',
+    payload: { n: 'a' },
+    onePhase: false,
+    vote: null,
+    voteReason: null,
+    ack: 'none',
+    attempts: 0,
+    lastError: null,
+    nextAttemptAt: null
   })
   t.match(step(tx, enlist('a'), policy), { ok: false, code: 'PARTICIPANT_EXISTS' })
   const three = run(tx, enlist('c')).tx

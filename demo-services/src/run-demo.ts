@@ -504,6 +504,7 @@ export async function runScenario (stack: DemoStack, print: (l: string) => void)
   // Kill it the moment it holds funds for a transaction whose decision it has not heard yet.
   let heldAtKill = 0
   const watchUntil = Date.now() + 10_000
+  // eslint-disable-next-line no-unmodified-loop-condition -- `settled` is set by the burst's promise
   while (!settled && Date.now() < watchUntil) {
     try {
       const b = await http<{ items: BalanceItem[] }>('GET', stack.url('payment') + '/balances', undefined, {}, 1000)

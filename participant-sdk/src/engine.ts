@@ -170,7 +170,7 @@ export function logDurability (db: Database): 'wal' | 'rollback' | 'memory' | { 
     return { unsafe: `journal_mode=${journal}: a crash in the middle of a commit can leave the database half written. Needed: journal_mode=WAL (db.pragma('journal_mode = WAL'), recommended), or DELETE, TRUNCATE or PERSIST` }
   }
   if (db.pragma('synchronous', { simple: true }) === 0) {
-    return { unsafe: `synchronous=OFF: SQLite skips the fsyncs of commits and checkpoints, so a yes vote could be lost in a power cut. Needed: synchronous=NORMAL or higher (db.pragma('synchronous = NORMAL'); FULL is fine too)` }
+    return { unsafe: "synchronous=OFF: SQLite skips the fsyncs of commits and checkpoints, so a yes vote could be lost in a power cut. Needed: synchronous=NORMAL or higher (db.pragma('synchronous = NORMAL'); FULL is fine too)" }
   }
   return journal === 'wal' ? 'wal' : 'rollback'
 }
@@ -337,7 +337,10 @@ export class ParticipantEngine {
   /** Runs the prepare (and for one-phase, commit) handler in a savepoint; returns the step. */
   #runPrepareHandlers (state: RecordState, request: PrepareRequest, onePhase: boolean, event: EventContext): Step {
     const context: PrepareContext = Object.freeze({
-      id: request.txid, participant: this.name, deadline: request.deadline, onePhase,
+      id: request.txid,
+      participant: this.name,
+      deadline: request.deadline,
+      onePhase,
       ...(event.traceparent !== undefined ? { traceparent: event.traceparent } : {})
     })
     try {
@@ -390,7 +393,11 @@ export class ParticipantEngine {
   async #enqueue<T> (kind: EventKind, txid: string, context: EventContext, work: () => T, outcome: (value: T) => string, afterCommit?: () => void): Promise<T> {
     return await new Promise<T>((resolve, reject) => {
       this.#queue.push({
-        kind, txid, context, work, afterCommit,
+        kind,
+        txid,
+        context,
+        work,
+        afterCommit,
         outcome: outcome as (value: unknown) => string,
         resolve: resolve as (value: unknown) => void,
         reject

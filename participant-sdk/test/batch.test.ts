@@ -306,7 +306,11 @@ t.test('each call\'s traceparent reaches its handler (tx.traceparent) and its lo
   const app = Fastify()
   t.teardown(() => app.close())
   await app.register(twoPhaseParticipant, {
-    name: 'inventory', db, coordinatorUrl: 'http://127.0.0.1:9', secret: SECRET, logger,
+    name: 'inventory',
+    db,
+    coordinatorUrl: 'http://127.0.0.1:9',
+    secret: SECRET,
+    logger,
     prepare: tx => { record('prepare')(tx); return 'yes' },
     commit: record('commit'),
     abort: record('abort')

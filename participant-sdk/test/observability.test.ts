@@ -136,7 +136,10 @@ t.test('traceparent: handed to the handlers, logged with the txid on the callbac
   t.teardown(() => app.close())
   const record = (handler: string) => (tx: TransactionContext): void => { seen.push({ handler, traceparent: tx.traceparent }) }
   await app.register(twoPhaseParticipant, {
-    name: 'inventory', db, coordinatorUrl: 'http://127.0.0.1:9', logger,
+    name: 'inventory',
+    db,
+    coordinatorUrl: 'http://127.0.0.1:9',
+    logger,
     prepare (tx, payload) {
       record('prepare')(tx)
       if ((payload as { fail?: boolean } | undefined)?.fail === true) throw new Error('boom in prepare')
@@ -223,7 +226,10 @@ t.test('end to end: the initiator\'s trace reaches the participant\'s handlers t
   const app = Fastify()
   t.teardown(() => app.close())
   await app.register(twoPhaseParticipant, {
-    name: 'inventory', db, coordinatorUrl, secret: E2E_SECRET,
+    name: 'inventory',
+    db,
+    coordinatorUrl,
+    secret: E2E_SECRET,
     prepare: tx => { traces.push({ handler: 'prepare', traceparent: tx.traceparent }); return 'yes' },
     commit: tx => { traces.push({ handler: 'commit', traceparent: tx.traceparent }) },
     abort: () => {}

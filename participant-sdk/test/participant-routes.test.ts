@@ -217,7 +217,9 @@ t.test('async handlers are refused: a Promise from prepare votes no, from commit
   const app2 = Fastify()
   t.teardown(() => app2.close())
   await app2.register(twoPhaseParticipant, {
-    name: 'inventory', db: db2, coordinatorUrl: 'http://127.0.0.1:9',
+    name: 'inventory',
+    db: db2,
+    coordinatorUrl: 'http://127.0.0.1:9',
     prepare: () => 'yes',
     commit: async () => {},
     abort: () => {}
@@ -269,8 +271,13 @@ t.test('the host app keeps its own JSON parser, error handler and routes; the pr
   t.teardown(() => app.close())
   app.setErrorHandler(async (_err, _req, reply) => await reply.code(418).send({ teapot: true }))
   await app.register(twoPhaseParticipant, {
-    name: 'inventory', db, coordinatorUrl: 'http://127.0.0.1:9', prefix: '/callbacks/2pc',
-    prepare: () => 'yes', commit: () => {}, abort: () => {}
+    name: 'inventory',
+    db,
+    coordinatorUrl: 'http://127.0.0.1:9',
+    prefix: '/callbacks/2pc',
+    prepare: () => 'yes',
+    commit: () => {},
+    abort: () => {}
   })
   app.post('/echo', async request => request.body)
   app.get('/boom', async () => { throw new Error('x') })

@@ -145,7 +145,13 @@ function recordingLogger (): { logger: FastifyBaseLogger, lines: Array<{ level: 
     }
     return {
       level: 'info',
-      fatal: at('fatal'), error: at('error'), warn: at('warn'), info: at('info'), debug: at('debug'), trace: at('trace'), silent: () => {},
+      fatal: at('fatal'),
+      error: at('error'),
+      warn: at('warn'),
+      info: at('info'),
+      debug: at('debug'),
+      trace: at('trace'),
+      silent: () => {},
       child: () => make()
     } as unknown as FastifyBaseLogger
   }

@@ -219,6 +219,7 @@ export async function runChaos (options: ChaosOptions): Promise<ChaosReport> {
     let stopLoad = false
     const worker = async (w: number): Promise<void> => {
       const r = prng(options.seed * 1000 + w) // per worker: the interleaving is real, the choices are seeded
+      // eslint-disable-next-line no-unmodified-loop-condition -- `stopLoad` is set by the run's other tasks
       while (!stopLoad && Date.now() < end && report.transfers < maxTransfers) {
         report.transfers++
         const fromA = r() < 0.5

@@ -341,18 +341,21 @@ export function simulate (seed: number, options: { machines?: Machines, trace?: 
 
     for (const c of clients) {
       if (c.phase === 'unborn' && coord.up) {
-        list.push({ w: 3, run: () => {
-          let tx = newTransaction(c.txid, now, now + TX_TIMEOUT)
-          for (const name of c.participants) {
-            const r = step(tx, { type: 'enlist', participant: { name, url: `http://${name}` }, now }, POLICY)
-            if (!r.ok) fail(`enlist rejected: ${r.code}`)
-            tx = r.tx
+        list.push({
+          w: 3,
+          run: () => {
+            let tx = newTransaction(c.txid, now, now + TX_TIMEOUT)
+            for (const name of c.participants) {
+              const r = step(tx, { type: 'enlist', participant: { name, url: `http://${name}` }, now }, POLICY)
+              if (!r.ok) fail(`enlist rejected: ${r.code}`)
+              tx = r.tx
+            }
+            persistCoordinator(undefined, tx, []) // begin + enlist: one write
+            c.phase = 'begun'
+            c.epoch = coord.epoch
+            note(`initiator began ${c.txid} with ${c.participants.join(',')}`)
           }
-          persistCoordinator(undefined, tx, []) // begin + enlist: one write
-          c.phase = 'begun'
-          c.epoch = coord.epoch
-          note(`initiator began ${c.txid} with ${c.participants.join(',')}`)
-        } })
+        })
       }
       if (c.phase === 'begun' && coord.up && coord.epoch === c.epoch) {
         list.push({ w: 3, run: () => { c.phase = 'done'; note(`initiator commits ${c.txid}`); coordinatorEvent(c.txid, { type: 'commit-requested', now }) } })
@@ -363,21 +366,27 @@ export function simulate (seed: number, options: { machines?: Machines, trace?: 
     if (coord.up) {
       for (let i = 0; i < coord.outgoing.length; i++) list.push({ w: 4, run: () => carryOut(i) })
       for (let i = 0; i < coord.timers.length; i++) {
-        list.push({ w: 1, run: () => {
-          const [timer] = coord.timers.splice(i, 1)
-          if (timer === undefined) return
-          now = Math.max(now, timer.at)
-          coordinatorEvent(timer.txid, { type: 'phase2-due', participant: timer.participant, now })
-        } })
+        list.push({
+          w: 1,
+          run: () => {
+            const [timer] = coord.timers.splice(i, 1)
+            if (timer === undefined) return
+            now = Math.max(now, timer.at)
+            coordinatorEvent(timer.txid, { type: 'phase2-due', participant: timer.participant, now })
+          }
+        })
       }
       for (let i = 0; i < coord.outbox.length; i++) {
         const row = coord.outbox[i]
         if (row === undefined || row.published) continue
-        list.push({ w: 1, run: () => {
-          parts.get(row.participant)?.queue.push({ rowId: row.rowId, txid: row.txid, participant: row.participant, decision: row.decision })
-          note(`outbox published ${row.decision} for ${row.participant} ${row.txid}`)
-          row.published = true
-        } })
+        list.push({
+          w: 1,
+          run: () => {
+            parts.get(row.participant)?.queue.push({ rowId: row.rowId, txid: row.txid, participant: row.participant, decision: row.decision })
+            note(`outbox published ${row.decision} for ${row.participant} ${row.txid}`)
+            row.published = true
+          }
+        })
         // Published, confirmed, then the crash before the row was marked: published again later.
         fault(0.3, () => {
           parts.get(row.participant)?.queue.push({ rowId: row.rowId, txid: row.txid, participant: row.participant, decision: row.decision })
@@ -386,10 +395,13 @@ export function simulate (seed: number, options: { machines?: Machines, trace?: 
         })
       }
       if (coord.acks.length > 0) {
-        list.push({ w: 2, run: () => {
-          const ack = coord.acks.splice(int(coord.acks.length), 1)[0]
-          if (ack !== undefined) coordinatorEvent(ack.txid, { type: 'phase2-acked', participant: ack.participant, now })
-        } })
+        list.push({
+          w: 2,
+          run: () => {
+            const ack = coord.acks.splice(int(coord.acks.length), 1)[0]
+            if (ack !== undefined) coordinatorEvent(ack.txid, { type: 'phase2-acked', participant: ack.participant, now })
+          }
+        })
       }
     }
 

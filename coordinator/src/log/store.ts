@@ -506,9 +506,9 @@ export class CoordinatorLog {
       insertAttention: this.db.prepare('INSERT INTO attention (tx_id, participant, kind, detail, created_at) VALUES (?, ?, ?, ?, ?)'),
       attentionFor: this.db.prepare<[string], AttentionRow>('SELECT * FROM attention WHERE tx_id = ? ORDER BY id'),
       openIds: this.db.prepare<[number, number], { id: string }>(
-        `SELECT id FROM transactions WHERE state IN ('active', 'preparing') AND expires_at <= ? ORDER BY expires_at LIMIT ?`),
+        "SELECT id FROM transactions WHERE state IN ('active', 'preparing') AND expires_at <= ? ORDER BY expires_at LIMIT ?"),
       undecidedIds: this.db.prepare<[string, number], { id: string }>(
-        `SELECT id FROM transactions WHERE state IN ('active', 'preparing') AND id > ? ORDER BY id LIMIT ?`),
+        "SELECT id FROM transactions WHERE state IN ('active', 'preparing') AND id > ? ORDER BY id LIMIT ?"),
       unfinishedIds: this.db.prepare<[string, number], { id: string }>(UNFINISHED_IDS_SQL),
       resolveRetryBudget: this.db.prepare(`UPDATE attention SET resolved_at = ?, resolution = 'delivered: every participant acked'
         WHERE tx_id = ? AND kind = 'retry-budget' AND resolved_at IS NULL`),
