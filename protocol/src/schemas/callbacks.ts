@@ -31,14 +31,14 @@ export const PrepareRequest = Type.Object({
   onePhase: Type.Optional(Type.Boolean({
     description: 'One-phase commit: prepare AND commit in one step, a yes means committed. Sent only to a participant enlisted with onePhase: true'
   }))
-}, { additionalProperties: false })
+}, { additionalProperties: false, description: 'body of POST {url}/prepare' })
 export type PrepareRequest = Static<typeof PrepareRequest>
 
 /** Body of `POST {participant url}/commit` and `/abort`. */
 export const DecisionRequest = Type.Object({
   txid: TxId,
   participant: Type.Optional(ParticipantName)
-}, { additionalProperties: false })
+}, { additionalProperties: false, description: 'body of POST {url}/commit and {url}/abort' })
 export type DecisionRequest = Static<typeof DecisionRequest>
 
 /** What a participant's `/batch` route accepts; advertised in its prepare answers. */
@@ -55,11 +55,11 @@ export const PrepareAnswer = Type.Object({
   // fast-json-stringify drops what the response schema does not name: `batch` must be listed
   // here or the advertisement never leaves the single route.
   batch: Type.Optional(BatchCapability)
-}, { additionalProperties: false })
+}, { additionalProperties: false, description: '200 answer of /prepare' })
 export type PrepareAnswer = Static<typeof PrepareAnswer>
 
 /** `2xx` answer of `/commit` and `/abort` (the coordinator reads only the status). */
-export const OkAnswer = Type.Object({ ok: Type.Literal(true) }, { additionalProperties: false })
+export const OkAnswer = Type.Object({ ok: Type.Literal(true) }, { additionalProperties: false, description: '2xx answer of /commit and /abort' })
 export type OkAnswer = Static<typeof OkAnswer>
 
 /** A failed callback's answer (4xx, 5xx); the coordinator keeps the status and a well-formed `code`. */
@@ -68,7 +68,7 @@ export const ErrorAnswer = Type.Object({
   code: Type.String({ pattern: ERROR_CODE_PATTERN }),
   error: Type.Optional(Type.String()),
   message: Type.Optional(Type.String())
-})
+}, { description: '4xx/5xx answer of a callback; the coordinator keeps the status and a code of this form' })
 export type ErrorAnswer = Static<typeof ErrorAnswer>
 
 const Traceparent = Type.String({ maxLength: 128, description: 'the traceparent header the single call would carry' })
@@ -84,7 +84,7 @@ export type BatchCall = Static<typeof BatchCall>
 /** Body of `POST {participant url}/batch`. */
 export const BatchRequest = Type.Object({
   calls: Type.Array(BatchCall, { minItems: 1, maxItems: MAX_BATCH_CALLS })
-}, { additionalProperties: false })
+}, { additionalProperties: false, description: 'body of POST {url}/batch' })
 export type BatchRequest = Static<typeof BatchRequest>
 
 /**
@@ -110,13 +110,13 @@ export const BatchResult = Type.Object({
 export type BatchResult = Static<typeof BatchResult>
 
 /** `200` answer of `/batch`: one result per call, in the calls' order. */
-export const BatchAnswer = Type.Object({ results: Type.Array(BatchResult) }, { additionalProperties: false })
+export const BatchAnswer = Type.Object({ results: Type.Array(BatchResult) }, { additionalProperties: false, description: '200 answer of /batch: one result per call, in order' })
 export type BatchAnswer = Static<typeof BatchAnswer>
 
 /** Answer of the coordinator's `GET /v1/transactions/:id/decision` (unknown fields are ignored). */
 export const DecisionAnswer = Type.Object({
   decision: Type.Union([Type.Literal('commit'), Type.Literal('abort'), Type.Literal('pending')])
-})
+}, { description: 'answer of the coordinator GET /v1/transactions/:id/decision; unknown fields are ignored' })
 export type DecisionAnswer = Static<typeof DecisionAnswer>
 
 /** The schemas of the callbacks' bodies and answers, by name (the generated file's `$defs`). */

@@ -28,6 +28,11 @@ export function callbackSchemaDocument (): Record<string, unknown> {
   }
 }
 
+/** The file's text: the document, 2-space indented, ending with a newline. */
+export function callbackSchemaText (): string {
+  return JSON.stringify(callbackSchemaDocument(), null, 2) + '\n'
+}
+
 /** A plain copy of `schema`, with every sub-schema equal to a definition (other than `self`) as a `$ref`. */
 function withRefs (schema: unknown, named: Map<string, string>, self?: string): unknown {
   if (Array.isArray(schema)) return schema.map(item => withRefs(item, named))

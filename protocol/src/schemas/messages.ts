@@ -9,11 +9,15 @@ import { Decision, ParticipantName } from './callbacks.js'
 const MessageTxId = Type.String({ minLength: 1, maxLength: 1024 })
 
 /** Coordinator -> participant, on `<prefix>.decisions` with routing key `participant.<name>`. */
-export const DecisionNotice = Type.Object({ txid: MessageTxId, participant: ParticipantName, decision: Decision })
+export const DecisionNotice = Type.Object({ txid: MessageTxId, participant: ParticipantName, decision: Decision }, {
+  description: 'coordinator -> participant, on <prefix>.decisions, routing key participant.<name>'
+})
 export type DecisionNotice = Static<typeof DecisionNotice>
 
 /** Participant -> coordinator, on `<prefix>.acks`: the participant applied `decision`. */
-export const AckNotice = Type.Object({ txid: MessageTxId, participant: ParticipantName, decision: Decision })
+export const AckNotice = Type.Object({ txid: MessageTxId, participant: ParticipantName, decision: Decision }, {
+  description: 'participant -> coordinator, on <prefix>.acks: the participant applied the decision'
+})
 export type AckNotice = Static<typeof AckNotice>
 
 /** Coordinator -> everyone, on `<prefix>.events`, after its recovery finished. */
@@ -21,7 +25,7 @@ export const CoordinatorStarted = Type.Object({
   type: Type.Literal('coordinator.started'),
   coordinatorId: Type.String({ minLength: 1, maxLength: 1024 }),
   at: Type.Number({ minimum: 0, description: 'Unix ms' })
-})
+}, { description: 'coordinator -> everyone, on <prefix>.events, after its recovery finished' })
 export type CoordinatorStarted = Static<typeof CoordinatorStarted>
 
 /** The message bodies by name (in the generated file's `$defs` too). */
