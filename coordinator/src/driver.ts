@@ -18,7 +18,7 @@ import type { Phase2Attention } from './core/machine.js'
 import { Agent, type Dispatcher } from 'undici'
 import {
   signBody, SIGNATURE_HEADER, CallbackPath, MAX_BATCH_CALLS, ParticipantErrorCodes, type SignedOperation,
-  readBatchAnswer, readErrorCode, readPrepareAnswer, type PrepareAnswerRead,
+  readBatchAnswer, readErrorCode, readPrepareAnswer, ERROR_CODE_PATTERN, type PrepareAnswerRead,
   type BatchCapability, type Decision, type DecisionRequest, type PrepareRequest, type Vote
 } from '@fastify-2pc/protocol'
 
@@ -59,8 +59,8 @@ export type DecisionOutcome =
 const RETRYABLE_4XX = new Set([408, 425, 429])
 /** The protocol's codes for "this participant cannot apply that decision": definite whatever the 4xx status. */
 const DEFINITE_CODES = new Set<string>([ParticipantErrorCodes.TX_UNKNOWN, ParticipantErrorCodes.TX_ALREADY_COMMITTED, ParticipantErrorCodes.TX_ALREADY_ABORTED])
-/** A transport error's code, recorded when it looks like one (never an error's message). */
-const SAFE_CODE = /^[A-Z][A-Z0-9_]{0,63}$/
+/** A transport error's code, recorded when it has the form of the protocol's codes (never an error's message). */
+const SAFE_CODE = new RegExp(ERROR_CODE_PATTERN)
 
 /**
  * How a non-2xx phase-2 answer counts.
