@@ -18,6 +18,7 @@ import type { Phase2Attention } from './core/machine.js'
 import { Agent, type Dispatcher } from 'undici'
 import {
   signBody, SIGNATURE_HEADER, CallbackPath, MAX_BATCH_CALLS, ParticipantErrorCodes, type SignedOperation,
+  readBatchAnswer, readErrorCode, readPrepareAnswer, ERROR_CODE_PATTERN, type PrepareAnswerRead,
   type BatchCapability, type Decision, type DecisionRequest, type PrepareRequest, type Vote
 } from '@fastify-2pc/protocol'
 
@@ -58,11 +59,8 @@ export type DecisionOutcome =
 const RETRYABLE_4XX = new Set([408, 425, 429])
 /** The protocol's codes for "this participant cannot apply that decision": definite whatever the 4xx status. */
 const DEFINITE_CODES = new Set<string>([ParticipantErrorCodes.TX_UNKNOWN, ParticipantErrorCodes.TX_ALREADY_COMMITTED, ParticipantErrorCodes.TX_ALREADY_ABORTED])
-/**
- * What of an answer is recorded: the `code` of a JSON error body when it looks like one, never
- * the text (the answer may come from anything listening at the url).
- */
-const SAFE_CODE = /^[A-Z][A-Z0-9_]{0,63}$/
+/** A transport error's code, recorded when it has the form of the protocol's codes (never an error's message). */
+const SAFE_CODE = new RegExp(ERROR_CODE_PATTERN)
 
 /**
  * How a non-2xx phase-2 answer counts.
@@ -79,10 +77,12 @@ export function classifyDecisionAnswer (status: number, code: string | undefined
   return { refused: status >= 400 && status < 500 && !RETRYABLE_4XX.has(status) }
 }
 
-/** The error code of an answer: a JSON body's `code`, when it is a well-formed code. */
+/**
+ * What of an error answer is recorded: the `code` of a JSON body when it is a well-formed code
+ * (protocol's ERROR_CODE_PATTERN), never the text (the answer may come from anything listening at the url).
+ */
 function errorCode (answer: Answer): string | undefined {
-  const code = answerObject(answer)?.code
-  return typeof code === 'string' && SAFE_CODE.test(code) ? code : undefined
+  return readErrorCode(answerValue(answer))
 }
 
 /** `commit answered 409: TX_ALREADY_ABORTED`: the status, and the code when there is one. */
@@ -110,10 +110,9 @@ const BATCH_ENVELOPE_BYTES = 12
 /** A participant's answer: the raw text of a single call, or a batch result's parsed body. */
 interface Answer { status: number, text?: string, body?: unknown }
 
-function answerObject (answer: Answer): Record<string, unknown> | undefined {
-  if (answer.text !== undefined) return parseObject(answer.text)
-  const body = answer.body
-  return typeof body === 'object' && body !== null && !Array.isArray(body) ? body as Record<string, unknown> : undefined
+/** The answer's JSON value (undefined when its text is not JSON); what it holds is for the protocol's readers to check. */
+function answerValue (answer: Answer): unknown {
+  return answer.text !== undefined ? parseJson(answer.text) : answer.body
 }
 
 type Op = 'prepare' | 'commit' | 'abort'
@@ -277,7 +276,7 @@ export class ParticipantDriver {
     for (const c of calls) timeoutMs = Math.max(timeoutMs, c.timeoutMs)
     const raw = '{"calls":[' + calls.map(c => c.json).join(',') + ']}'
     this.post(baseUrl, CallbackPath.batch, raw, timeoutMs, undefined, this.options.maxResponseBytes * calls.length).then(answer => {
-      const results = answer.status === 200 ? batchResults(answer.text ?? '', calls.length) : undefined
+      const results = answer.status === 200 ? readBatchAnswer(parseJson(answer.text ?? ''), calls.length) : undefined
       if (results !== undefined) {
         for (let i = 0; i < calls.length; i++) settle(calls[i] as QueuedCall, results[i])
         return
@@ -297,16 +296,13 @@ export class ParticipantDriver {
   }
 
   /** Notes what a prepare answer says about the participant's batch route. */
-  private learnBatching (baseUrl: string, answer: Record<string, unknown>): void {
+  private learnBatching (baseUrl: string, answer: PrepareAnswerRead): void {
     if (this.batchMaxCalls < 2) return
-    const batch = answer.batch as { maxCalls?: unknown, maxBytes?: unknown } | undefined
-    const maxCalls = batch?.maxCalls
-    const maxBytes = batch?.maxBytes
-    if (typeof maxCalls !== 'number' || !Number.isSafeInteger(maxCalls) || maxCalls < 2 ||
-        typeof maxBytes !== 'number' || !Number.isSafeInteger(maxBytes) || maxBytes < MIN_BATCH_BYTES) {
+    if (answer.batch === undefined || answer.batch.maxCalls < 2 || answer.batch.maxBytes < MIN_BATCH_BYTES) {
       this.batchable.delete(baseUrl)
       return
     }
+    const { maxCalls, maxBytes } = answer.batch
     const known = this.batchable.get(baseUrl)
     const calls = Math.min(maxCalls, this.batchMaxCalls)
     if (known?.maxCalls === calls && known.maxBytes === maxBytes) return
@@ -351,14 +347,10 @@ export class ParticipantDriver {
     try {
       const res = await this.call(baseUrl, 'prepare', body, timeoutMs, traceparent)
       if (res.status !== 200) return { ok: false, error: answered('prepare', res.status, errorCode(res)) }
-      const answer = answerObject(res)
-      const vote = answer?.vote
-      if (answer === undefined || (vote !== 'yes' && vote !== 'no' && vote !== 'read-only')) {
-        return { ok: false, error: 'prepare answered 200 without a valid vote' }
-      }
+      const answer = readPrepareAnswer(answerValue(res))
+      if (answer === undefined) return { ok: false, error: 'prepare answered 200 without a valid vote' }
       this.learnBatching(baseUrl, answer)
-      const reason = typeof answer.reason === 'string' ? answer.reason.slice(0, 1000) : undefined
-      return reason === undefined ? { ok: true, vote } : { ok: true, vote, reason }
+      return answer.reason === undefined ? { ok: true, vote: answer.vote } : { ok: true, vote: answer.vote, reason: answer.reason.slice(0, 1000) }
     } catch (err) {
       return { ok: false, error: describe(err, 'prepare', timeoutMs) }
     }
@@ -394,23 +386,10 @@ function settle (c: QueuedCall, answer: Answer | undefined, err?: Error): void {
   else c.reject(err ?? new Error('no answer'))
 }
 
-/** A batch answer's results, if it is well formed: `{results:[{status, body}, …]}`, one per call. */
-function batchResults (text: string, calls: number): Answer[] | undefined {
-  const results = parseObject(text)?.results
-  if (!Array.isArray(results) || results.length !== calls) return undefined
-  const answers: Answer[] = []
-  for (const r of results as unknown[]) {
-    const status = (r as { status?: unknown } | null)?.status
-    if (typeof status !== 'number' || !Number.isInteger(status) || status < 100 || status > 599) return undefined
-    answers.push({ status, body: (r as { body?: unknown }).body })
-  }
-  return answers
-}
-
-function parseObject (text: string): Record<string, unknown> | undefined {
+/** The JSON value of an answer's text; undefined when it is not JSON. */
+function parseJson (text: string): unknown {
   try {
-    const value: unknown = JSON.parse(text)
-    return typeof value === 'object' && value !== null && !Array.isArray(value) ? value as Record<string, unknown> : undefined
+    return JSON.parse(text)
   } catch {
     return undefined
   }

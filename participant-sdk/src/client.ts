@@ -9,8 +9,8 @@
  */
 import { Pool } from 'undici'
 import type { Dispatcher } from 'undici'
-import { PARTICIPANT_NAME_PATTERN, TX_ID_PATTERN } from '@fastify-2pc/protocol'
-import type { DecisionQueryResponse } from '@fastify-2pc/protocol'
+import { PARTICIPANT_NAME_PATTERN, TX_ID_PATTERN, readDecisionAnswer } from '@fastify-2pc/protocol'
+import type { DecisionAnswer } from '@fastify-2pc/protocol'
 import { CoordinatorError } from './errors.js'
 import { parseTraceparent } from './trace.js'
 
@@ -152,14 +152,13 @@ export class CoordinatorClient {
   }
 
   /** The coordinator's decision for a transaction, as participants ask for it. */
-  async decision (txid: string, options: { signal?: AbortSignal } = {}): Promise<DecisionQueryResponse> {
+  async decision (txid: string, options: { signal?: AbortSignal } = {}): Promise<DecisionAnswer> {
     assertTxid(txid)
-    const answer = await this.request('GET', `/v1/transactions/${txid}/decision`, { txid, ...options })
-    const decision = (answer as { decision?: unknown } | null)?.decision
-    if (decision !== 'commit' && decision !== 'abort' && decision !== 'pending') {
+    const answer = readDecisionAnswer(await this.request('GET', `/v1/transactions/${txid}/decision`, { txid, ...options }))
+    if (answer === undefined) {
       throw new CoordinatorError('COORDINATOR_BAD_RESPONSE', 'decision answer without a valid decision', { txid })
     }
-    return { decision }
+    return answer
   }
 
   /** Closes the keep-alive pool; in-flight requests finish first. */

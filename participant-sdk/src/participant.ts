@@ -13,11 +13,10 @@ import createError from '@fastify/error'
 import { STATUS_CODES } from 'node:http'
 import fp from 'fastify-plugin'
 import type { FastifyBaseLogger, FastifyError, FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify'
-import { Type } from '@sinclair/typebox'
-import type { Static } from '@sinclair/typebox'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { Database } from 'better-sqlite3'
-import { AMQP_PREFIX_PATTERN, MAX_BATCH_CALLS, MAX_INLINE_SYNC_MS, PARTICIPANT_NAME_PATTERN, SIGNATURE_HEADER, TX_ID_PATTERN, verifySignature, JSON_LIMITS, JSON_LIMITS_KEYWORD, JSON_LIMIT_CODES, jsonLimitExceeded, jsonLimitMessage, type SignedOperation } from '@fastify-2pc/protocol'
+import { AMQP_PREFIX_PATTERN, MAX_BATCH_CALLS, MAX_INLINE_SYNC_MS, PARTICIPANT_NAME_PATTERN, SIGNATURE_HEADER, verifySignature, JSON_LIMITS, JSON_LIMITS_KEYWORD, JSON_LIMIT_CODES, jsonLimitExceeded, jsonLimitMessage, type SignedOperation } from '@fastify-2pc/protocol'
+import { BatchAnswer, DecisionRequest, OkAnswer, PrepareAnswer, PrepareRequest, batchEnvelope } from '@fastify-2pc/protocol'
 import type { BatchCapability, BatchResult } from '@fastify-2pc/protocol'
 import { createCoordinatorClient } from './client.js'
 import type { Registry } from 'prom-client'
@@ -153,8 +152,9 @@ const MAX_IN_DOUBT_LIST = 10_000
 
 /**
  * Limits of a prepare's `payload` — the coordinator's (it refuses more when it is enlisted), from
- * the protocol (protocol/src/json-limits.ts). Over them a prepare is refused 400 `JSON_TOO_DEEP` /
- * `JSON_TOO_MANY_KEYS`, the handler not called.
+ * the protocol (protocol/src/json-limits.ts), applied by the `x-json-limits` keyword the
+ * protocol's PrepareRequest schema carries on `payload`. Over them a prepare is refused 400
+ * `JSON_TOO_DEEP` / `JSON_TOO_MANY_KEYS`, the handler not called.
  */
 const PAYLOAD_LIMITS = JSON_LIMITS
 const JsonTooDeepError = createError(JSON_LIMIT_CODES.depth, '%s', 400)
@@ -189,53 +189,8 @@ function charsetOf (contentType: string | undefined): string | undefined {
   return undefined
 }
 
-const TxId = Type.String({ pattern: TX_ID_PATTERN, maxLength: 64 })
-const ParticipantName = Type.String({ pattern: PARTICIPANT_NAME_PATTERN, maxLength: 64 })
-const PrepareBody = Type.Object({
-  txid: TxId,
-  participant: ParticipantName,
-  payload: Type.Optional(Type.Unknown({ [JSON_LIMITS_KEYWORD]: PAYLOAD_LIMITS })),
-  deadline: Type.Integer({ minimum: 0 }),
-  onePhase: Type.Optional(Type.Boolean())
-}, { additionalProperties: false })
-const DecisionBody = Type.Object({
-  txid: TxId,
-  participant: Type.Optional(ParticipantName)
-}, { additionalProperties: false })
-const BatchAdvert = Type.Object({
-  maxCalls: Type.Integer({ minimum: 1, maximum: MAX_BATCH_CALLS }),
-  maxBytes: Type.Integer({ minimum: 1 })
-}, { additionalProperties: false })
-// fast-json-stringify drops what the response schema does not name: `batch` must be listed here
-// or the advertisement never leaves the single route.
-const PrepareAnswer = Type.Object({
-  vote: Type.Union([Type.Literal('yes'), Type.Literal('no'), Type.Literal('read-only')]),
-  reason: Type.Optional(Type.String()),
-  batch: Type.Optional(BatchAdvert)
-}, { additionalProperties: false })
-const OkAnswer = Type.Object({ ok: Type.Literal(true) }, { additionalProperties: false })
-type PrepareBodyType = Static<typeof PrepareBody>
-type DecisionBodyType = Static<typeof DecisionBody>
-type PrepareAnswerType = Static<typeof PrepareAnswer>
-
-const BATCH_OPS = ['prepare', 'commit', 'abort'] as const
-type BatchOp = typeof BATCH_OPS[number]
-/**
- * The batch envelope; each call's `body` is checked on its own afterwards (against the single
- * route's schema), so that one bad call fails alone instead of the whole batch.
- */
-function batchBody (maxCalls: number) {
-  return Type.Object({
-    calls: Type.Array(Type.Object({
-      op: Type.Union(BATCH_OPS.map(op => Type.Literal(op))),
-      body: Type.Object({}),
-      traceparent: Type.Optional(Type.String({ maxLength: 128 }))
-    }, { additionalProperties: false }), { minItems: 1, maxItems: maxCalls })
-  }, { additionalProperties: false })
-}
-const BatchAnswer = Type.Object({
-  results: Type.Array(Type.Object({ status: Type.Integer(), body: Type.Unknown() }, { additionalProperties: false }))
-}, { additionalProperties: false })
+// The callbacks' schemas (bodies, answers, the batch envelope) are the protocol's (protocol/src/schemas/callbacks.ts).
+type BatchOp = 'prepare' | 'commit' | 'abort'
 
 function positiveInteger (name: string, value: number | undefined, fallback: number): number {
   const result = value ?? fallback
@@ -426,7 +381,7 @@ const callbackRoutes: FastifyPluginAsync<RouteOptions> = async (instance, { engi
 
   // One function per callback kind: a single route and each call of a batch run exactly this,
   // so a batched call is answered what the single route would have answered.
-  const runPrepare = async (body: PrepareBodyType, scope: CallScope): Promise<PrepareAnswerType> => {
+  const runPrepare = async (body: PrepareRequest, scope: CallScope): Promise<PrepareAnswer> => {
     checkParticipant(body.participant)
     const log = callLogger(scope, body.txid)
     let reply: Reply
@@ -435,11 +390,11 @@ const callbackRoutes: FastifyPluginAsync<RouteOptions> = async (instance, { engi
     } catch (err) {
       throw callbackError(err, 'prepare')
     }
-    const vote = answer(reply) as PrepareAnswerType
+    const vote = answer(reply) as PrepareAnswer
     // Every vote says the batch route is there: a coordinator learns it from any prepare answer.
     return batch === undefined ? vote : { ...vote, batch }
   }
-  const runDecision = async (decision: 'commit' | 'abort', body: DecisionBodyType, scope: CallScope): Promise<{ ok: true }> => {
+  const runDecision = async (decision: 'commit' | 'abort', body: DecisionRequest, scope: CallScope): Promise<{ ok: true }> => {
     checkParticipant(body.participant)
     const log = callLogger(scope, body.txid)
     let reply: Reply
@@ -461,20 +416,20 @@ const callbackRoutes: FastifyPluginAsync<RouteOptions> = async (instance, { engi
 
   app.post('/prepare', {
     bodyLimit,
-    schema: { body: PrepareBody, response: { 200: PrepareAnswer } }
+    schema: { body: PrepareRequest, response: { 200: PrepareAnswer } }
   }, async request => await runPrepare(request.body, scopeOf(request)))
 
   for (const decision of ['commit', 'abort'] as const) {
     app.post(`/${decision}`, {
       bodyLimit,
-      schema: { body: DecisionBody, response: { 200: OkAnswer } }
+      schema: { body: DecisionRequest, response: { 200: OkAnswer } }
     }, async request => await runDecision(decision, request.body, scopeOf(request)))
   }
 
   if (batch === undefined) return
   // Each call's body against its single route's schema, with the same strict Ajv, compiled once.
-  const validatePrepare = ajv.compile<PrepareBodyType>(PrepareBody)
-  const validateDecision = ajv.compile<DecisionBodyType>(DecisionBody)
+  const validatePrepare = ajv.compile<PrepareRequest>(PrepareRequest)
+  const validateDecision = ajv.compile<DecisionRequest>(DecisionRequest)
   const runCall = async (op: BatchOp, body: object, scope: CallScope): Promise<unknown> => {
     if (op === 'prepare') {
       if (!validatePrepare(body)) throw jsonLimitError(validatePrepare.errors) ?? new CallValidationError(ajv.errorsText(validatePrepare.errors, { dataVar: 'body' }))
@@ -488,7 +443,7 @@ const callbackRoutes: FastifyPluginAsync<RouteOptions> = async (instance, { engi
   // signature or a malformed envelope fails the whole request). Each call gets its own result.
   app.post('/batch', {
     bodyLimit,
-    schema: { body: batchBody(batch.maxCalls), response: { 200: BatchAnswer } }
+    schema: { body: batchEnvelope(batch.maxCalls), response: { 200: BatchAnswer } }
   }, async request => {
     const { calls } = request.body
     onBatch?.(calls.length)

@@ -11,7 +11,7 @@ import pino from 'pino'
 import type { Registry } from 'prom-client'
 import { request } from 'undici'
 import { MAX_BATCH_CALLS, signBody, type SignedOperation } from '@fastify-2pc/protocol'
-import type { BatchResponse } from '@fastify-2pc/protocol'
+import type { BatchAnswer } from '@fastify-2pc/protocol'
 import { twoPhaseParticipant } from '../src/index.js'
 import type { TransactionContext } from '../src/index.js'
 import { BATCH, buildInventory, inventoryHandlers, prepareBody, SECRET, txid } from './helpers.js'
@@ -38,10 +38,10 @@ async function post (url: string, body: unknown, options: { secret?: string, sig
 }
 
 /** A batch that must be answered 200; signed with `secret` (null: unsigned). */
-async function batch (base: string, calls: unknown[], secret: string | null = SECRET): Promise<BatchResponse['results']> {
+async function batch (base: string, calls: unknown[], secret: string | null = SECRET): Promise<BatchAnswer['results']> {
   const res = await post(`${base}/2pc/batch`, { calls }, secret === null ? {} : { secret })
   if (res.status !== 200) throw new Error(`batch answered ${res.status}: ${JSON.stringify(res.body)}`)
-  return (res.body as unknown as BatchResponse).results
+  return (res.body as unknown as BatchAnswer).results
 }
 
 const prepareCall = (id: string, qty = 3, extra: Record<string, unknown> = {}): Record<string, unknown> => ({ op: 'prepare', body: prepareBody(id, qty, extra) })

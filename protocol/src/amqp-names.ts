@@ -8,7 +8,9 @@
  * dead-letter queue per source queue, in a namespace no participant name can collide with.
  */
 
-import { PARTICIPANT_NAME_PATTERN, type Decision } from './wire.js'
+import { PARTICIPANT_NAME_PATTERN } from './wire.js'
+// eslint-disable-next-line @typescript-eslint/no-unused-vars -- the {@link}s below name them
+import type { AckNotice, CoordinatorStarted, DecisionNotice } from './schemas/messages.js'
 
 export const DEFAULT_AMQP_PREFIX = 'twopc'
 
@@ -137,86 +139,4 @@ export function participantPermissions (names: AmqpNames, participant: string): 
     read: anyOf([x(names.decisionsExchange), x(names.eventsExchange), x(names.deadLetterExchange), x(queue), events]),
     topic: { exchange: names.decisionsExchange, write: '^$', read: `^${x(names.participantRoutingKey(participant))}$` }
   }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Message bodies (JSON, content type application/json)
-
-/** Coordinator -> participant, on `<prefix>.decisions` with routing key `participant.<name>`. */
-export interface DecisionNotice {
-  txid: string
-  participant: string
-  decision: Decision
-}
-
-/** Participant -> coordinator, on `<prefix>.acks`: the participant applied `decision`. */
-export interface AckNotice {
-  txid: string
-  participant: string
-  decision: Decision
-}
-
-/** Coordinator -> everyone, on `<prefix>.events`, after its recovery finished. */
-export interface CoordinatorStarted {
-  type: 'coordinator.started'
-  coordinatorId: string
-  /** Unix ms. */
-  at: number
-}
-
-const MAX_FIELD = 1024
-
-function isRecord (v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v)
-}
-
-function isShortString (v: unknown): v is string {
-  return typeof v === 'string' && v.length > 0 && v.length <= MAX_FIELD
-}
-
-function isDecision (v: unknown): v is Decision {
-  return v === 'commit' || v === 'abort'
-}
-
-/** Accepts a parsed object, a JSON string or a Buffer holding JSON. */
-function toRecord (input: unknown): Record<string, unknown> | undefined {
-  let v = input
-  if (typeof Buffer !== 'undefined' && Buffer.isBuffer(v)) v = v.toString('utf8')
-  if (typeof v === 'string') {
-    try {
-      v = JSON.parse(v)
-    } catch {
-      return undefined
-    }
-  }
-  return isRecord(v) ? v : undefined
-}
-
-function parseTxNotice (input: unknown): { txid: string, participant: string, decision: Decision } | undefined {
-  const r = toRecord(input)
-  if (r === undefined) return undefined
-  const { txid, participant, decision } = r
-  if (!isShortString(txid) || !isDecision(decision)) return undefined
-  if (typeof participant !== 'string' || !participantRe.test(participant)) return undefined
-  return { txid, participant, decision }
-}
-
-/** A valid {@link DecisionNotice} (only its known fields), or undefined for a malformed message. */
-export function parseDecisionNotice (input: unknown): DecisionNotice | undefined {
-  return parseTxNotice(input)
-}
-
-/** A valid {@link AckNotice} (only its known fields), or undefined for a malformed message. */
-export function parseAckNotice (input: unknown): AckNotice | undefined {
-  return parseTxNotice(input)
-}
-
-/** A valid {@link CoordinatorStarted} (only its known fields), or undefined for a malformed message. */
-export function parseCoordinatorStarted (input: unknown): CoordinatorStarted | undefined {
-  const r = toRecord(input)
-  if (r === undefined) return undefined
-  const { type, coordinatorId, at } = r
-  if (type !== 'coordinator.started' || !isShortString(coordinatorId)) return undefined
-  if (typeof at !== 'number' || !Number.isFinite(at) || at < 0) return undefined
-  return { type, coordinatorId, at }
 }
