@@ -449,7 +449,7 @@ export class Engine {
       this.crash('coordinator.after-decision-before-phase2')
     }
     if (next.completedAt !== null && prev?.completedAt == null && next.decidedAt !== null) observer?.completed(next.completedAt - next.decidedAt)
-    for (const e of effects) if (e.type === 'record-attention') observer?.attention(e.cause ?? e.kind)
+    for (const e of effects) if (e.type === 'record-attention') observer?.attention(e.kind)
     for (const a of writes.attention) {
       this.logger.warn({ txid: next.id, participant: a.participant, kind: a.kind, detail: a.detail }, 'transaction needs attention')
     }

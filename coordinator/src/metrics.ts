@@ -97,7 +97,7 @@ export function createMetrics (log: CoordinatorLog, outboxEnabled: () => boolean
     phase1: new Histogram({ name: 'twopc_phase1_duration_seconds', help: 'Commit requested to decision durable', buckets: latency, registers: [registry] }),
     phase2: new Histogram({ name: 'twopc_phase2_duration_seconds', help: 'Decision durable to every participant acked', buckets: latency, registers: [registry] }),
     retries: new Counter({ name: 'twopc_phase2_retries_total', help: 'Failed phase-2 deliveries (each is retried)', registers: [registry] }),
-    heuristics: new Counter({ name: 'twopc_attention_entries_total', help: 'Attention entries recorded, by kind (heuristic, retry-budget)', labelNames: ['kind'], registers: [registry] }),
+    heuristics: new Counter({ name: 'twopc_attention_entries_total', help: 'Attention entries recorded, by kind (heuristic, retry-budget, unauthorized, not-found)', labelNames: ['kind'], registers: [registry] }),
     flushBatch: new Histogram({ name: 'twopc_log_flush_batch_size', help: 'Steps per group-committed log write (one SQLite transaction)', buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256], registers: [registry] }),
     flushSeconds: new Histogram({ name: 'twopc_log_flush_duration_seconds', help: 'Duration of one log write (SQLite transaction, without the fsync)', buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25], registers: [registry] }),
     syncBatch: new Histogram({ name: 'twopc_log_sync_batch_size', help: 'Steps made durable by one fdatasync of the log', buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024], registers: [registry] }),

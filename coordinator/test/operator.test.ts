@@ -314,6 +314,44 @@ t.test('migrations 5 and 6: the common timeline events move into the record\'s c
   t.equal((log.db.pragma('foreign_key_check') as unknown[]).length, 0)
 })
 
+t.test('migration 9: the attention table of a log at migration 8 keeps its entries and takes the kinds unauthorized and not-found', async t => {
+  const path = tempDbPath(t)
+  const db = logAtVersion(path, 8)
+  db.prepare(`INSERT INTO transactions (id, state, created_at, updated_at, expires_at, decided_at, needs_attention)
+    VALUES ('c1.A', 'committed', 1, 2, 3, 2, 1)`).run()
+  db.prepare(`INSERT INTO attention (tx_id, participant, kind, detail, created_at) VALUES
+    ('c1.A', 'a', 'retry-budget', 'unauthorized: commit answered 401; retried with backoff until it is delivered', 5),
+    ('c1.A', 'b', 'heuristic', 'commit answered 409: TX_ALREADY_ABORTED', 6)`).run()
+  t.throws(() => db.prepare(`INSERT INTO attention (tx_id, participant, kind, detail, created_at) VALUES ('c1.A', 'a', 'unauthorized', 'x', 7)`).run(),
+    /CHECK/, 'migration 8 refuses the new kinds')
+  db.close()
+
+  const log = new CoordinatorLog(path)
+  t.teardown(() => log.close())
+  t.match(log.attention('c1.A'), [{ id: 1, participant: 'a', kind: 'retry-budget', createdAt: 5, resolvedAt: null }, { id: 2, kind: 'heuristic', createdAt: 6 }], 'the entries are kept')
+  const check = new Database(path, { readonly: true })
+  t.teardown(() => check.close())
+  t.same(check.prepare("SELECT name FROM sqlite_schema WHERE tbl_name = 'attention' AND type = 'index' ORDER BY name").all().map((r: any) => r.name),
+    ['attention_by_tx', 'attention_open'], 'its indexes are back')
+  t.same(check.prepare('SELECT version FROM schema_migrations ORDER BY version').all().map((r: any) => r.version), migrations.map(m => m.version))
+  t.equal((check.pragma('foreign_key_check') as unknown[]).length, 0)
+  check.close()
+  // A step that records the new kinds, then completes: resolved as delivered like a retry-budget entry.
+  const tx = log.load('c1.A') as Transaction
+  const flagged = { ...tx, updatedAt: 10 }
+  await new Promise<void>((resolve, reject) => {
+    log.save(tx, flagged, { attention: [{ participant: 'a', kind: 'unauthorized', detail: 'unauthorized: commit answered 401' }, { participant: 'a', kind: 'not-found', detail: 'not-found: commit answered 404' }], messages: [], notices: [] },
+      10, true, err => { if (err !== undefined) reject(err); else resolve() })
+  })
+  await new Promise<void>((resolve, reject) => {
+    log.save(flagged, { ...flagged, updatedAt: 20, completedAt: 20, needsAttention: false }, { attention: [], messages: [], notices: [] },
+      20, true, err => { if (err !== undefined) reject(err); else resolve() })
+  })
+  t.match(log.attention('c1.A').map(a => [a.kind, a.resolution]), [
+    ['retry-budget', /^delivered/], ['heuristic', null], ['unauthorized', /^delivered/], ['not-found', /^delivered/]
+  ], 'every still-retried kind resolved as delivered, a heuristic left for an operator')
+})
+
 t.test('the console\'s counters and views read the in-flight or rare rows, not the whole log', async t => {
   // Every console page shows the counters: exact counts of the log's history read every row on
   // the event loop (~20 ms per 100,000 transactions warm, ~200 ms cold), and the rare-row views

@@ -511,7 +511,7 @@ export class CoordinatorLog {
         `SELECT id FROM transactions WHERE state IN ('active', 'preparing') AND id > ? ORDER BY id LIMIT ?`),
       unfinishedIds: this.db.prepare<[string, number], { id: string }>(UNFINISHED_IDS_SQL),
       resolveRetryBudget: this.db.prepare(`UPDATE attention SET resolved_at = ?, resolution = 'delivered: every participant acked'
-        WHERE tx_id = ? AND kind = 'retry-budget' AND resolved_at IS NULL`),
+        WHERE tx_id = ? AND kind IN ('retry-budget', 'unauthorized', 'not-found') AND resolved_at IS NULL`),
       insertMessage: this.db.prepare('INSERT INTO tx_messages (tx_id, position, exchange, routing_key, body, headers) VALUES (?, ?, ?, ?, ?, ?)'),
       releaseMessages: this.db.prepare(`INSERT INTO outbox (tx_id, kind, exchange, routing_key, message_id, body, headers, created_at)
         SELECT tx_id, 'message', exchange, routing_key, tx_id || ':m' || position, body, headers, ? FROM tx_messages WHERE tx_id = ? ORDER BY position`),
@@ -569,7 +569,7 @@ export class CoordinatorLog {
         }
       }
       for (const a of writes.attention) this.stmts.insertAttention.run(next.id, a.participant, a.kind, a.detail, now)
-      // Open retry-budget entries flag the transaction, so only a flagged one can have any to close.
+      // Open entries of a delivery still retried flag the transaction, so only a flagged one can have any to close.
       if (next.completedAt !== null && prev !== null && prev.completedAt === null && (prev.needsAttention || writes.attention.length > 0)) {
         this.stmts.resolveRetryBudget.run(now, next.id)
       }
