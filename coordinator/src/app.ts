@@ -87,7 +87,6 @@ export const coordinatorPlugin = fp<{ options: ResolvedOptions }>(async (app, { 
   }
   const metrics = createMetrics(log, () => outbox !== undefined)
   if (outbox !== undefined) outbox.onPublished = (n) => metrics.outboxPublished.inc(n)
-  log.beforeWrite = () => { driver.flush(); return driver.takeSent() }
   log.onFlush = (steps, ms) => {
     metrics.flushBatch.observe(steps)
     metrics.flushSeconds.observe(ms / 1000)
@@ -208,7 +207,7 @@ export const coordinatorPlugin = fp<{ options: ResolvedOptions }>(async (app, { 
     reply.code(ready ? 200 : 503)
     // The broker is reported, not required: a broker outage only grows the outbox.
     let amqp: Record<string, unknown> = { configured: false }
-    if (link !== undefined && log.db.open) {
+    if (link !== undefined && log.open) {
       const stats = log.outboxStats()
       const status = link.status()
       amqp = {

@@ -1,7 +1,7 @@
 /**
  * The operator side of the log (migrations 3 and 5): the timeline, the `audit` trail and
  * attention resolutions. `write` runs inside the step's own SQLite transaction (called by
- * CoordinatorLog's writeStep; the batch's timeline rows are inserted together at its end), so a
+ * the SQLite log's batch writer, batch-writer.ts; the batch's timeline rows are inserted together at its end), so a
  * timeline entry or an audit row exists exactly when the change it describes does. A step's
  * events are derived from its before/after records (`timelineOf`, pure): the machine copies only
  * what it changes, so the diff is a few reference comparisons. The common ones (DERIVED_KINDS)
@@ -9,7 +9,7 @@
  * and `timeline` reads them back; only the rare ones become `tx_events` rows.
  */
 import type Database from 'better-sqlite3'
-import type { AuditAction, Participant, Transaction } from '../core/machine.js'
+import type { AuditAction, Participant, Transaction } from '../../core/machine.js'
 
 export interface NewAudit {
   action: AuditAction
