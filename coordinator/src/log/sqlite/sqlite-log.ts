@@ -397,6 +397,11 @@ export class CoordinatorLog implements LogStore, BatchStore<LogStep> {
     }
   }
 
+  /** Test-only: one of the connection's settings (`PRAGMA <name>`), e.g. temp_store. */
+  setting (name: string): unknown {
+    return this.#db.pragma(name, { simple: true })
+  }
+
   close (): void {
     if (this.#db.open) {
       this.flushAndSync() // nothing saved is dropped by a graceful close
