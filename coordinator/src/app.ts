@@ -24,7 +24,8 @@ import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
 import { createMetrics, type CoordinatorMetrics } from './metrics.js'
 import { RetentionPruner } from './retention.js'
-import { amqpNames, parseAckNotice, SyncPlacement } from '@fastify-2pc/protocol'
+import { amqpNames, parseAckNotice } from '@fastify-2pc/protocol'
+import { SyncPlacement } from '@fastify-2pc/storage'
 
 export interface Coordinator {
   id: string

@@ -12,7 +12,8 @@
  * would be told.
  */
 import type { FastifyBaseLogger } from 'fastify'
-import { crashPoint as defaultCrashPoint, type CrashPoint, type Decision } from '@fastify-2pc/protocol'
+import type { Decision } from '@fastify-2pc/protocol'
+import { crashPoint as defaultCrashPoint, type CrashPoint } from '@fastify-2pc/storage'
 import {
   step, newTransaction, isDecided, decisionOf,
   type Effect, type Event, type NewParticipant, type Policy, type RejectCode, type StepResult, type Transaction, type TxMessage

@@ -76,19 +76,21 @@ export class TurnEnd {
 
   /** The callbacks queued so far, then the log's write (which syncs forced steps at once). */
   write (): void {
-    this.putOff = false
-    this.sendsFirst = 0
-    this.sender.flush()
-    this.sender.takeSent()
+    this.sendQueued()
     this.log.flush()
   }
 
   /** Everything queued and saved so far, written and synced, blocking (a graceful stop). */
   writeAndSync (): void {
+    this.sendQueued()
+    this.log.flushAndSync()
+  }
+
+  /** Before any write: the calls queued in this turn go out (their requests are asked about afresh next turn). */
+  private sendQueued (): void {
     this.putOff = false
     this.sendsFirst = 0
     this.sender.flush()
     this.sender.takeSent()
-    this.log.flushAndSync()
   }
 }

@@ -210,7 +210,7 @@ export class OperatorTables {
 
   /**
    * Inside the step's SQLite transaction: its timeline events go to `events` (written for the
-   * whole batch with one statement by CoordinatorLog), its audit rows and attention resolution
+   * whole batch with one statement by the batch writer), its audit rows and attention resolution
    * are written now.
    */
   write (prev: Transaction | null, next: Transaction, audit: NewAudit[] | undefined, resolution: string | undefined, now: number, events: MultiRowInsert): void {
