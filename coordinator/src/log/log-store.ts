@@ -12,9 +12,9 @@
 import type { Decision } from '@fastify-2pc/protocol'
 import type { FailureKind } from '@fastify-2pc/storage'
 import type { AttentionKind, Transaction, TxMessage, TxState } from '../core/machine.js'
-import type { AuditEntry, NewAudit, StoredTimelineEvent } from './sqlite/operator-tables.js'
+import type { AuditEntry, NewAudit, StoredTimelineEvent } from './timeline.js'
 
-export type { AuditEntry, NewAudit, StoredTimelineEvent, TimelineEvent, TimelineKind } from './sqlite/operator-tables.js'
+export type { AuditEntry, NewAudit, StoredTimelineEvent, TimelineEvent, TimelineKind } from './timeline.js'
 
 export interface AttentionEntry {
   id: number

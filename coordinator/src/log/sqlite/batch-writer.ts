@@ -8,7 +8,8 @@ import type { PipelineStep } from '@fastify-2pc/storage'
 import type { Participant, Transaction } from '../../core/machine.js'
 import type { NoticeRouting, StepWrites } from '../log-store.js'
 import { payloadJson } from '../record-image.js'
-import { MultiRowInsert, entersPhase1, type OperatorTables } from './operator-tables.js'
+import { MultiRowInsert, type OperatorTables } from './operator-tables.js'
+import { entersPhase1 } from '../timeline.js'
 import { PARTICIPANT_COLUMNS, PARTICIPANT_UPSERT, TX_COLUMNS, TX_TIMES_UPSERT, TX_UPSERT, type Statements } from './statements.js'
 
 /** A step of the log's pipeline. */
