@@ -378,7 +378,7 @@ export class ParticipantDriver {
   async close (): Promise<void> {
     this.closed = true
     // Calls queued for this turn go out now (their answers may still be read before the agent closes).
-    if (this.flushScheduled) this.flush()
+    if (this.queued.size > 0) this.flush()
     await this.agent.close()
   }
 }
