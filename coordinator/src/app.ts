@@ -24,7 +24,8 @@ import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
 import { createMetrics, type CoordinatorMetrics } from './metrics.js'
 import { RetentionPruner } from './retention.js'
-import { amqpNames, parseAckNotice, SyncPlacement } from '@fastify-2pc/protocol'
+import { amqpNames, parseAckNotice } from '@fastify-2pc/protocol'
+import { SyncPlacement } from '@fastify-2pc/storage'
 
 export interface Coordinator {
   id: string
@@ -87,7 +88,6 @@ export const coordinatorPlugin = fp<{ options: ResolvedOptions }>(async (app, { 
   }
   const metrics = createMetrics(log, () => outbox !== undefined)
   if (outbox !== undefined) outbox.onPublished = (n) => metrics.outboxPublished.inc(n)
-  log.beforeWrite = () => { driver.flush(); return driver.takeSent() }
   log.onFlush = (steps, ms) => {
     metrics.flushBatch.observe(steps)
     metrics.flushSeconds.observe(ms / 1000)
@@ -208,7 +208,7 @@ export const coordinatorPlugin = fp<{ options: ResolvedOptions }>(async (app, { 
     reply.code(ready ? 200 : 503)
     // The broker is reported, not required: a broker outage only grows the outbox.
     let amqp: Record<string, unknown> = { configured: false }
-    if (link !== undefined && log.db.open) {
+    if (link !== undefined && log.open) {
       const stats = log.outboxStats()
       const status = link.status()
       amqp = {

@@ -143,6 +143,11 @@ export class ParticipantDriver {
   /** Calls queued in this turn, by participant url. */
   private queued = new Map<string, QueuedCall[]>()
   private flushScheduled = false
+  /**
+   * Called when a call is queued for the end of the turn; the engine's TurnEnd sets it (and then
+   * flushes). Unset, the driver flushes itself at the end of the turn.
+   */
+  onQueued: (() => void) | undefined
   /** See takeSent. */
   private sentSinceAsked = false
   private closed = false
@@ -211,7 +216,8 @@ export class ParticipantDriver {
       let calls = this.queued.get(baseUrl)
       if (calls === undefined) this.queued.set(baseUrl, calls = [])
       calls.push(queued)
-      if (!this.flushScheduled) {
+      if (this.onQueued !== undefined) this.onQueued()
+      else if (!this.flushScheduled) {
         this.flushScheduled = true
         setImmediate(() => { this.flush() })
       }
@@ -220,7 +226,7 @@ export class ParticipantDriver {
 
   /**
    * Sends every call queued in this turn: per participant, as few batches as its limits allow.
-   * Runs at the end of the turn, or earlier when the log is about to write (store.beforeWrite).
+   * Runs at the end of the turn, before the log's write (the engine's TurnEnd).
    */
   flush (): void {
     this.flushScheduled = false
@@ -254,7 +260,7 @@ export class ParticipantDriver {
   /**
    * Whether requests went out since the last time this was asked. undici writes a request on a
    * reused idle socket only in a later `setImmediate`, so a request sent in this turn (by the
-   * log's beforeWrite, the driver's own end-of-turn flush, or an unbatched call) may not be on
+   * end-of-turn flush, or an unbatched call) may not be on
    * the wire yet.
    */
   takeSent (): boolean {
@@ -372,7 +378,7 @@ export class ParticipantDriver {
   async close (): Promise<void> {
     this.closed = true
     // Calls queued for this turn go out now (their answers may still be read before the agent closes).
-    if (this.flushScheduled) this.flush()
+    if (this.queued.size > 0) this.flush()
     await this.agent.close()
   }
 }

@@ -12,12 +12,14 @@
  * would be told.
  */
 import type { FastifyBaseLogger } from 'fastify'
-import { crashPoint as defaultCrashPoint, type CrashPoint, type Decision } from '@fastify-2pc/protocol'
+import type { Decision } from '@fastify-2pc/protocol'
+import { crashPoint as defaultCrashPoint, type CrashPoint } from '@fastify-2pc/storage'
 import {
   step, newTransaction, isDecided, decisionOf,
   type Effect, type Event, type NewParticipant, type Policy, type RejectCode, type StepResult, type Transaction, type TxMessage
 } from './core/machine.js'
-import type { CoordinatorLog, StepWrites } from './log/store.js'
+import type { LogStore, StepWrites } from './log/log-store.js'
+import { TurnEnd } from './turn-end.js'
 import type { ParticipantDriver } from './driver.js'
 import { newTransactionId } from './ids.js'
 import { childTraceparent, traceIdOf } from './trace.js'
@@ -105,15 +107,18 @@ export class Engine {
   private readonly random: () => number
   private readonly crash: CrashPoint
   recovered = false
+  /** The end of each event-loop turn: callbacks out, then the log's write and sync (turn-end.ts). */
+  private readonly turn: TurnEnd
 
   constructor (
-    private readonly log: CoordinatorLog,
+    private readonly log: LogStore,
     private readonly driver: ParticipantDriver,
     private readonly options: EngineOptions
   ) {
     this.now = options.now ?? Date.now
     this.random = options.random ?? Math.random
     this.crash = options.crashPoint ?? defaultCrashPoint
+    this.turn = new TurnEnd(driver, log)
     this.phase2 = new FairScheduler<Phase2Job>({
       maxInFlight: options.maxConcurrentPhase2,
       maxInFlightPerKey: options.maxConcurrentPhase2PerParticipant ?? PHASE2_MAX_IN_FLIGHT_PER_PARTICIPANT,
@@ -161,7 +166,7 @@ export class Engine {
     // A one-shot answers only with the decision, which is forced by itself. Its prepares go out
     // now, while the begin is written: the record is in the log's newest view at once (so the
     // decision endpoint says "pending"); the write runs at the end of this event-loop turn or
-    // the next (store.flushAtTurnEnd), so a vote that comes back first is saved after it and
+    // the next (turn-end.ts), so a vote that comes back first is saved after it and
     // written in the same batch, and acted on only once that batch is written; if the write
     // fails or the process dies first, the id is unknown: presumed abort, which is what the
     // participants would hear. Not for a one-phase prepare: that one commits by itself.
@@ -419,6 +424,8 @@ export class Engine {
       else writes.resolveAttention = e.resolution
     }
     const sideWrites = writes
+    // Counted before the save: a save that fills the batch writes it at once.
+    if (sendsFirst) this.turn.noteSendsFirst()
     return new Promise<void>((resolve, reject) => {
       this.log.save(prev, next, sideWrites, now, forced, (err?: Error) => {
         if (err !== undefined) {
@@ -432,7 +439,7 @@ export class Engine {
         onDurable?.()
         this.afterDurable(prev, next, sideWrites, effects)
         resolve()
-      }, sendsFirst)
+      })
     })
   }
 
@@ -449,7 +456,7 @@ export class Engine {
       this.crash('coordinator.after-decision-before-phase2')
     }
     if (next.completedAt !== null && prev?.completedAt == null && next.decidedAt !== null) observer?.completed(next.completedAt - next.decidedAt)
-    for (const e of effects) if (e.type === 'record-attention') observer?.attention(e.cause ?? e.kind)
+    for (const e of effects) if (e.type === 'record-attention') observer?.attention(e.kind)
     for (const a of writes.attention) {
       this.logger.warn({ txid: next.id, participant: a.participant, kind: a.kind, detail: a.detail }, 'transaction needs attention')
     }
@@ -616,7 +623,7 @@ export class Engine {
   /** Stops timers and new calls, then waits (bounded by the calls' own timeouts) for calls in flight. */
   async stop (): Promise<void> {
     this.stopped = true
-    this.log.flushAndSync()
+    this.turn.writeAndSync()
     clearInterval(this.sweeper)
     for (const t of this.timers.values()) clearTimeout(t)
     this.timers.clear()

@@ -1,10 +1,10 @@
 /**
  * Prometheus metrics of the coordinator (prom-client, its own registry per app so tests and
  * several coordinators in one process don't collide). Gauges that describe the log (in doubt,
- * needs attention, outbox) are read from SQLite when scraped, so they are right after a restart.
+ * needs attention, outbox) are read from the log when scraped, so they are right after a restart.
  */
 import { Registry, Counter, Gauge, Histogram, collectDefaultMetrics } from 'prom-client'
-import type { CoordinatorLog } from './log/store.js'
+import type { LogStore } from './log/log-store.js'
 
 export interface CoordinatorMetrics {
   registry: Registry
@@ -26,67 +26,55 @@ export interface CoordinatorMetrics {
   amqpRejected: Counter<'reason'>
 }
 
-export function createMetrics (log: CoordinatorLog, outboxEnabled: () => boolean): CoordinatorMetrics {
+export function createMetrics (log: LogStore, outboxEnabled: () => boolean): CoordinatorMetrics {
   const registry = new Registry()
   collectDefaultMetrics({ register: registry, prefix: 'twopc_' })
   const latency = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
 
-  const logState = (): { inDoubt: number, oldestInDoubt: number | null, attention: number, oldestAttention: number | null } => {
-    const row = log.db.prepare<[], { in_doubt: number, oldest_in_doubt: number | null, attention: number, oldest_attention: number | null }>(`SELECT
-      (SELECT count(*) FROM transactions WHERE state = 'preparing') AS in_doubt,
-      (SELECT min(updated_at) FROM transactions WHERE state = 'preparing') AS oldest_in_doubt,
-      (SELECT count(*) FROM transactions WHERE needs_attention = 1) AS attention,
-      (SELECT min(created_at) FROM attention WHERE resolved_at IS NULL) AS oldest_attention`).get()
-    return {
-      inDoubt: row?.in_doubt ?? 0,
-      oldestInDoubt: row?.oldest_in_doubt ?? null,
-      attention: row?.attention ?? 0,
-      oldestAttention: row?.oldest_attention ?? null
-    }
-  }
+  const logState = (): ReturnType<LogStore['gauges']> => log.gauges()
   const age = (since: number | null): number => (since === null ? 0 : Math.max(0, (Date.now() - since) / 1000))
 
   new Gauge({
     name: 'twopc_transactions_in_doubt',
     help: 'Transactions preparing: participants may hold prepared state waiting for the decision',
     registers: [registry],
-    collect () { if (log.db.open) this.set(logState().inDoubt) }
+    collect () { if (log.open) this.set(logState().inDoubt) }
   })
   new Gauge({
     name: 'twopc_transactions_in_doubt_oldest_age_seconds',
     help: 'Age of the oldest transaction in doubt (0 when none)',
     registers: [registry],
-    collect () { if (log.db.open) this.set(age(logState().oldestInDoubt)) }
+    collect () { if (log.open) this.set(age(logState().oldestInDoubt)) }
   })
   new Gauge({
     name: 'twopc_transactions_needs_attention',
     help: 'Transactions flagged for an operator (retry budget exhausted or heuristic outcome)',
     registers: [registry],
-    collect () { if (log.db.open) this.set(logState().attention) }
+    collect () { if (log.open) this.set(logState().attention) }
   })
   new Gauge({
     name: 'twopc_transactions_needs_attention_oldest_age_seconds',
     help: 'Age of the oldest unresolved attention entry (0 when none)',
     registers: [registry],
-    collect () { if (log.db.open) this.set(age(logState().oldestAttention)) }
+    collect () { if (log.open) this.set(age(logState().oldestAttention)) }
   })
   new Gauge({
     name: 'twopc_outbox_depth',
     help: 'Outbox rows waiting to be published to RabbitMQ',
     registers: [registry],
-    collect () { if (log.db.open && outboxEnabled()) this.set(log.outboxStats().depth) }
+    collect () { if (log.open && outboxEnabled()) this.set(log.outboxStats().depth) }
   })
   new Gauge({
     name: 'twopc_outbox_parked',
     help: 'Outbox rows parked after a permanent publish failure',
     registers: [registry],
-    collect () { if (log.db.open && outboxEnabled()) this.set(log.outboxStats().dead) }
+    collect () { if (log.open && outboxEnabled()) this.set(log.outboxStats().dead) }
   })
   new Gauge({
     name: 'twopc_outbox_publish_lag_seconds',
     help: 'Age of the oldest unpublished outbox row (0 when empty)',
     registers: [registry],
-    collect () { if (log.db.open && outboxEnabled()) this.set(age(log.outboxStats().oldestCreatedAt)) }
+    collect () { if (log.open && outboxEnabled()) this.set(age(log.outboxStats().oldestCreatedAt)) }
   })
 
   return {
@@ -97,7 +85,7 @@ export function createMetrics (log: CoordinatorLog, outboxEnabled: () => boolean
     phase1: new Histogram({ name: 'twopc_phase1_duration_seconds', help: 'Commit requested to decision durable', buckets: latency, registers: [registry] }),
     phase2: new Histogram({ name: 'twopc_phase2_duration_seconds', help: 'Decision durable to every participant acked', buckets: latency, registers: [registry] }),
     retries: new Counter({ name: 'twopc_phase2_retries_total', help: 'Failed phase-2 deliveries (each is retried)', registers: [registry] }),
-    heuristics: new Counter({ name: 'twopc_attention_entries_total', help: 'Attention entries recorded, by kind (heuristic, retry-budget)', labelNames: ['kind'], registers: [registry] }),
+    heuristics: new Counter({ name: 'twopc_attention_entries_total', help: 'Attention entries recorded, by kind (heuristic, retry-budget, unauthorized, not-found)', labelNames: ['kind'], registers: [registry] }),
     flushBatch: new Histogram({ name: 'twopc_log_flush_batch_size', help: 'Steps per group-committed log write (one SQLite transaction)', buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256], registers: [registry] }),
     flushSeconds: new Histogram({ name: 'twopc_log_flush_duration_seconds', help: 'Duration of one log write (SQLite transaction, without the fsync)', buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25], registers: [registry] }),
     syncBatch: new Histogram({ name: 'twopc_log_sync_batch_size', help: 'Steps made durable by one fdatasync of the log', buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024], registers: [registry] }),

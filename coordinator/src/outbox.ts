@@ -14,7 +14,7 @@
  */
 import type { FastifyBaseLogger } from 'fastify'
 import { signBrokerMessage, type AmqpLink, type BrokerOperation, type PublishItem } from '@fastify-2pc/amqp'
-import type { CoordinatorLog, OutboxRow } from './log/store.js'
+import type { LogStore, OutboxRow } from './log/log-store.js'
 
 export interface OutboxOptions {
   batchSize: number
@@ -45,7 +45,7 @@ export class OutboxPublisher {
   onPublished: ((count: number) => void) | undefined
 
   constructor (
-    private readonly log: CoordinatorLog,
+    private readonly log: LogStore,
     private readonly link: AmqpLink,
     private readonly options: OutboxOptions
   ) {
@@ -79,7 +79,7 @@ export class OutboxPublisher {
       afterId = (rows[rows.length - 1] as OutboxRow).id
       const secret = this.options.secret
       const result = await this.link.publishBatch(rows.map(row => toItem(row, secret)), { timeoutMs: this.options.publishTimeoutMs })
-      if (this.stopped && !this.log.db.open) return
+      if (this.stopped && !this.log.open) return
       const failed = result.failed.map(f => ({ id: f.item.rowId, error: `${f.error.code}: ${f.error.message}`, permanent: f.error.permanent }))
       this.log.settleOutbox(result.confirmed.map(c => c.rowId), failed, this.now())
       this.published += result.confirmed.length

@@ -13,14 +13,7 @@
  * Retention never deletes those records; an operator forgets one (`POST …/forget`).
  */
 import type { FastifyBaseLogger } from 'fastify'
-import type { CoordinatorLog } from './log/store.js'
-
-/**
- * Published rows only: an unpublished or parked row is still work or evidence. Through the
- * `outbox_published` index (migration 7), a run reads what it deletes, not the whole outbox.
- */
-export const PRUNE_OUTBOX_SQL = `DELETE FROM outbox WHERE id IN (
-  SELECT id FROM outbox WHERE published_at IS NOT NULL AND published_at < ? ORDER BY published_at LIMIT ?)`
+import type { LogStore } from './log/log-store.js'
 
 export interface RetentionOptions {
   retentionMs: number
@@ -34,13 +27,11 @@ export interface RetentionOptions {
 
 export class RetentionPruner {
   private timer: NodeJS.Timeout | undefined
-  private readonly deleteOutbox
   private readonly now: () => number
   pruned = 0
 
-  constructor (private readonly log: CoordinatorLog, private readonly options: RetentionOptions) {
+  constructor (private readonly log: LogStore, private readonly options: RetentionOptions) {
     this.now = options.now ?? Date.now
-    this.deleteOutbox = log.db.prepare(PRUNE_OUTBOX_SQL)
   }
 
   start (): void {
@@ -50,13 +41,13 @@ export class RetentionPruner {
 
   /** One bounded run; returns how many transactions it deleted. */
   run (): number {
-    if (!this.log.db.open) return 0
+    if (!this.log.open) return 0
     const now = this.now()
     const before = now - this.options.retentionMs
     let deleted = 0
     for (let i = 0; i < this.options.maxBatchesPerRun; i++) {
       const n = this.log.pruneCompleted(before, this.options.batchSize, now)
-      const m = this.deleteOutbox.run(before, this.options.batchSize).changes
+      const m = this.log.pruneOutbox(before, this.options.batchSize)
       deleted += n
       if (n < this.options.batchSize && m < this.options.batchSize) break
     }

@@ -6,8 +6,7 @@ import { coordinatorIdOf } from '@fastify-2pc/protocol'
 import type { Transaction } from './core/machine.js'
 import { decisionOf } from './core/machine.js'
 import { Engine, NotFound, Rejected } from './engine.js'
-import type { CoordinatorLog, AttentionEntry, OutboxRow } from './log/store.js'
-import type { AuditEntry } from './log/operator-tables.js'
+import type { LogStore, AttentionEntry, AuditEntry, OutboxRow } from './log/log-store.js'
 import type { Allowlist } from './allowlist.js'
 import type { ResolvedOptions } from './config.js'
 import { Errors } from './errors.js'
@@ -20,7 +19,7 @@ import {
 
 export interface RouteDeps {
   engine: Engine
-  log: CoordinatorLog
+  log: LogStore
   allowlist: Allowlist
   options: ResolvedOptions
   coordinatorId: string

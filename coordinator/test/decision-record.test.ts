@@ -12,7 +12,7 @@ import { execFile } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { join } from 'node:path'
 import { CoordinatorLog, KEEP_PRUNED_COMMITS_SQL, PRUNE_BATCH_SQL } from '../src/log/store.js'
-import { startCoordinator, startParticipant, waitFor, type HttpClient, type TestCoordinator } from './support/participant.js'
+import { startCoordinator, startParticipant, waitFor, logFile, type HttpClient, type TestCoordinator } from './support/participant.js'
 
 async function commitWith (api: HttpClient, participants: Array<{ name: string, url: string }>): Promise<string> {
   const res = await api.post<{ id: string, state: string }>('/v1/transactions', { participants, commit: true })
@@ -105,7 +105,7 @@ t.test('forget: an operator drops a compact record (audited); then the id is pre
   t.type(res.body.forgottenAt, 'string')
   t.equal(await decisionOf(c.api, id), 'abort', 'forgotten: presumed abort again')
   t.same(records(c.dbPath), [])
-  const audit = c.app.coordinator.log.db.prepare('SELECT action, reason, actor FROM audit WHERE tx_id = ? ORDER BY id').all(id)
+  const audit = logFile(c.dbPath).prepare('SELECT action, reason, actor FROM audit WHERE tx_id = ? ORDER BY id').all(id)
   t.same(audit, [
     { action: 'resolve', reason: 'b restored from a backup; will ask again', actor: 'api' },
     { action: 'forget', reason: 'b confirmed it applied the commit (ticket 7)', actor: 'alice' }
@@ -120,7 +120,7 @@ t.test('forget: an operator drops a compact record (audited); then the id is pre
   const bad = await c.api.post('/v1/transactions/nope/forget', { reason: 'x' })
   t.equal(bad.status, 400)
   t.equal(bad.body.code, 'INVALID_ID')
-  t.same(c.app.coordinator.log.db.prepare("SELECT count(*) AS n FROM audit WHERE action = 'forget'").get(), { n: 1 }, 'refusals are not audited')
+  t.same(logFile(c.dbPath).prepare("SELECT count(*) AS n FROM audit WHERE action = 'forget'").get(), { n: 1 }, 'refusals are not audited')
 })
 
 const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url))
@@ -150,16 +150,17 @@ t.test('twopc forget <id> --reason: the CLI forgets a kept record; refusals exit
   t.equal(done.code, 0, done.stderr)
   t.match(done.stdout, new RegExp(`^forgot the decision record of ${id} \\(commit, decided .*\\): its decision endpoint now answers a presumed abort`))
   t.equal(await decisionOf(c.api, id), 'abort')
-  t.same(c.app.coordinator.log.db.prepare("SELECT actor, reason FROM audit WHERE tx_id = ? AND action = 'forget'").all(id), [{ actor: 'ops', reason: 'every participant confirmed' }])
+  t.same(logFile(c.dbPath).prepare("SELECT actor, reason FROM audit WHERE tx_id = ? AND action = 'forget'").all(id), [{ actor: 'ops', reason: 'every participant confirmed' }])
   const again = await twopc(['forget', id, '--reason', 'x', '--json'], env)
   t.equal(again.code, 1)
   t.match(JSON.parse(again.stdout), { error: { status: 404, code: 'NO_DECISION_RECORD' } })
 })
 
 t.test('retention\'s batch reads what it deletes: the compact records are found by key, not by walking every commit', async t => {
-  const log = new CoordinatorLog(join(t.testdir(), 'c.db'))
+  const path = join(t.testdir(), 'c.db')
+  const log = new CoordinatorLog(path)
   t.teardown(() => log.close())
-  const plan = (sql: string, ...args: unknown[]): string[] => (log.db.prepare(`EXPLAIN QUERY PLAN ${sql}`).all(...args) as Array<{ detail: string }>).map(r => r.detail)
+  const plan = (sql: string, ...args: unknown[]): string[] => (logFile(path).prepare(`EXPLAIN QUERY PLAN ${sql}`).all(...args) as Array<{ detail: string }>).map(r => r.detail)
   const batch = plan(PRUNE_BATCH_SQL, 1, 1)
   t.ok(batch.some(d => /^SEARCH transactions USING INDEX transactions_completed /.test(d)), batch.join('; '))
   const keep = plan(KEEP_PRUNED_COMMITS_SQL, 1, '["x"]')

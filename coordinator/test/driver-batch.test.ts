@@ -272,3 +272,17 @@ t.test('calls queued when the driver closes still go out; later calls fail at on
   await closing
   t.match(await d.decide(p.url, 'commit', TX(3), 'p', 1000), { ok: false, error: /driver is closed/ })
 })
+
+t.test('with the end of the turn owned by the engine (onQueued), calls queued when the driver closes still go out', async t => {
+  const p = await participant(t)
+  const d = new ParticipantDriver({ secret: SECRET, maxResponseBytes: 64 * 1024, connectionsPerOrigin: 8 })
+  const queuedSignals: number[] = []
+  d.onQueued = () => { queuedSignals.push(1) } // the owner's turn has not ended yet when the driver closes
+  await d.prepare(p.url, prepareBody(0), 1000)
+  const pending = [d.decide(p.url, 'commit', TX(1), 'p', 1000), d.decide(p.url, 'commit', TX(2), 'p', 1000)]
+  t.ok(queuedSignals.length >= 2, 'the owner was told of each queued call')
+  const closing = d.close()
+  t.same(await Promise.all(pending), [{ ok: true }, { ok: true }])
+  await closing
+  t.same(p.batches().length, 1, 'as one batch')
+})

@@ -15,11 +15,11 @@ t.test('in one process: a second log on the same file is refused until the first
   const first = new CoordinatorLog(path)
   t.teardown(() => first.close())
   t.throws(() => new CoordinatorLog(path), { code: 'LOG_LOCKED', message: new RegExp(`coordinator log ${path.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is in use by another coordinator process`) })
-  t.equal(first.db.open, true, 'the holder is unaffected')
+  t.equal(first.open, true, 'the holder is unaffected')
   first.close()
   const again = new CoordinatorLog(path)
   t.teardown(() => again.close())
-  t.equal(again.db.open, true, 'closed: the lock is released')
+  t.equal(again.open, true, 'closed: the lock is released')
   t.ok(new CoordinatorLog(join(t.testdir(), 'other.db')).close() === undefined, 'another file is another lock')
 })
 

@@ -10,6 +10,7 @@ import fs from 'node:fs'
 import { syncBuiltinESMExports } from 'node:module'
 import Database from 'better-sqlite3'
 import { CoordinatorLog, type StepWrites } from '../src/log/store.js'
+import { TurnEnd } from '../src/turn-end.js'
 import { newTransaction, step, type Policy, type Transaction } from '../src/core/machine.js'
 import { SyncPlacement } from '@fastify-2pc/protocol'
 
@@ -324,7 +325,7 @@ t.test('statement journals stay in memory: no temp file is created and unlinked 
   const { log } = open(t)
   // 2 = MEMORY. With the default, a multi-row upsert past 64 KiB of journal spilled to a new
   // file under /var/tmp (seen ~10 times a second at 64 clients; strace: openat + unlink).
-  t.equal(log.db.pragma('temp_store', { simple: true }), 2)
+  t.equal(log.setting('temp_store'), 2)
 })
 
 t.test('a batch holding a step whose callbacks went out first waits one turn for them, once; other batches are written at the end of their turn', async t => {
@@ -332,7 +333,8 @@ t.test('a batch holding a step whose callbacks went out first waits one turn for
   const reader = new Database(path, { readonly: true })
   t.teardown(() => reader.close())
   let sent = true
-  log.beforeWrite = () => sent // the driver: "requests went out since you last asked"
+  // The engine's end of the turn, with the driver's side: "requests went out since you last asked".
+  const end = new TurnEnd({ flush: () => {}, takeSent: () => sent, onQueued: undefined }, log)
   const turn = async (): Promise<void> => { await new Promise(resolve => setImmediate(resolve)) }
   const writes = (): number => log.flushStats.flushes
 
@@ -345,7 +347,8 @@ t.test('a batch holding a step whose callbacks went out first waits one turn for
 
   // A one-shot's begin, its prepares handed to undici: the write waits one turn, then goes.
   const early = newTransaction('c-test.0000000004aaaaaaaaaaaaaaaa', Date.now(), Date.now() + 60_000)
-  log.save(null, early, noWrites(), early.updatedAt, false, () => {}, true)
+  end.noteSendsFirst()
+  log.save(null, early, noWrites(), early.updatedAt, false, () => {})
   await turn()
   t.equal(writes(), before + 1, 'put off by one turn')
   await turn()
@@ -355,7 +358,8 @@ t.test('a batch holding a step whose callbacks went out first waits one turn for
   // Nothing went out: no reason to wait.
   sent = false
   const quiet = newTransaction('c-test.0000000005aaaaaaaaaaaaaaaa', Date.now(), Date.now() + 60_000)
-  log.save(null, quiet, noWrites(), quiet.updatedAt, false, () => {}, true)
+  end.noteSendsFirst()
+  log.save(null, quiet, noWrites(), quiet.updatedAt, false, () => {})
   await turn()
   t.equal(writes(), before + 3)
 })

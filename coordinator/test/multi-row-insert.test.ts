@@ -1,6 +1,6 @@
 import t from 'tap'
 import Database from 'better-sqlite3'
-import { MultiRowInsert } from '../src/log/operator-tables.js'
+import { MultiRowInsert } from '../src/log/sqlite/operator-tables.js'
 
 t.test('MultiRowInsert writes every row added, in order, in power-of-two chunks', async t => {
   const db = new Database(':memory:')

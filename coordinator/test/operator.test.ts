@@ -5,10 +5,11 @@
  */
 import t from 'tap'
 import Database from 'better-sqlite3'
-import { startCoordinator, startParticipant, waitFor, tempDbPath, type HttpClient, type TestCoordinator } from './support/participant.js'
+import { startCoordinator, startParticipant, waitFor, tempDbPath, logFile, type HttpClient, type TestCoordinator } from './support/participant.js'
 import { migrations } from '../src/log/migrations.js'
 import { CoordinatorLog, UNFINISHED_IDS_SQL } from '../src/log/store.js'
-import { timeline as consoleTimeline, counters, listQuery, COUNTER_SQL, COUNT_CAP, type View } from '../src/admin/queries.js'
+import { timeline as consoleTimeline, counters, COUNT_CAP, type View } from '../src/admin/queries.js'
+import { listQuery, apiListQuery, COUNTER_SQL } from '../src/log/sqlite/statements.js'
 import type { Transaction } from '../src/core/machine.js'
 
 interface TxView {
@@ -38,11 +39,11 @@ async function commitWith (api: HttpClient, participants: Array<{ name: string, 
 }
 
 function auditRows (c: TestCoordinator, id: string): Array<{ action: string, reason: string | null, actor: string }> {
-  return c.app.coordinator.log.db.prepare('SELECT action, reason, actor FROM audit WHERE tx_id = ? ORDER BY id').all(id) as any
+  return logFile(c.dbPath).prepare('SELECT action, reason, actor FROM audit WHERE tx_id = ? ORDER BY id').all(id) as any
 }
 
 function decisionRow (c: TestCoordinator, id: string): unknown {
-  return c.app.coordinator.log.db.prepare('SELECT decision, decided_at FROM decisions WHERE tx_id = ?').get(id)
+  return logFile(c.dbPath).prepare('SELECT decision, decided_at FROM decisions WHERE tx_id = ?').get(id)
 }
 
 t.test('retry: a pending participant is sent the decision now (backoff timer cancelled), audited, decision unchanged', async t => {
@@ -121,7 +122,7 @@ t.test('retry refusals: undecided, unknown, bad id; resolve refusals', async t =
   const r5 = await c.api.post(`/v1/transactions/${empty.body.id}/resolve`, { reason: 'x' })
   t.equal(r5.status, 409)
   t.equal(r5.body.code, 'NOTHING_TO_RESOLVE')
-  t.equal((c.app.coordinator.log.db.prepare('SELECT count(*) AS n FROM audit').get() as { n: number }).n, 0, 'refused actions leave no audit row')
+  t.equal((logFile(c.dbPath).prepare('SELECT count(*) AS n FROM audit').get() as { n: number }).n, 0, 'refused actions leave no audit row')
   t.equal((await getTx(c.api, id)).state, 'active', 'a refused action changes nothing')
 })
 
@@ -184,7 +185,7 @@ t.test('resolve: a participant that keeps refusing is marked resolved, the trans
   t.match(res.body.heuristics, [{ participant: 'b', resolution: 'payment refunded by hand (ticket 42)', resolvedAt: String }])
   t.same(decisionRow(c, id), decisionBefore)
   t.same(auditRows(c, id), [{ action: 'resolve', reason: 'payment refunded by hand (ticket 42)', actor: 'api' }])
-  const row = c.app.coordinator.log.db.prepare('SELECT resolved_at, resolution FROM attention WHERE tx_id = ?').all(id) as Array<{ resolved_at: number | null }>
+  const row = logFile(c.dbPath).prepare('SELECT resolved_at, resolution FROM attention WHERE tx_id = ?').all(id) as Array<{ resolved_at: number | null }>
   t.equal(row.length, 1)
   t.type(row[0]?.resolved_at, 'number')
 
@@ -222,10 +223,10 @@ t.test('migration 3 keeps the participants of an existing log and allows the res
   t.teardown(() => log.close())
   const tx = log.load('c1.X')
   t.match(tx?.participants, [{ name: 'a', vote: 'yes', ack: 'heuristic', attempts: 2, lastError: 'refused' }])
-  log.db.prepare("UPDATE participants SET ack = 'resolved'").run()
+  logFile(path).prepare("UPDATE participants SET ack = 'resolved'").run()
   t.equal(log.load('c1.X')?.participants[0]?.ack, 'resolved')
-  t.same(log.db.prepare('SELECT version FROM schema_migrations ORDER BY version').all().map((r: any) => r.version), migrations.map(m => m.version))
-  t.equal((log.db.pragma('foreign_key_check') as unknown[]).length, 0)
+  t.same(logFile(path).prepare('SELECT version FROM schema_migrations ORDER BY version').all().map((r: any) => r.version), migrations.map(m => m.version))
+  t.equal((logFile(path).pragma('foreign_key_check') as unknown[]).length, 0)
 })
 
 t.test('timeline of a plain commit: every event, in order, from the record\'s own rows (no tx_events row)', async t => {
@@ -235,7 +236,7 @@ t.test('timeline of a plain commit: every event, in order, from the record\'s ow
   const id = await commitWith(c.api, [{ name: 'a', url: a.url }, { name: 'b', url: b.url }])
   await waitFor(async () => (await getTx(c.api, id)).completed ? true : undefined, 5000, 'completed')
   const log = c.app.coordinator.log
-  t.equal((log.db.prepare('SELECT count(*) AS n FROM tx_events WHERE tx_id = ?').get(id) as { n: number }).n, 0, 'no timeline row written')
+  t.equal((logFile(c.dbPath).prepare('SELECT count(*) AS n FROM tx_events WHERE tx_id = ?').get(id) as { n: number }).n, 0, 'no timeline row written')
   const { events, beforeTimeline } = log.operator.timeline(id)
   t.equal(beforeTimeline, false)
   const kinds = events.map(e => `${e.kind}${e.participant === null ? '' : ':' + e.participant}`)
@@ -284,24 +285,24 @@ t.test('migrations 5 and 6: the common timeline events move into the record\'s c
   const log = new CoordinatorLog(path)
   t.teardown(() => log.close())
   t.same(log.operator.timeline('c1.T').events.map(e => [e.at, e.kind, e.participant, e.detail]), old, 'the same events, times and details')
-  t.same(log.db.prepare('SELECT kind FROM tx_events ORDER BY id').all().map((r: any) => r.kind), ['phase2-failed', 'retry'], 'only the rare rows are left')
-  t.same(log.db.prepare('SELECT enlisted_at, voted_at, acked_at FROM participants WHERE tx_id = ? ORDER BY position').all('c1.T'),
+  t.same(logFile(path).prepare('SELECT kind FROM tx_events ORDER BY id').all().map((r: any) => r.kind), ['phase2-failed', 'retry'], 'only the rare rows are left')
+  t.same(logFile(path).prepare('SELECT enlisted_at, voted_at, acked_at FROM participants WHERE tx_id = ? ORDER BY position').all('c1.T'),
     [{ enlisted_at: 1000, voted_at: 1004, acked_at: 1005 }, { enlisted_at: 1001, voted_at: 1003, acked_at: 1009 }])
   // Migration 6: the same rows, now each table one B-tree keyed by its primary key.
-  const sqlOf = (name: string): string => (log.db.prepare('SELECT sql FROM sqlite_schema WHERE name = ?').get(name) as { sql: string }).sql
+  const sqlOf = (name: string): string => (logFile(path).prepare('SELECT sql FROM sqlite_schema WHERE name = ?').get(name) as { sql: string }).sql
   t.match(sqlOf('participants'), /WITHOUT ROWID/)
   t.match(sqlOf('decisions'), /WITHOUT ROWID/)
-  t.same(log.db.prepare("SELECT name FROM sqlite_schema WHERE name LIKE 'sqlite_autoindex_participants%' OR name LIKE 'sqlite_autoindex_decisions%'").all(), [], 'no separate key index any more')
+  t.same(logFile(path).prepare("SELECT name FROM sqlite_schema WHERE name LIKE 'sqlite_autoindex_participants%' OR name LIKE 'sqlite_autoindex_decisions%'").all(), [], 'no separate key index any more')
   t.match(log.load('c1.T')?.participants, [{ name: 'a', url: 'http://127.0.0.1:1/a', vote: 'yes', ack: 'acked' }, { name: 'b', vote: 'yes', ack: 'acked' }])
   t.same(log.decisionRow('c1.U'), { decision: 'abort', decided_at: 501 })
-  t.throws(() => log.db.prepare("UPDATE decisions SET decision = 'abort' WHERE tx_id = 'c1.T'").run(), /a logged decision never changes/, 'the decision is still final')
-  t.ok(log.db.prepare("SELECT 1 FROM sqlite_schema WHERE name = 'participants_heuristic'").get(), 'the heuristic index is back')
-  log.db.prepare("DELETE FROM transactions WHERE id = 'c1.U'").run()
-  t.same(log.db.prepare("SELECT count(*) AS n FROM participants WHERE tx_id = 'c1.U'").get(), { n: 0 }, 'deleting a record still deletes its participants')
-  t.same(log.db.prepare("SELECT count(*) AS n FROM decisions WHERE tx_id = 'c1.U'").get(), { n: 0 }, 'and its decision')
+  t.throws(() => logFile(path).prepare("UPDATE decisions SET decision = 'abort' WHERE tx_id = 'c1.T'").run(), /a logged decision never changes/, 'the decision is still final')
+  t.ok(logFile(path).prepare("SELECT 1 FROM sqlite_schema WHERE name = 'participants_heuristic'").get(), 'the heuristic index is back')
+  logFile(path).prepare("DELETE FROM transactions WHERE id = 'c1.U'").run()
+  t.same(logFile(path).prepare("SELECT count(*) AS n FROM participants WHERE tx_id = 'c1.U'").get(), { n: 0 }, 'deleting a record still deletes its participants')
+  t.same(logFile(path).prepare("SELECT count(*) AS n FROM decisions WHERE tx_id = 'c1.U'").get(), { n: 0 }, 'and its decision')
   // Put it back for the timeline check below.
-  log.db.prepare("INSERT INTO transactions (id, state, created_at, updated_at, expires_at, decided_at) VALUES ('c1.U', 'aborted', 500, 501, 9000, 501)").run()
-  log.db.prepare("INSERT INTO participants (tx_id, position, name, url, vote, ack) VALUES ('c1.U', 0, 'a', 'http://127.0.0.1:1/a', 'no', 'not-needed')").run()
+  logFile(path).prepare("INSERT INTO transactions (id, state, created_at, updated_at, expires_at, decided_at) VALUES ('c1.U', 'aborted', 500, 501, 9000, 501)").run()
+  logFile(path).prepare("INSERT INTO participants (tx_id, position, name, url, vote, ack) VALUES ('c1.U', 0, 'a', 'http://127.0.0.1:1/a', 'no', 'not-needed')").run()
   const before = log.operator.timeline('c1.U')
   t.equal(before.beforeTimeline, true, 'a record older than the timeline is told apart')
   t.same(before.events.map(e => e.kind), ['begin', 'decision'])
@@ -310,8 +311,46 @@ t.test('migrations 5 and 6: the common timeline events move into the record\'s c
   t.match(page, [{ kind: 'begin', detail: /recorded before the timeline existed/ }, { kind: 'decision', detail: 'aborted' }])
   t.same(consoleTimeline(log, log.load('c1.T') as Transaction).map(e => [e.at, e.kind, e.participant, e.detail]),
     old.map(([at, kind, participant, detail]) => [at, kind, participant, detail ?? '']))
-  t.same(log.db.prepare('SELECT version FROM schema_migrations ORDER BY version').all().map((r: any) => r.version), migrations.map(m => m.version))
-  t.equal((log.db.pragma('foreign_key_check') as unknown[]).length, 0)
+  t.same(logFile(path).prepare('SELECT version FROM schema_migrations ORDER BY version').all().map((r: any) => r.version), migrations.map(m => m.version))
+  t.equal((logFile(path).pragma('foreign_key_check') as unknown[]).length, 0)
+})
+
+t.test('migration 9: the attention table of a log at migration 8 keeps its entries and takes the kinds unauthorized and not-found', async t => {
+  const path = tempDbPath(t)
+  const db = logAtVersion(path, 8)
+  db.prepare(`INSERT INTO transactions (id, state, created_at, updated_at, expires_at, decided_at, needs_attention)
+    VALUES ('c1.A', 'committed', 1, 2, 3, 2, 1)`).run()
+  db.prepare(`INSERT INTO attention (tx_id, participant, kind, detail, created_at) VALUES
+    ('c1.A', 'a', 'retry-budget', 'unauthorized: commit answered 401; retried with backoff until it is delivered', 5),
+    ('c1.A', 'b', 'heuristic', 'commit answered 409: TX_ALREADY_ABORTED', 6)`).run()
+  t.throws(() => db.prepare("INSERT INTO attention (tx_id, participant, kind, detail, created_at) VALUES ('c1.A', 'a', 'unauthorized', 'x', 7)").run(),
+    /CHECK/, 'migration 8 refuses the new kinds')
+  db.close()
+
+  const log = new CoordinatorLog(path)
+  t.teardown(() => log.close())
+  t.match(log.attention('c1.A'), [{ id: 1, participant: 'a', kind: 'retry-budget', createdAt: 5, resolvedAt: null }, { id: 2, kind: 'heuristic', createdAt: 6 }], 'the entries are kept')
+  const check = new Database(path, { readonly: true })
+  t.teardown(() => check.close())
+  t.same(check.prepare("SELECT name FROM sqlite_schema WHERE tbl_name = 'attention' AND type = 'index' ORDER BY name").all().map((r: any) => r.name),
+    ['attention_by_tx', 'attention_open'], 'its indexes are back')
+  t.same(check.prepare('SELECT version FROM schema_migrations ORDER BY version').all().map((r: any) => r.version), migrations.map(m => m.version))
+  t.equal((check.pragma('foreign_key_check') as unknown[]).length, 0)
+  check.close()
+  // A step that records the new kinds, then completes: resolved as delivered like a retry-budget entry.
+  const tx = log.load('c1.A') as Transaction
+  const flagged = { ...tx, updatedAt: 10 }
+  await new Promise<void>((resolve, reject) => {
+    log.save(tx, flagged, { attention: [{ participant: 'a', kind: 'unauthorized', detail: 'unauthorized: commit answered 401' }, { participant: 'a', kind: 'not-found', detail: 'not-found: commit answered 404' }], messages: [], notices: [] },
+      10, true, err => { if (err !== undefined) reject(err); else resolve() })
+  })
+  await new Promise<void>((resolve, reject) => {
+    log.save(flagged, { ...flagged, updatedAt: 20, completedAt: 20, needsAttention: false }, { attention: [], messages: [], notices: [] },
+      20, true, err => { if (err !== undefined) reject(err); else resolve() })
+  })
+  t.match(log.attention('c1.A').map(a => [a.kind, a.resolution]), [
+    ['retry-budget', /^delivered/], ['heuristic', null], ['unauthorized', /^delivered/], ['not-found', /^delivered/]
+  ], 'every still-retried kind resolved as delivered, a heuristic left for an operator')
 })
 
 t.test('the console\'s counters and views read the in-flight or rare rows, not the whole log', async t => {
@@ -319,12 +358,13 @@ t.test('the console\'s counters and views read the in-flight or rare rows, not t
   // the event loop (~20 ms per 100,000 transactions warm, ~200 ms cold), and the rare-row views
   // walked the whole log by creation time to find their few rows. Committed and aborted are now
   // counted up to COUNT_CAP; the views read their partial indexes.
-  const log = new CoordinatorLog(tempDbPath(t))
+  const path = tempDbPath(t)
+  const log = new CoordinatorLog(path)
   t.teardown(() => log.close())
-  log.db.exec(`WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ${COUNT_CAP + 5})
+  logFile(path).exec(`WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ${COUNT_CAP + 5})
     INSERT INTO transactions (id, state, created_at, updated_at, expires_at, decided_at, completed_at)
     SELECT printf('c.%08d', i), 'committed', i, i, i + 1000, i, i FROM n`)
-  log.db.exec(`INSERT INTO transactions (id, state, created_at, updated_at, expires_at, decided_at, completed_at, needs_attention)
+  logFile(path).exec(`INSERT INTO transactions (id, state, created_at, updated_at, expires_at, decided_at, completed_at, needs_attention)
     VALUES ('a.1', 'aborted', 1, 1, 2, 1, NULL, 1), ('p.1', 'preparing', 7, 7, 99, NULL, NULL, 0)`)
   const c = counters(log)
   t.same(c.byState, { active: 0, preparing: 1, committed: COUNT_CAP, aborted: 1 })
@@ -335,7 +375,7 @@ t.test('the console\'s counters and views read the in-flight or rare rows, not t
   t.equal(c.inDoubt, 1)
   t.equal(c.oldestInDoubtAt, 7)
 
-  const plan = (sql: string, params: unknown[]): string => (log.db.prepare(`EXPLAIN QUERY PLAN ${sql}`).all(...params) as Array<{ detail: string }>).map(r => r.detail).join('; ')
+  const plan = (sql: string, params: unknown[]): string => (logFile(path).prepare(`EXPLAIN QUERY PLAN ${sql}`).all(...params) as Array<{ detail: string }>).map(r => r.detail).join('; ')
   for (const view of ['in-doubt', 'needs-attention', 'heuristic', 'unfinished'] as View[]) {
     const q = listQuery({ view, limit: 50 }, 0)
     const p = plan(q.sql, q.params)
@@ -351,11 +391,7 @@ t.test('the console\'s counters and views read the in-flight or rare rows, not t
   t.same(log.unfinishedIds('', 10), ['a.1'])
 
   // The API's list with needsAttention=true: the same rare rows (GET /v1/transactions?needsAttention=true).
-  const seen: string[] = []
-  const prepare = log.db.prepare.bind(log.db)
-  log.db.prepare = ((sql: string) => { seen.push(sql); return prepare(sql) }) as typeof log.db.prepare
   t.same(log.list({ needsAttention: true, limit: 50 }).map(tx => tx.id), ['a.1'])
-  log.db.prepare = prepare
-  const listSql = seen.find(sql => sql.includes('needs_attention')) as string
+  const listSql = apiListQuery({ needsAttention: true, limit: 50 }).sql
   t.notMatch(plan(listSql, [50]), /transactions_by_created|SCAN transactions(;|$)/, plan(listSql, [50]))
 })

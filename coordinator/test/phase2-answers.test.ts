@@ -39,7 +39,7 @@ t.test('machine: a 401 is retried with backoff and flags the transaction once; d
   t.match(f1.effects, [
     { type: 'schedule-phase2', participant: 'a', at: 60 },
     { type: 'notify', participant: 'a', decision: 'commit' },
-    { type: 'record-attention', participant: 'a', kind: 'retry-budget', cause: 'unauthorized', detail: /^unauthorized: commit answered 401: BAD_SIGNATURE; / }
+    { type: 'record-attention', participant: 'a', kind: 'unauthorized', detail: /^unauthorized: commit answered 401: BAD_SIGNATURE; / }
   ])
   // The same answer again: retried, no second entry.
   const f2 = run(f1.tx, failed('a', 'commit answered 401: BAD_SIGNATURE', 'unauthorized', 70))
@@ -53,10 +53,10 @@ t.test('machine: a 401 is retried with backoff and flags the transaction once; d
 
 t.test('machine: a bare 404 is retried and flagged as not-found; another kind of failure in between records it again, within the budget', async t => {
   const r = run(committed(), failed('b', 'abort answered 404', 'not-found', 10))
-  t.match(r.effects.at(-1), { type: 'record-attention', participant: 'b', kind: 'retry-budget', cause: 'not-found', detail: /^not-found: abort answered 404; / })
+  t.match(r.effects.at(-1), { type: 'record-attention', participant: 'b', kind: 'not-found', detail: /^not-found: abort answered 404; / })
   t.equal(r.tx.participants[1]?.ack, 'pending')
   const again = run(r.tx, failed('b', 'abort failed: ECONNREFUSED', undefined, 20), failed('b', 'abort answered 404', 'not-found', 30))
-  t.match(again.effects, [{ type: 'schedule-phase2' }, { type: 'record-attention', cause: 'not-found' }])
+  t.match(again.effects, [{ type: 'schedule-phase2' }, { type: 'record-attention', kind: 'not-found' }])
   // Beyond the budget, while flagged, no more entries of this kind: their number stays bounded.
   let tx = again.tx
   for (let i = 0; i < 10; i++) tx = run(tx, failed('b', 'abort failed: ECONNREFUSED', undefined, 40 + i)).tx
@@ -94,7 +94,7 @@ for (const [status, body, cause] of [
     }, 5000, 'retried and flagged')
     t.match(flagged.participants[0], { ack: 'pending', lastError: `commit answered ${status}${status === 401 ? ': BAD_SIGNATURE' : ''}` })
     t.equal(flagged.heuristics.length, 1, 'one entry, not one per retry')
-    t.match(flagged.heuristics[0], { participant: 'p', detail: new RegExp(`^${cause}: commit answered ${status}`), resolvedAt: null })
+    t.match(flagged.heuristics[0], { participant: 'p', kind: cause, detail: new RegExp(`^${cause}: commit answered ${status}`), resolvedAt: null })
     t.ok(p.callsTo('commit', id).length >= 3, 'retried')
     t.equal(metric((await c.api.get('/metrics')).text, `twopc_attention_entries_total{kind="${cause}"}`), 1)
 

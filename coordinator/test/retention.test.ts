@@ -2,8 +2,8 @@ import t from 'tap'
 import Database from 'better-sqlite3'
 import { join } from 'node:path'
 import { CoordinatorLog, OUTBOX_STATS_SQL } from '../src/log/store.js'
-import { PRUNE_OUTBOX_SQL } from '../src/retention.js'
-import { startCoordinator, startParticipant, waitFor } from './support/participant.js'
+import { PRUNE_OUTBOX_SQL } from '../src/log/sqlite/statements.js'
+import { startCoordinator, startParticipant, waitFor, logFile } from './support/participant.js'
 
 t.test('retention prunes completed transactions only, in bounded batches', async t => {
   const c = await startCoordinator(t, { retentionMs: 50, pruneIntervalMs: 3_600_000 })
@@ -35,12 +35,13 @@ t.test('retention and the outbox counts seek by index: their cost is what they t
   // Published rows stay in the outbox until retention: with transactional messages that is
   // every message of the retention window. Before migration 7 retention's delete (every minute)
   // and the parked count (every /readyz, every scrape) read the whole table on the event loop.
-  const log = new CoordinatorLog(join(t.testdir(), 'c.db'))
+  const path = join(t.testdir(), 'c.db')
+  const log = new CoordinatorLog(path)
   t.teardown(() => log.close())
-  const plan = (sql: string): string[] => (log.db.prepare(`EXPLAIN QUERY PLAN ${sql}`).all(1, 1) as Array<{ detail: string }>).map(r => r.detail)
+  const plan = (sql: string): string[] => (logFile(path).prepare(`EXPLAIN QUERY PLAN ${sql}`).all(1, 1) as Array<{ detail: string }>).map(r => r.detail)
   const prune = plan(PRUNE_OUTBOX_SQL)
   t.ok(prune.some(d => /^SEARCH outbox USING (COVERING )?INDEX outbox_published \((published_at>\? AND )?published_at<\?\)$/.test(d)), prune.join('; '))
-  const stats = log.db.prepare(`EXPLAIN QUERY PLAN ${OUTBOX_STATS_SQL}`).all().map(r => (r as { detail: string }).detail)
+  const stats = logFile(path).prepare(`EXPLAIN QUERY PLAN ${OUTBOX_STATS_SQL}`).all().map(r => (r as { detail: string }).detail)
   t.notOk(stats.some(d => /^SCAN outbox$/.test(d)), stats.join('; '))
   t.ok(stats.some(d => /outbox_parked/.test(d)), 'the parked count reads the parked rows only')
 })

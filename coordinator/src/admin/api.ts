@@ -11,7 +11,7 @@
 import type { FastifyInstance } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { Engine, NotFound, Rejected } from '../engine.js'
-import type { CoordinatorLog } from '../log/store.js'
+import type { LogStore } from '../log/log-store.js'
 import type { Transaction } from '../core/machine.js'
 import { Errors } from '../errors.js'
 import { txIdRegExp } from '../ids.js'
@@ -55,7 +55,7 @@ export async function runOperatorAction (engine: Engine, id: string, action: { t
 
 const errorReplies = { 400: ErrorReply, 401: ErrorReply, 404: ErrorReply, 409: ErrorReply }
 
-export async function operatorRoutes (fastify: FastifyInstance, deps: { engine: Engine, log: CoordinatorLog }): Promise<void> {
+export async function operatorRoutes (fastify: FastifyInstance, deps: { engine: Engine, log: LogStore }): Promise<void> {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
   const { engine, log } = deps
 

@@ -14,7 +14,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest, FastifyError } from 'fastify'
 import { createHash, timingSafeEqual } from 'node:crypto'
 import type { Engine } from '../engine.js'
-import type { CoordinatorLog } from '../log/store.js'
+import type { LogStore } from '../log/log-store.js'
 import type { TxState } from '../core/machine.js'
 import { txIdRegExp } from '../ids.js'
 import { runOperatorAction } from './api.js'
@@ -23,7 +23,7 @@ import { AGE_OPTIONS, detailPage, errorPage, listPage, loginPage, type PageConte
 
 export interface ConsoleDeps {
   engine: Engine
-  log: CoordinatorLog
+  log: LogStore
   apiToken: string | undefined
   coordinatorId: string
 }

@@ -1,8 +1,7 @@
 /** The console's pages: pure functions from data to HTML (every value escaped by `html`). */
 import type { Transaction } from '../core/machine.js'
 import { decisionOf, isDecided } from '../core/machine.js'
-import type { AttentionEntry, OutboxRow } from '../log/store.js'
-import type { AuditEntry } from '../log/operator-tables.js'
+import type { AttentionEntry, AuditEntry, OutboxRow } from '../log/log-store.js'
 import { html, layout, qs, iso, ago, type Html } from './html.js'
 import type { Counters, ListFilter, TimelineEntry, View } from './queries.js'
 import { JSON_LIMITS } from '../schemas.js'

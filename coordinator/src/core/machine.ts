@@ -121,12 +121,8 @@ export type Effect =
   | { type: 'schedule-phase2', participant: string, at: number }
   /** The decision is durable: answer whoever waits for it. */
   | { type: 'decided', decision: Decision, reason: string | null }
-  /**
-   * Written to the attention table in the same SQLite transaction as the record. `cause`: why a
-   * delivery that is still being retried needs attention (the metric's label; the entry's
-   * detail starts with it).
-   */
-  | { type: 'record-attention', participant: string | null, kind: AttentionKind, detail: string, cause?: Phase2Attention }
+  /** Written to the attention table in the same SQLite transaction as the record; `kind` is the metric's label too. */
+  | { type: 'record-attention', participant: string | null, kind: AttentionKind, detail: string }
   /** Stored with the record; on a commit decision the log moves it to the outbox in the same transaction. */
   | { type: 'record-message', position: number, message: TxMessage }
   /**
@@ -142,11 +138,12 @@ export type Effect =
 export type AuditAction = 'retry' | 'resolve'
 
 /**
- * `retry-budget`: deliveries to a participant are still being retried and need someone to look
- * (the budget ran out, or an answer that will not get better by itself); resolved as delivered
- * once every participant acked. `heuristic`: a participant refused the decision.
+ * `retry-budget`: deliveries to a participant are still being retried and the budget ran out;
+ * `unauthorized` / `not-found` (Phase2Attention): still retried, but the answer will not get
+ * better by itself (the entry's detail starts with the kind). These three are resolved as
+ * delivered once every participant acked. `heuristic`: a participant refused the decision.
  */
-export type AttentionKind = 'heuristic' | 'retry-budget'
+export type AttentionKind = 'heuristic' | 'retry-budget' | Phase2Attention
 
 /** A retried phase-2 answer that needs attention: 401 (`unauthorized`), a 404 without TX_UNKNOWN (`not-found`). */
 export type Phase2Attention = 'unauthorized' | 'not-found'
@@ -407,8 +404,7 @@ export function step (tx: Transaction, event: Event, policy: Policy): StepResult
         effects.push({
           type: 'record-attention',
           participant: p.name,
-          kind: 'retry-budget',
-          cause: event.attention,
+          kind: event.attention,
           detail: `${event.attention}: ${event.error}; retried with backoff until it is delivered`
         })
       }

@@ -288,5 +288,30 @@ export const migrations: readonly Migration[] = [
         pruned_at  INTEGER NOT NULL
       ) STRICT, WITHOUT ROWID;
     `
+  },
+  {
+    version: 9,
+    name: 'attention kinds unauthorized and not-found',
+    sql: `
+      -- A phase-2 delivery answered 401, or 404 without TX_UNKNOWN, is retried and flagged: its
+      -- entry now says which (it was kind 'retry-budget' with the cause in its detail). SQLite
+      -- cannot alter a CHECK constraint, so the table is rebuilt with the same rows and ids.
+      CREATE TABLE attention_v9 (
+        id          INTEGER PRIMARY KEY,
+        tx_id       TEXT NOT NULL REFERENCES transactions (id) ON DELETE CASCADE,
+        participant TEXT,
+        kind        TEXT NOT NULL CHECK (kind IN ('heuristic', 'retry-budget', 'unauthorized', 'not-found')),
+        detail      TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        resolved_at INTEGER,
+        resolution  TEXT
+      ) STRICT;
+      INSERT INTO attention_v9 (id, tx_id, participant, kind, detail, created_at, resolved_at, resolution)
+        SELECT id, tx_id, participant, kind, detail, created_at, resolved_at, resolution FROM attention;
+      DROP TABLE attention;
+      ALTER TABLE attention_v9 RENAME TO attention;
+      CREATE INDEX attention_by_tx ON attention (tx_id);
+      CREATE INDEX attention_open ON attention (created_at) WHERE resolved_at IS NULL;
+    `
   }
 ]

@@ -15,6 +15,7 @@
 import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify'
 import { request } from 'undici'
 import { join } from 'node:path'
+import Database from 'better-sqlite3'
 import { verifySignature, SIGNATURE_HEADER, type Vote, type SignedOperation } from '@fastify-2pc/protocol'
 import type { Test } from 'tap'
 import { buildCoordinator, type CoordinatorOptions } from '../../src/index.js'
@@ -300,6 +301,21 @@ export async function startParticipant (t: Test, options: ParticipantOptions = {
     up,
     close: down
   }
+}
+
+/** The tests' own connections to log files, one per path (the log keeps its handle private). */
+const logFiles = new Map<string, Database.Database>()
+
+/** A connection of the test's own to a coordinator log file (foreign keys on, as the log has them). */
+export function logFile (path: string): Database.Database {
+  let db = logFiles.get(path)
+  if (db === undefined || !db.open) {
+    db = new Database(path)
+    db.pragma('foreign_keys = ON')
+    db.pragma('busy_timeout = 5000')
+    logFiles.set(path, db)
+  }
+  return db
 }
 
 // ---- coordinator -----------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { SyncPlacement, DEFAULT_INLINE_SYNC_MAX_MS, MAX_INLINE_SYNC_MS } from '@fastify-2pc/protocol'
+import { SyncPlacement, DEFAULT_INLINE_SYNC_MAX_MS, MAX_INLINE_SYNC_MS } from '@fastify-2pc/storage'
 
 t.test('quick syncs run inline while no other sync runs', async t => {
   const p = new SyncPlacement()

@@ -1,0 +1,4 @@
+export * from './group-commit.js'
+export * from './failure.js'
+export * from './sync-placement.js'
+export * from './crash.js'
