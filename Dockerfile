@@ -18,6 +18,7 @@ RUN npm ci --no-audit --no-fund
 
 FROM toolchain AS deps
 COPY package.json package-lock.json ./
+COPY storage/package.json storage/
 COPY protocol/package.json protocol/
 COPY amqp/package.json amqp/
 COPY coordinator/package.json coordinator/
@@ -27,15 +28,27 @@ COPY demo-services/package.json demo-services/
 COPY test/package.json test/
 # --ignore-scripts: the root `prepare` needs TypeScript (a dev dependency); the native module is
 # compiled explicitly instead.
+# A workspace may get its own node_modules (a version other than the root's, e.g. undici 7 where
+# a dev tool keeps an older one at the root): made to exist for each, so the runtime stage can
+# copy them whatever npm decided.
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
  && npm rebuild better-sqlite3 \
- && npm cache clean --force
+ && npm cache clean --force \
+ && mkdir -p storage/node_modules protocol/node_modules amqp/node_modules coordinator/node_modules participant-sdk/node_modules demo-services/node_modules
 
 FROM ${NODE_IMAGE} AS runtime
 ENV NODE_ENV=production
 WORKDIR /app
 COPY --from=deps /app/node_modules ./node_modules
 COPY --from=deps /app/package.json ./package.json
+COPY --from=deps /app/storage/node_modules ./storage/node_modules
+COPY --from=deps /app/protocol/node_modules ./protocol/node_modules
+COPY --from=deps /app/amqp/node_modules ./amqp/node_modules
+COPY --from=deps /app/coordinator/node_modules ./coordinator/node_modules
+COPY --from=deps /app/participant-sdk/node_modules ./participant-sdk/node_modules
+COPY --from=deps /app/demo-services/node_modules ./demo-services/node_modules
+COPY --from=build /app/storage/package.json ./storage/package.json
+COPY --from=build /app/storage/dist ./storage/dist
 COPY --from=build /app/protocol/package.json ./protocol/package.json
 COPY --from=build /app/protocol/dist ./protocol/dist
 COPY --from=build /app/amqp/package.json ./amqp/package.json

@@ -137,6 +137,22 @@ t.test('Dockerfile: multi-stage, production dependencies only, non-root', async 
   t.match(ignore, /node_modules/, '.dockerignore keeps host node_modules out')
 })
 
+t.test('Dockerfile: every workspace the services load is in the image, with its own node_modules', async t => {
+  const text = readFileSync(join(ROOT, 'Dockerfile'), 'utf8')
+  const rootPackage = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { workspaces: string[] }
+  // The coordinator and the demo services load these at run time (directly or through each other).
+  const shipped = ['storage', 'protocol', 'amqp', 'coordinator', 'participant-sdk', 'demo-services']
+  for (const ws of shipped) t.ok(rootPackage.workspaces.includes(ws), `${ws} is a workspace`)
+  for (const ws of rootPackage.workspaces) {
+    t.ok(text.includes(`COPY ${ws}/package.json ${ws}/`), `the deps stage installs with ${ws}/package.json (npm ci needs every workspace of the lock)`)
+  }
+  for (const ws of shipped) {
+    t.ok(text.includes(`COPY --from=build /app/${ws}/dist ./${ws}/dist`), `the image holds ${ws}/dist`)
+    t.ok(text.includes(`COPY --from=build /app/${ws}/package.json ./${ws}/package.json`), `the image holds ${ws}/package.json`)
+    t.ok(text.includes(`COPY --from=deps /app/${ws}/node_modules ./${ws}/node_modules`), `the image holds ${ws}/node_modules (a version other than the root's)`)
+  }
+})
+
 t.test('the coordinator runs with the same V8 flags in the Dockerfile, docker-compose.yml and the bench, and node accepts them', async t => {
   const flagsIn = (text: string): string[] => [...text.matchAll(/"(--[a-z0-9-]+=\d+)"|'(--[a-z0-9-]+=\d+)'/g)].map(m => m[1] ?? m[2] ?? '')
   const dockerCmd = readFileSync(join(ROOT, 'Dockerfile'), 'utf8').split('\n').find(l => l.startsWith('CMD ')) ?? ''
