@@ -1,8 +1,8 @@
 /**
  * `twoPhaseParticipant`: one `register` call mounts `POST {prefix}/prepare|commit|abort` (and,
  * unless `batchMaxCalls: 0`, `POST {prefix}/batch`: several of them in one request), keeps the
- * participant log in the service's own SQLite database and resolves in-doubt transactions with
- * the coordinator after the server listens.
+ * participant log in the service's own database (a store: `db` builds the SQLite one) and
+ * resolves in-doubt transactions with the coordinator after the server listens.
  *
  * The plugin is wrapped with fastify-plugin so `app.twoPhase` and the onListen/onClose hooks
  * reach the host app; the routes live in an inner, encapsulated plugin so their raw-body JSON
@@ -21,14 +21,16 @@ import { AMQP_PREFIX_PATTERN, MAX_BATCH_CALLS, MAX_INLINE_SYNC_MS, PARTICIPANT_N
 import type { BatchCapability, BatchResult } from '@fastify-2pc/protocol'
 import { createCoordinatorClient } from './client.js'
 import type { Registry } from 'prom-client'
-import { HandlerThrew, LogWriteFailed, logDurability, ParticipantEngine } from './engine.js'
+import { HandlerThrew, LogWriteFailed, ParticipantEngine } from './engine.js'
 import type { FlushStats } from './engine.js'
 import type { AbortHandler, CommitHandler, PrepareHandler } from './engine.js'
 import {
   BadSignatureError, CallValidationError, DatabaseNotDurableError, HandlerFailedError, InvalidOptionError, LogWriteFailedError, ParticipantMismatchError,
   TxAlreadyAbortedError, TxAlreadyCommittedError, TxUnknownError
 } from './errors.js'
-import { migrate } from './log.js'
+import { SqliteStore } from './store/sqlite.js'
+import type { ParticipantStore } from './store/store.js'
+import { mustBeSync } from './store/steps.js'
 import { applyDecision } from './decision.js'
 import { InDoubtRecovery } from './recovery.js'
 import type { InDoubtTransaction, RecoveryReport } from './recovery.js'
@@ -39,11 +41,28 @@ import { createParticipantMetrics } from './metrics.js'
 import type { ParticipantMetrics } from './metrics.js'
 import { parseTraceparent, traceFields } from './trace.js'
 
-export interface TwoPhaseParticipantOptions {
-  /** This participant's name, as enlisted with the coordinator. */
-  name: string
+/** The options of `register`: `db` (TwoPhaseParticipantOptions) or `store` (TwoPhaseParticipantStoreOptions). */
+export type TwoPhaseParticipantRegisterOptions = TwoPhaseParticipantOptions | TwoPhaseParticipantStoreOptions
+
+/** With `db`: the SDK builds the SQLite store on it. */
+export interface TwoPhaseParticipantOptions extends ParticipantCommonOptions {
   /** The service's own better-sqlite3 Database; the SDK's tables live next to the business ones. */
   db: Database
+  /** Mutually exclusive with `db`. */
+  store?: undefined
+}
+
+/** With `store`: where the participant records live (`sqliteStore(db)`). */
+export interface TwoPhaseParticipantStoreOptions extends ParticipantCommonOptions {
+  store: ParticipantStore<Database>
+  /** Mutually exclusive with `store`. */
+  db?: undefined
+}
+
+/** Every option but where the records live. */
+export interface ParticipantCommonOptions {
+  /** This participant's name, as enlisted with the coordinator. */
+  name: string
   prepare: PrepareHandler
   commit: CommitHandler
   abort: AbortHandler
@@ -243,15 +262,37 @@ function positiveInteger (name: string, value: number | undefined, fallback: num
   return result
 }
 
-function checkOptions (options: TwoPhaseParticipantOptions): void {
+/** The store of `db` or `store` (exactly one of them). */
+function storeOf (options: TwoPhaseParticipantRegisterOptions): ParticipantStore<Database> {
+  if (options.db !== undefined && options.store !== undefined) {
+    throw new InvalidOptionError('db and store are mutually exclusive: pass the database as db, or store: sqliteStore(db)')
+  }
+  if (options.store !== undefined) {
+    if (typeof options.store?.open !== 'function' || typeof options.store.check !== 'function' || typeof options.store.migrate !== 'function') {
+      throw new InvalidOptionError('store must be a participant store, e.g. sqliteStore(db)')
+    }
+    if (options.store instanceof SqliteStore) checkDb(options.store.db)
+    return options.store
+  }
+  checkDb(options.db)
+  return new SqliteStore(options.db as Database)
+}
+
+function checkDb (db: Database | undefined): void {
+  if (typeof db?.transaction !== 'function' || db.open !== true) {
+    throw new InvalidOptionError('db must be an open better-sqlite3 Database')
+  }
+}
+
+/** Checks every option (throws InvalidOptionError); returns the store, checked durable, and its warning. */
+function checkOptions (options: TwoPhaseParticipantRegisterOptions): { store: ParticipantStore<Database>, warning: string | undefined } {
   if (typeof options.name !== 'string' || !new RegExp(PARTICIPANT_NAME_PATTERN).test(options.name)) {
     throw new InvalidOptionError(`name must match ${PARTICIPANT_NAME_PATTERN}`)
   }
-  if (typeof options.db?.transaction !== 'function' || options.db.open !== true) {
-    throw new InvalidOptionError('db must be an open better-sqlite3 Database')
-  }
-  const durability = logDurability(options.db)
-  if (typeof durability === 'object') throw new DatabaseNotDurableError(durability.unsafe)
+  const store = storeOf(options)
+  const check = store.check()
+  if (check.unsafe !== undefined) throw new DatabaseNotDurableError(check.unsafe)
+  const warning = check.warning
   for (const handler of ['prepare', 'commit', 'abort'] as const) {
     if (typeof options[handler] !== 'function') throw new InvalidOptionError(`${handler} must be a function`)
   }
@@ -289,6 +330,7 @@ function checkOptions (options: TwoPhaseParticipantOptions): void {
   if (maxCalls !== undefined && (!Number.isSafeInteger(maxCalls) || maxCalls < 0 || maxCalls > MAX_BATCH_CALLS)) {
     throw new InvalidOptionError(`batchMaxCalls must be 0 (no batch route) or an integer 1 .. ${MAX_BATCH_CALLS}`)
   }
+  return { store, warning }
 }
 
 /** Maps a state-machine reply to the HTTP answer (throws the protocol's error codes). */
@@ -508,8 +550,8 @@ const callbackRoutes: FastifyPluginAsync<RouteOptions> = async (instance, { engi
   })
 }
 
-const plugin: FastifyPluginAsync<TwoPhaseParticipantOptions> = async (fastify: FastifyInstance, options) => {
-  checkOptions(options)
+const plugin: FastifyPluginAsync<TwoPhaseParticipantRegisterOptions> = async (fastify: FastifyInstance, options) => {
+  const { store, warning } = checkOptions(options)
   const prefix = options.prefix ?? '/2pc'
   const bodyLimit = positiveInteger('bodyLimit', options.bodyLimit, 1024 * 1024)
   const logger = options.logger ?? fastify.log.child({ plugin: '@fastify-2pc/participant-sdk', participant: options.name })
@@ -529,12 +571,10 @@ const plugin: FastifyPluginAsync<TwoPhaseParticipantOptions> = async (fastify: F
       'retentionMs is shorter than the longest transaction timeout plus clock skew (15 min): a late prepare may outlive its tombstone')
   }
 
-  if (logDurability(options.db) === 'memory') {
-    logger.warn('db is an in-memory database: the participant log (votes, decisions, tombstones) does not survive a restart')
-  }
-  migrate(options.db)
+  if (warning !== undefined) logger.warn(warning)
+  await store.migrate()
   let metrics: ParticipantMetrics | undefined
-  const engine = new ParticipantEngine(options.db, options.name, {
+  const engine = new ParticipantEngine(store, options.name, {
     prepare: options.prepare, commit: options.commit, abort: options.abort
   }, {
     logger,
@@ -547,7 +587,7 @@ const plugin: FastifyPluginAsync<TwoPhaseParticipantOptions> = async (fastify: F
       onEvent: (kind, source, outcome) => metrics?.observer.onEvent?.(kind, source, outcome)
     }
   })
-  if (options.metrics !== false) metrics = createParticipantMetrics(options.name, options.db, engine.log)
+  if (options.metrics !== false) metrics = createParticipantMetrics(options.name, engine.records)
   const clientOptions: { url: string, token?: string, connections: number } = { url: options.coordinatorUrl, connections: 2 }
   if (options.coordinatorToken !== undefined) clientOptions.token = options.coordinatorToken
   const client = createCoordinatorClient(clientOptions)
@@ -576,7 +616,7 @@ const plugin: FastifyPluginAsync<TwoPhaseParticipantOptions> = async (fastify: F
     prefix,
     inDoubt: ({ limit = 1000 }: { limit?: number } = {}) => recovery.inDoubt(Math.min(Math.max(1, limit), MAX_IN_DOUBT_LIST)),
     recover: async () => await recovery.recover(),
-    stateOf: (txid: string) => engine.log.stateOf(txid),
+    stateOf: (txid: string) => mustBeSync(engine.records.stateOf(txid), 'stateOf'),
     amqpStatus: () => receiver?.status(),
     metrics: metrics?.registry,
     flushStats: () => engine.flushStats(),
