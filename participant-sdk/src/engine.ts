@@ -235,7 +235,15 @@ export class ParticipantEngine {
       ...(event.traceparent !== undefined ? { traceparent: event.traceparent } : {})
     })
     try {
-      return yield * inSavepoint(tx, this.#prepareHandlerSteps(tx, state, request, onePhase, context))
+      yield tx.savepoint()
+      try {
+        const step = this.#callPrepareHandler(tx, state, request, onePhase, context)
+        yield tx.release()
+        return step
+      } catch (err) {
+        if (tx.active) yield tx.rollbackToSavepoint()
+        throw err
+      }
     } catch (err) {
       if (err instanceof DiscardHandlerWrites) return err.step
       this.#loggerFor(request.txid, event).error({ err }, 'prepare handler failed: voting no, its writes rolled back')
@@ -243,10 +251,13 @@ export class ParticipantEngine {
     }
   }
 
-  * #prepareHandlerSteps (tx: Tx, state: RecordState, request: PrepareRequest, onePhase: boolean, context: PrepareContext): Steps<Step> {
-    // The handler seam: SQLite handlers are synchronous (a Promise would outlive the local
-    // transaction). A store whose transactions are asynchronous would `yield` the handler's
-    // result here, so that the driver awaits it inside this savepoint.
+  /**
+   * The handler seam: SQLite handlers are synchronous (a Promise would outlive the local
+   * transaction), so this is a plain call. A store whose transactions are asynchronous would make
+   * this a step that yields the handler's result, so that the driver awaits it inside the
+   * handler's savepoint (store/store.ts).
+   */
+  #callPrepareHandler (tx: Tx, state: RecordState, request: PrepareRequest, onePhase: boolean, context: PrepareContext): Step {
     const vote: unknown = this.#handlers.prepare(context, request.payload, tx.connection)
     if (!VOTES.has(vote)) {
       throw new TypeError(isThenable(vote)
@@ -353,9 +364,18 @@ export class ParticipantEngine {
     }
     let failure: unknown
     for (const job of batch) {
-      // Each event in its own savepoint: a throw rolls back that event only.
+      // Each event in its own savepoint: a throw rolls back that event only. (Written out here
+      // rather than delegated to a helper: one generator less per callback on the hot path.)
       try {
-        results.push({ ok: true, value: yield * inSavepoint(tx, job.work(tx)) })
+        yield tx.savepoint()
+        try {
+          const value = yield * job.work(tx)
+          yield tx.release()
+          results.push({ ok: true, value })
+        } catch (error) {
+          if (tx.active) yield tx.rollbackToSavepoint()
+          throw error
+        }
       } catch (error) {
         results.push({ ok: false, error })
       }
@@ -427,20 +447,6 @@ export class ParticipantEngine {
       this.#loggerFor(job.txid, job.context).debug({ event: job.kind, source: job.context.source, outcome }, '2pc event applied')
     }
   }
-}
-
-/** Runs `body` in a savepoint of `tx`: a throw rolls back its writes only, and is rethrown. */
-function * inSavepoint<T> (tx: Tx, body: Steps<T>): Steps<T> {
-  yield tx.savepoint()
-  let value: T
-  try {
-    value = yield * body
-  } catch (err) {
-    if (tx.active) yield tx.rollbackToSavepoint()
-    throw err
-  }
-  yield tx.release()
-  return value
 }
 
 /** The metrics outcome of a reply: the vote, `ok`, or the error code in lower case. */
