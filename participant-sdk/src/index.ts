@@ -1,5 +1,6 @@
 export { twoPhaseParticipant } from './participant.js'
-export type { TwoPhaseParticipantOptions, TwoPhaseParticipantStoreOptions, TwoPhaseParticipantRegisterOptions, ParticipantCommonOptions, TwoPhaseParticipantApi } from './participant.js'
+export type { TwoPhaseParticipantApi } from './participant.js'
+export type { TwoPhaseParticipantOptions, TwoPhaseParticipantStoreOptions, TwoPhaseParticipantRegisterOptions, ParticipantCommonOptions } from './participant-options.js'
 export type { PrepareHandler, CommitHandler, AbortHandler, TransactionContext, PrepareContext, FlushStats } from './engine.js'
 export type { InDoubtTransaction, RecoveryReport } from './recovery.js'
 export { createCoordinatorClient, CoordinatorClient, CoordinatorTransaction, MAX_PARTICIPANTS_PER_TRANSACTION, MAX_MESSAGES_PER_TRANSACTION } from './client.js'
