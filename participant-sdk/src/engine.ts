@@ -181,6 +181,8 @@ export class ParticipantEngine {
   readonly #observer: EngineObserver
   #queue: Job[] = []
   #flushScheduled = false
+  /** A batch of an asynchronous store is being written (never set on SQLite: flush() writes at once). */
+  #writing = false
   readonly #stats: Omit<FlushStats, 'pending' | 'syncs' | 'inlineSyncs'> = { flushes: 0, events: 0, failedFlushes: 0, lastBatch: 0, maxBatch: 0, lastFlushMs: 0, totalFlushMs: 0 }
 
   /** Opens `name`'s records in `store` (SQLite: refuses a database on which nothing is durable). */
@@ -344,14 +346,25 @@ export class ParticipantEngine {
    */
   flush (): void {
     this.#flushScheduled = false
+    // An asynchronous store's batch is still open: one local transaction at a time; what is
+    // queued meanwhile is flushed when it ends.
+    if (this.#writing) return
     const batch = this.#queue
     if (batch.length === 0) return
     this.#queue = []
     const started = performance.now()
     const outcome = drive(this.#batchSteps(batch))
+    if (!isThenable(outcome)) {
+      this.#flushed(batch, started, outcome)
+      return
+    }
     // An asynchronous store: one promise for the whole batch (its steps never reject).
-    if (isThenable(outcome)) void outcome.then(done => { this.#flushed(batch, started, done) })
-    else this.#flushed(batch, started, outcome)
+    this.#writing = true
+    void outcome.then(done => {
+      this.#writing = false
+      this.#flushed(batch, started, done)
+      this.flush()
+    })
   }
 
   * #batchSteps (batch: Job[]): Steps<BatchOutcome> {
