@@ -1,43 +1,35 @@
 /**
- * Applies state-machine steps to the participant log and the user's handlers. Each event (a
+ * Applies state-machine steps to the participant records and the user's handlers. Each event (a
  * prepare, commit or abort callback over HTTP, a RabbitMQ decision notice, a decision learned by
  * in-doubt recovery) runs in ONE local unit: read the record, decide, run the handler, write the
  * new record — all or nothing.
  *
  * Group commit (default): events are queued, and at the end of the event-loop turn
- * (`setImmediate`, or as soon as `maxBatch` are queued) they are all run in ONE SQLite
- * transaction (`BEGIN IMMEDIATE` ... `COMMIT`: one fsync), each event inside its own SAVEPOINT —
- * a handler that throws rolls back its savepoint only. Every caller is answered only after the
- * COMMIT returned; if the COMMIT (or the BEGIN) fails, the whole batch is rolled back and every
- * caller gets `LogWriteFailed` (retryable). The transaction is opened and committed within one
- * synchronous flush, so no other code of the process — the service's own routes on the same
- * connection — ever runs while it is open: nothing of theirs joins a batch.
- * With `groupCommit: false` each event is flushed alone, at once (a batch of one).
- * better-sqlite3 is synchronous, so nothing else in this process interleaves with a flush;
- * `BEGIN IMMEDIATE` keeps other processes on the same file out as well.
+ * (`setImmediate`, or as soon as `maxBatch` are queued) they are all run in ONE local
+ * transaction of the store (SQLite: `BEGIN IMMEDIATE` ... `COMMIT`, one fsync), each event inside
+ * its own savepoint — a handler that throws rolls back its savepoint only. Every caller is
+ * answered only after the COMMIT returned and the store made it durable (`whenDurable`); if the
+ * COMMIT (or the BEGIN) fails, the whole batch is rolled back and every caller gets
+ * `LogWriteFailed` (retryable). With `groupCommit: false` each event is flushed alone, at once (a
+ * batch of one).
  *
- * Durability split from the write (a file database in WAL mode): the batch commits with
- * `synchronous=NORMAL` (the service's own setting is restored right after), then one
- * `fdatasync` of the WAL file runs — on the event loop while syncs are quick (~0.1 ms) and none
- * is running, else on libuv's thread pool (SyncPlacement) — and only then are the batch's
- * callers answered; batches committed while a sync runs share the next one. So a vote or an ack is
- * never sent before its record is on disk, whatever `synchronous` the service chose for its own
- * writes. A file database with a rollback journal (DELETE, TRUNCATE, PERSIST): the batch commits
- * with `synchronous=EXTRA` (restored right after), so SQLite syncs the journal, the database and,
- * in DELETE mode, the directory of the deleted journal before the COMMIT returns. A database on
- * which no commit can be made durable (`synchronous=OFF`, `journal_mode` MEMORY or OFF) is refused
- * at register (`logDurability`). An in-memory database keeps nothing across a restart.
+ * The engine talks to the store's interfaces only (store/store.ts); its logic is written as steps
+ * (store/steps.ts) that run synchronously on a synchronous store (SQLite: a batch is opened and
+ * committed within one synchronous flush, so no other code of the process — the service's own
+ * routes on the same connection — ever runs while it is open: nothing of theirs joins a batch),
+ * and continue asynchronously on a store that answers with promises.
  */
-import type { Database, Statement, Transaction } from 'better-sqlite3'
-import { closeSync, constants, fdatasyncSync, openSync } from 'node:fs'
+import type { Database } from 'better-sqlite3'
 import type { FastifyBaseLogger } from 'fastify'
-import { crashPoint, SyncPlacement } from '@fastify-2pc/protocol'
+import { crashPoint } from '@fastify-2pc/protocol'
 import type { PrepareRequest, Vote } from '@fastify-2pc/protocol'
 import { performance } from 'node:perf_hooks'
-import { ParticipantLog } from './log.js'
 import { traceFields } from './trace.js'
 import { transition } from './state-machine.js'
 import type { PrepareOutcome, RecordState, Reply, Step } from './state-machine.js'
+import type { ParticipantRecords, ParticipantStore, StoreTransaction } from './store/store.js'
+import { drive, isThenable } from './store/steps.js'
+import type { Steps } from './store/steps.js'
 
 export interface TransactionContext {
   /** The coordinator's transaction id. */
@@ -62,7 +54,8 @@ export interface PrepareContext extends TransactionContext {
 /**
  * Makes the change tentative and durable (reserve, don't spend) and votes. Runs inside the
  * local SQLite transaction that also records the vote, so it must be synchronous: a Promise is
- * treated as a failure (vote no).
+ * treated as a failure (vote no). (A store with asynchronous transactions would pass its client
+ * instead of `db` and await the handler: see store/store.ts.)
  */
 export type PrepareHandler = (tx: PrepareContext, payload: unknown, db: Database) => Vote
 /** Turns the tentative change into the final one. Synchronous, inside the local transaction. */
@@ -153,44 +146,17 @@ export interface EngineOptions {
 
 type Settled = { ok: true, value: unknown } | { ok: false, error: unknown }
 
-/**
- * How the SDK's transactions are made durable on `db`:
- * - `wal`: committed with `synchronous=NORMAL`, then the SDK's own fdatasync of the WAL;
- * - `rollback`: committed with `synchronous=EXTRA` (SQLite syncs before the COMMIT returns);
- * - `memory`: an in-memory database, nothing survives a restart anyway;
- * - `{ unsafe }`: no commit on it can be made durable; the reason names the setting to change.
- * `synchronous=OFF` is refused in WAL mode too: the service's own commits would then run SQLite's
- * checkpoints without their fsyncs, and a checkpoint that restarts the WAL can lose records the
- * SDK had synced.
- */
-export function logDurability (db: Database): 'wal' | 'rollback' | 'memory' | { unsafe: string } {
-  if (db.memory) return 'memory'
-  const journal = String(db.pragma('journal_mode', { simple: true })).toLowerCase()
-  if (journal !== 'wal' && journal !== 'delete' && journal !== 'truncate' && journal !== 'persist') {
-    return { unsafe: `journal_mode=${journal}: a crash in the middle of a commit can leave the database half written. Needed: journal_mode=WAL (db.pragma('journal_mode = WAL'), recommended), or DELETE, TRUNCATE or PERSIST` }
-  }
-  if (db.pragma('synchronous', { simple: true }) === 0) {
-    return { unsafe: "synchronous=OFF: SQLite skips the fsyncs of commits and checkpoints, so a yes vote could be lost in a power cut. Needed: synchronous=NORMAL or higher (db.pragma('synchronous = NORMAL'); FULL is fine too)" }
-  }
-  return journal === 'wal' ? 'wal' : 'rollback'
-}
+/** What one batch's local transaction came to: a result per event, or a failure of the whole. */
+interface BatchOutcome { results: Settled[], failure: unknown }
 
-/** `PRAGMA synchronous` levels the SDK commits its batches with. */
-const SYNC_NORMAL = 1
-const SYNC_EXTRA = 3
-
-/** How long a batch of commits and aborts may wait for a sync a prepare would start anyway. */
-const DECISION_SYNC_DELAY_MS = 2
-
-/** A committed batch whose callers wait for the next sync. */
-interface Committed { batch: Job[], results: Settled[] }
+type Tx = StoreTransaction<Database>
 
 interface Job {
   kind: EventKind
   context: EventContext
   txid: string
-  /** Runs inside the batch transaction (its own savepoint). */
-  work: () => unknown
+  /** The event's steps inside the batch transaction (its own savepoint). */
+  work: (tx: Tx) => Steps<unknown>
   /** The metrics outcome of a successful result. */
   outcome: (value: unknown) => string
   /** Runs after the COMMIT, before the caller is answered (crash points). */
@@ -203,123 +169,40 @@ type DecisionEvent = { type: 'commit' } | { type: 'abort' } | { type: 'decision-
 
 const VOTES: ReadonlySet<unknown> = new Set(['yes', 'no', 'read-only'])
 
-function isThenable (value: unknown): boolean {
-  return typeof (value as { then?: unknown } | null)?.then === 'function'
-}
-
 export class ParticipantEngine {
   readonly name: string
-  readonly log: ParticipantLog
+  /** The participant's records in the store (reads outside callbacks: recovery, metrics, stateOf). */
+  readonly records: ParticipantRecords<Database>
   readonly groupCommit: boolean
   readonly maxBatch: number
-  readonly #db: Database
   readonly #handlers: Handlers
   readonly #logger: FastifyBaseLogger
   readonly #now: () => number
   readonly #observer: EngineObserver
-  readonly #begin
-  readonly #commit
-  readonly #rollback
   #queue: Job[] = []
   #flushScheduled = false
-  readonly #stats: Omit<FlushStats, 'pending'> = { flushes: 0, syncs: 0, inlineSyncs: 0, events: 0, failedFlushes: 0, lastBatch: 0, maxBatch: 0, lastFlushMs: 0, totalFlushMs: 0 }
-  /** Our own descriptor of the WAL file, only to fdatasync it; null: SQLite syncs at COMMIT. */
-  #walFd: number | null = null
-  /** `synchronous` of the SDK's own COMMITs (WAL: NORMAL; rollback journal: EXTRA); undefined: in memory. */
-  #commitLevel: number | undefined
-  /** Whether each fdatasync runs on the event loop or the thread pool. */
-  readonly #syncPlacement: SyncPlacement
-  #unsynced: Committed[] = []
-  #syncsInFlight: Array<{ covered: Committed[] }> = []
-  #lazySync: NodeJS.Timeout | undefined
-  #closed = false
-  /** Set when an fdatasync failed: nothing is answered as durable any more (restart). */
-  #syncFailure: Error | undefined
-  readonly #getSynchronous
-  readonly #setSynchronous
-  readonly #prepareTx: Transaction<(request: PrepareRequest, onePhase: boolean, context: EventContext) => Reply>
-  readonly #handlerTx: Transaction<(state: RecordState, request: PrepareRequest, onePhase: boolean, context: PrepareContext) => Step>
-  readonly #applyTx: Transaction<(txid: string, event: DecisionEvent, eventContext: EventContext, observe: ((step: Step) => void) | undefined) => Reply>
+  /** A batch of an asynchronous store is being written (never set on SQLite: flush() writes at once). */
+  #writing = false
+  readonly #stats: Omit<FlushStats, 'pending' | 'syncs' | 'inlineSyncs'> = { flushes: 0, events: 0, failedFlushes: 0, lastBatch: 0, maxBatch: 0, lastFlushMs: 0, totalFlushMs: 0 }
 
-  constructor (db: Database, name: string, handlers: Handlers, options: EngineOptions) {
+  /** Opens `name`'s records in `store` (SQLite: refuses a database on which nothing is durable). */
+  constructor (store: ParticipantStore<Database>, name: string, handlers: Handlers, options: EngineOptions) {
     this.name = name
-    this.#db = db
     this.#handlers = handlers
     this.#logger = options.logger
     this.#now = options.now ?? Date.now
     this.#observer = options.observer ?? {}
     this.groupCommit = options.groupCommit ?? true
     this.maxBatch = options.maxBatch ?? 128
-    this.#syncPlacement = new SyncPlacement(options.inlineSyncMaxMs)
-    this.log = new ParticipantLog(db, name)
-    this.#begin = db.prepare('BEGIN IMMEDIATE')
-    this.#commit = db.prepare('COMMIT')
-    this.#rollback = db.prepare('ROLLBACK')
-    this.#getSynchronous = db.prepare('PRAGMA synchronous').pluck()
-    // One prepared statement per level (0-3): `db.pragma()` would compile one on every batch.
-    const setLevel = new Map<number, Statement>()
-    this.#setSynchronous = (level: number) => {
-      let stmt = setLevel.get(level)
-      if (stmt === undefined) {
-        if (!Number.isInteger(level) || level < 0 || level > 3) throw new RangeError(`synchronous level ${level}`)
-        stmt = db.prepare(`PRAGMA synchronous = ${level}`)
-        setLevel.set(level, stmt)
-      }
-      stmt.run()
-    }
-    // The local transactions, created once (better-sqlite3 builds four wrapper functions per
-    // db.transaction() call: per event that was a tenth of a participant's CPU under load).
-    // Inside a batch's open transaction each one runs as a savepoint.
-    this.#prepareTx = db.transaction((request: PrepareRequest, onePhase: boolean, context: EventContext): Reply => {
-      const state = this.log.stateOf(request.txid)
-      const first = transition(state, { type: 'prepare', now: this.#now(), deadline: request.deadline, onePhase })
-      const step = first.effects.some(effect => effect.type === 'run-prepare-handler')
-        ? this.#runPrepareHandlers(state, request, onePhase, context)
-        : first
-      if (step.next !== undefined) {
-        this.log.write(request.txid, step.next as Exclude<RecordState, 'none'>, step.reply.type === 'vote' ? step.reply.reason ?? null : null, this.#now())
-      }
-      crashPoint('participant.in-prepare-before-local-commit')
-      return step.reply
+    this.records = store.open(name, {
+      ...(options.inlineSyncMaxMs !== undefined ? { inlineSyncMaxMs: options.inlineSyncMaxMs } : {}),
+      onSync: (events, ms) => this.#observer.onSync?.(events, ms)
     })
-    this.#handlerTx = db.transaction((state: RecordState, request: PrepareRequest, onePhase: boolean, context: PrepareContext): Step => {
-      const vote: unknown = this.#handlers.prepare(context, request.payload, this.#db)
-      if (!VOTES.has(vote)) {
-        throw new TypeError(isThenable(vote)
-          ? 'prepare handler returned a Promise: it must be synchronous, it runs inside a SQLite transaction'
-          : `prepare handler returned ${String(vote)}, not 'yes' | 'no' | 'read-only'`)
-      }
-      if (vote === 'yes' && onePhase) this.#callDecisionHandler('commit', context)
-      const step = transition(state, { type: 'prepare-handled', outcome: vote as PrepareOutcome, onePhase })
-      if (step.effects.some(effect => effect.type === 'discard-handler-writes')) throw new DiscardHandlerWrites(step)
-      return step
-    })
-    this.#applyTx = db.transaction((txid: string, event: DecisionEvent, eventContext: EventContext, observe: ((step: Step) => void) | undefined): Reply => {
-      const step = transition(this.log.stateOf(txid), event)
-      const context: TransactionContext = Object.freeze({
-        id: txid, participant: this.name, ...(eventContext.traceparent !== undefined ? { traceparent: eventContext.traceparent } : {})
-      })
-      for (const effect of step.effects) {
-        if (effect.type === 'run-commit-handler') this.#callDecisionHandler('commit', context)
-        if (effect.type === 'run-abort-handler') this.#callDecisionHandler('abort', context)
-      }
-      if (step.next !== undefined) this.log.write(txid, step.next as Exclude<RecordState, 'none'>, null, this.#now())
-      observe?.(step)
-      return step.reply
-    })
-    const durability = logDurability(db)
-    if (typeof durability === 'object') throw new Error(`the participant log would not be durable: ${durability.unsafe}`)
-    if (durability === 'wal') {
-      this.#commitLevel = SYNC_NORMAL
-      this.#walFd = openSync(`${db.name}-wal`, constants.O_RDWR | constants.O_CREAT)
-    } else if (durability === 'rollback') {
-      this.#commitLevel = SYNC_EXTRA
-    }
   }
 
   /** A copy of the flush counters (group commit: fewer flushes than events). */
   flushStats (): FlushStats {
-    return { ...this.#stats, pending: this.#queue.length }
+    return { ...this.#stats, ...this.records.syncStats(), pending: this.#queue.length }
   }
 
   /** Events queued for the next flush. */
@@ -330,12 +213,25 @@ export class ParticipantEngine {
   /** Resolves with the vote once the record (and the handler's writes) are committed. */
   async prepare (request: PrepareRequest, context: EventContext = { source: 'http' }): Promise<Reply> {
     const onePhase = request.onePhase === true
-    return await this.#enqueue<Reply>('prepare', request.txid, context, () => this.#prepareTx.immediate(request, onePhase, context), replyOutcome,
+    return await this.#enqueue<Reply>('prepare', request.txid, context, tx => this.#prepareSteps(tx, request, onePhase, context), replyOutcome,
       () => { crashPoint('participant.after-prepare-before-reply') })
   }
 
+  * #prepareSteps (tx: Tx, request: PrepareRequest, onePhase: boolean, context: EventContext): Steps<Reply> {
+    const state = (yield tx.stateOf(request.txid)) as RecordState
+    const first = transition(state, { type: 'prepare', now: this.#now(), deadline: request.deadline, onePhase })
+    const step = first.effects.some(effect => effect.type === 'run-prepare-handler')
+      ? yield * this.#runPrepareHandlers(tx, state, request, onePhase, context)
+      : first
+    if (step.next !== undefined) {
+      yield tx.write(request.txid, step.next as Exclude<RecordState, 'none'>, step.reply.type === 'vote' ? step.reply.reason ?? null : null, this.#now())
+    }
+    crashPoint('participant.in-prepare-before-local-commit')
+    return step.reply
+  }
+
   /** Runs the prepare (and for one-phase, commit) handler in a savepoint; returns the step. */
-  #runPrepareHandlers (state: RecordState, request: PrepareRequest, onePhase: boolean, event: EventContext): Step {
+  * #runPrepareHandlers (tx: Tx, state: RecordState, request: PrepareRequest, onePhase: boolean, event: EventContext): Steps<Step> {
     const context: PrepareContext = Object.freeze({
       id: request.txid,
       participant: this.name,
@@ -344,7 +240,15 @@ export class ParticipantEngine {
       ...(event.traceparent !== undefined ? { traceparent: event.traceparent } : {})
     })
     try {
-      return this.#handlerTx(state, request, onePhase, context)
+      yield tx.savepoint()
+      try {
+        const step = this.#callPrepareHandler(tx, state, request, onePhase, context)
+        yield tx.release()
+        return step
+      } catch (err) {
+        if (tx.active) yield tx.rollbackToSavepoint()
+        throw err
+      }
     } catch (err) {
       if (err instanceof DiscardHandlerWrites) return err.step
       this.#loggerFor(request.txid, event).error({ err }, 'prepare handler failed: voting no, its writes rolled back')
@@ -353,12 +257,31 @@ export class ParticipantEngine {
   }
 
   /**
+   * The handler seam: SQLite handlers are synchronous (a Promise would outlive the local
+   * transaction), so this is a plain call. A store whose transactions are asynchronous would make
+   * this a step that yields the handler's result, so that the driver awaits it inside the
+   * handler's savepoint (store/store.ts).
+   */
+  #callPrepareHandler (tx: Tx, state: RecordState, request: PrepareRequest, onePhase: boolean, context: PrepareContext): Step {
+    const vote: unknown = this.#handlers.prepare(context, request.payload, tx.connection)
+    if (!VOTES.has(vote)) {
+      throw new TypeError(isThenable(vote)
+        ? 'prepare handler returned a Promise: it must be synchronous, it runs inside a SQLite transaction'
+        : `prepare handler returned ${String(vote)}, not 'yes' | 'no' | 'read-only'`)
+    }
+    if (vote === 'yes' && onePhase) this.#callDecisionHandler('commit', context, tx)
+    const step = transition(state, { type: 'prepare-handled', outcome: vote as PrepareOutcome, onePhase })
+    if (step.effects.some(effect => effect.type === 'discard-handler-writes')) throw new DiscardHandlerWrites(step)
+    return step
+  }
+
+  /**
    * Applies commit or abort from the coordinator (an HTTP callback or a RabbitMQ notice: one
    * path); rejects with `HandlerThrew` (nothing changed) or `LogWriteFailed`. `observe` sees the
    * step inside the local transaction (e.g. to tell a first application from a repeat).
    */
   async decide (txid: string, decision: 'commit' | 'abort', observe?: (step: Step) => void, context: EventContext = { source: 'http' }): Promise<Reply> {
-    return await this.#enqueue<Reply>(decision, txid, context, () => this.#apply(txid, { type: decision }, context, observe), replyOutcome,
+    return await this.#enqueue<Reply>(decision, txid, context, tx => this.#applySteps(tx, txid, { type: decision }, context, observe), replyOutcome,
       decision === 'commit' ? () => { crashPoint('participant.after-commit-before-reply') } : undefined)
   }
 
@@ -366,18 +289,29 @@ export class ParticipantEngine {
   async applyRecovered (txid: string, decision: 'commit' | 'abort'): Promise<boolean> {
     let changed = false
     const context: EventContext = { source: 'recovery' }
-    await this.#enqueue<Reply>(decision, txid, context, () => this.#apply(txid, { type: 'decision-answer', decision }, context, step => { changed = step.next !== undefined }), () => 'ok')
+    await this.#enqueue<Reply>(decision, txid, context, tx => this.#applySteps(tx, txid, { type: 'decision-answer', decision }, context, step => { changed = step.next !== undefined }), () => 'ok')
     return changed
   }
 
-  #apply (txid: string, event: DecisionEvent, eventContext: EventContext, observe?: (step: Step) => void): Reply {
-    return this.#applyTx.immediate(txid, event, eventContext, observe)
+  * #applySteps (tx: Tx, txid: string, event: DecisionEvent, eventContext: EventContext, observe: ((step: Step) => void) | undefined): Steps<Reply> {
+    const step = transition((yield tx.stateOf(txid)) as RecordState, event)
+    const context: TransactionContext = Object.freeze({
+      id: txid, participant: this.name, ...(eventContext.traceparent !== undefined ? { traceparent: eventContext.traceparent } : {})
+    })
+    for (const effect of step.effects) {
+      if (effect.type === 'run-commit-handler') this.#callDecisionHandler('commit', context, tx)
+      if (effect.type === 'run-abort-handler') this.#callDecisionHandler('abort', context, tx)
+    }
+    if (step.next !== undefined) yield tx.write(txid, step.next as Exclude<RecordState, 'none'>, null, this.#now())
+    observe?.(step)
+    return step.reply
   }
 
-  #callDecisionHandler (handler: 'commit' | 'abort', context: TransactionContext): void {
+  /** Synchronous, like the prepare handler (the same seam for an asynchronous store). */
+  #callDecisionHandler (handler: 'commit' | 'abort', context: TransactionContext, tx: Tx): void {
     let result: unknown
     try {
-      result = this.#handlers[handler](context, this.#db)
+      result = this.#handlers[handler](context, tx.connection)
     } catch (err) {
       throw new HandlerThrew(handler, err)
     }
@@ -390,7 +324,7 @@ export class ParticipantEngine {
     return context.logger ?? this.#logger.child({ txid, ...traceFields(context.traceparent) })
   }
 
-  async #enqueue<T> (kind: EventKind, txid: string, context: EventContext, work: () => T, outcome: (value: T) => string, afterCommit?: () => void): Promise<T> {
+  async #enqueue<T> (kind: EventKind, txid: string, context: EventContext, work: (tx: Tx) => Steps<T>, outcome: (value: T) => string, afterCommit?: () => void): Promise<T> {
     return await new Promise<T>((resolve, reject) => {
       this.#queue.push({
         kind,
@@ -413,62 +347,72 @@ export class ParticipantEngine {
 
   /**
    * Runs every queued event in ONE local transaction (each in its own savepoint), commits, then
-   * answers each caller. Never throws. Called at the end of the turn, when the batch is full,
-   * and on close (nothing queued is dropped by a graceful close).
+   * answers each caller once the store made it durable. Never throws. Called at the end of the
+   * turn, when the batch is full, and on close (nothing queued is dropped by a graceful close).
+   * On a synchronous store (SQLite) the batch is written before flush() returns.
    */
   flush (): void {
     this.#flushScheduled = false
+    // An asynchronous store's batch is still open: one local transaction at a time; what is
+    // queued meanwhile is flushed when it ends.
+    if (this.#writing) return
     const batch = this.#queue
     if (batch.length === 0) return
     this.#queue = []
     const started = performance.now()
+    const outcome = drive(this.#batchSteps(batch))
+    if (!isThenable(outcome)) {
+      this.#flushed(batch, started, outcome)
+      return
+    }
+    // An asynchronous store: one promise for the whole batch (its steps never reject).
+    this.#writing = true
+    void outcome.then(done => {
+      this.#writing = false
+      this.#flushed(batch, started, done)
+      this.flush()
+    })
+  }
+
+  * #batchSteps (batch: Job[]): Steps<BatchOutcome> {
     const results: Settled[] = []
-    let failure: unknown
-    let restore: number | undefined
+    let tx: Tx
     try {
-      if (!this.#db.open) throw new Error('the database is closed')
-      // Only possible if code of the service holds a transaction of its own open across an
-      // await on this connection: joining it would make our records depend on its COMMIT.
-      if (this.#db.inTransaction) throw new Error('the database connection is inside a transaction the SDK did not open')
-      if (this.#syncFailure !== undefined) throw this.#syncFailure
-      if (this.#commitLevel !== undefined) {
-        // WAL: NORMAL, the fdatasync below makes it durable. Rollback journal: EXTRA, SQLite
-        // syncs the journal, the database and the journal's directory before COMMIT returns.
-        restore = this.#getSynchronous.get() as number
-        if (restore !== this.#commitLevel) this.#setSynchronous(this.#commitLevel)
-      }
-      this.#begin.run()
-    } catch (err) {
-      failure = err
+      tx = (yield this.records.begin()) as Tx
+    } catch (failure) {
+      return { results, failure }
     }
-    if (failure === undefined) {
-      for (const job of batch) {
-        // Inside the open transaction, better-sqlite3 runs each event's transaction function
-        // as a SAVEPOINT: a throw rolls back that event only.
+    let failure: unknown
+    for (const job of batch) {
+      // Each event in its own savepoint: a throw rolls back that event only. (Written out here
+      // rather than delegated to a helper: one generator less per callback on the hot path.)
+      try {
+        yield tx.savepoint()
         try {
-          results.push({ ok: true, value: job.work() })
+          const value = yield * job.work(tx)
+          yield tx.release()
+          results.push({ ok: true, value })
         } catch (error) {
-          results.push({ ok: false, error })
+          if (tx.active) yield tx.rollbackToSavepoint()
+          throw error
         }
-        if (!this.#db.inTransaction) {
-          failure = new Error('SQLite rolled the batch transaction back')
-          break
-        }
+      } catch (error) {
+        results.push({ ok: false, error })
       }
-      if (failure === undefined) {
-        try {
-          this.#commit.run()
-        } catch (err) {
-          failure = err
-        }
-      }
-      if (failure !== undefined && this.#db.open && this.#db.inTransaction) {
-        try { this.#rollback.run() } catch { /* the connection is unusable; the next BEGIN says so */ }
+      if (!tx.active) {
+        failure = new Error('SQLite rolled the batch transaction back')
+        break
       }
     }
-    if (restore !== undefined && restore !== this.#commitLevel && this.#db.open) {
-      try { this.#setSynchronous(restore) } catch (err) { failure ??= err }
+    try {
+      yield failure === undefined ? tx.commit() : tx.rollback()
+    } catch (err) {
+      failure ??= err
     }
+    return { results, failure }
+  }
+
+  #flushed (batch: Job[], started: number, { results, failure }: BatchOutcome): void {
     const ms = performance.now() - started
     this.#stats.flushes++
     this.#stats.events += batch.length
@@ -481,94 +425,24 @@ export class ParticipantEngine {
       this.#logger.error({ err: failure, events: batch.length }, 'participant log flush failed: nothing of the batch was written, every caller gets a retryable error')
     }
     this.#observer.onFlush?.(batch.length, ms, failure === undefined)
-    if (failure === undefined && this.#walFd !== null) {
-      this.#unsynced.push({ batch, results })
-      this.#syncSoon()
+    if (failure !== undefined) {
+      this.#answer(batch, results, failure)
       return
     }
-    this.#answer(batch, results, failure)
-  }
-
-  /**
-   * One fdatasync of the WAL for every batch committed before it starts: inline while syncs are
-   * quick and none is running, else on the thread pool (SyncPlacement). Two
-   * may run at once (a prepare does not wait behind the sync of a commit that just started);
-   * they are settled in the order they started, and one that returns settles the earlier ones
-   * too (it flushed everything written before it began).
-   */
-  #sync (): void {
-    if (this.#walFd === null || this.#unsynced.length === 0 || this.#syncsInFlight.length >= 2) return
-    clearTimeout(this.#lazySync)
-    this.#lazySync = undefined
-    const sync = { covered: this.#unsynced }
-    this.#unsynced = []
-    this.#syncsInFlight.push(sync)
-    const settle = (err: NodeJS.ErrnoException | null, ms: number): void => {
-      const index = this.#syncsInFlight.indexOf(sync)
-      const settled = index < 0 ? [] : this.#syncsInFlight.splice(0, index + 1)
-      if (err !== null) this.#syncFailure ??= new Error(`the participant log could not be synced to disk: ${err.message}`, { cause: err })
-      else this.#stats.syncs++
-      for (const earlier of settled) {
-        if (err === null) this.#observer.onSync?.(earlier.covered.reduce((n, c) => n + c.batch.length, 0), ms)
-        for (const c of earlier.covered) this.#answer(c.batch, c.results, this.#syncFailure)
-      }
-      if (this.#closed) {
-        if (this.#syncsInFlight.length === 0) this.#closeWal()
-      } else {
-        this.#syncSoon()
-      }
-    }
-    // Inline while syncs are quick, else on the pool (SyncPlacement); settled on a later tick.
-    this.#syncPlacement.sync(this.#walFd, this.#syncsInFlight.length - 1, (err, ms, inline) => {
-      if (inline) this.#stats.inlineSyncs++
-      settle(err, ms)
-    })
-  }
-
-  /**
-   * A batch with a prepare is synced at once: a coordinator waits for the vote. A batch of
-   * commits and aborts only may wait up to DECISION_SYNC_DELAY_MS for the next sync (its callers
-   * are still answered only after it): phase 2 runs after the initiator has its answer, and a
-   * prepare arriving meanwhile (the next transaction) carries it in its own sync — one fsync
-   * instead of two, and no second sync competing for the disk with the prepare's.
-   */
-  #syncSoon (): void {
-    if (this.#unsynced.length === 0) return
-    if (this.#unsynced.some(c => c.batch.some(job => job.kind === 'prepare'))) this.#sync()
-    else this.#lazySync ??= setTimeout(() => { this.#lazySync = undefined; this.#sync() }, DECISION_SYNC_DELAY_MS)
+    // A batch with a prepare is urgent: a coordinator waits for the vote.
+    this.records.whenDurable(batch.some(job => job.kind === 'prepare'), batch.length, syncFailure => { this.#answer(batch, results, syncFailure) })
   }
 
   /** Writes what is queued and makes everything committed durable, blocking (graceful close). */
   flushAndSync (): void {
     this.flush()
-    if (this.#walFd === null) return
-    // The syncs still running cover earlier batches; this one covers them too, in order.
-    const covered: Committed[] = []
-    for (const running of this.#syncsInFlight) {
-      covered.push(...running.covered)
-      running.covered = []
-    }
-    covered.push(...this.#unsynced)
-    this.#unsynced = []
-    if (covered.length === 0) return
-    let failure: unknown
-    try { fdatasyncSync(this.#walFd) } catch (err) { failure = err }
-    if (failure !== undefined) this.#syncFailure ??= new Error(`the participant log could not be synced to disk: ${(failure as Error).message}`, { cause: failure })
-    for (const c of covered) this.#answer(c.batch, c.results, this.#syncFailure)
+    this.records.syncNow()
   }
 
-  /** Flushes, syncs and releases the WAL descriptor (the plugin's onClose). */
+  /** Flushes, syncs and releases what the records hold (the plugin's onClose). */
   close (): void {
-    clearTimeout(this.#lazySync)
-    this.#lazySync = undefined
-    this.flushAndSync()
-    this.#closed = true
-    if (this.#syncsInFlight.length === 0) this.#closeWal() // else the last running sync's callback closes it
-  }
-
-  #closeWal (): void {
-    if (this.#walFd !== null) closeSync(this.#walFd)
-    this.#walFd = null
+    this.flush()
+    this.records.close()
   }
 
   #answer (batch: Job[], results: Settled[], failure: unknown): void {

@@ -6,15 +6,15 @@
  * metric, not a registry default label, so it survives `Registry.merge`. No default process
  * metrics here: those belong to the host's registry (and would collide in a merge).
  *
- * Gauges that describe the log (prepared count, oldest prepared age) are read from SQLite when
+ * Gauges that describe the log (prepared count, oldest prepared age) are read from the store when
  * scraped, so they are right after a restart.
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client'
-import type { Database } from 'better-sqlite3'
 import type { BrokerRejectReason } from '@fastify-2pc/amqp'
 import type { AmqpCounter, RejectedKind } from './amqp.js'
 import type { EngineObserver } from './engine.js'
-import type { ParticipantLog } from './log.js'
+import type { ParticipantRecords } from './store/store.js'
+import { whenValue } from './store/steps.js'
 
 export interface ParticipantMetrics {
   registry: Registry
@@ -32,18 +32,18 @@ const AMQP_NOTICE_RESULTS: Partial<Record<AmqpCounter, string>> = {
   applied: 'applied', repeated: 'repeated', deadLettered: 'dead_lettered', failed: 'failed'
 }
 
-export function createParticipantMetrics (name: string, db: Database, log: ParticipantLog): ParticipantMetrics {
+export function createParticipantMetrics (name: string, records: ParticipantRecords): ParticipantMetrics {
   const registry = new Registry()
   const p = { participant: name }
-  const summary = (): { count: number, oldestUpdatedAt: number | null } =>
-    db.open ? log.preparedSummary() : { count: 0, oldestUpdatedAt: null }
+  const summary = (): ReturnType<ParticipantRecords['preparedSummary']> =>
+    records.available ? records.preparedSummary() : { count: 0, oldestUpdatedAt: null }
 
   new Gauge({
     name: 'twopc_participant_prepared',
     help: 'Transactions held prepared (voted yes, decision not known yet): their reservations are blocked',
     labelNames: ['participant'],
     registers: [registry],
-    collect () { this.set(p, summary().count) }
+    collect () { return whenValue(summary(), s => { this.set(p, s.count) }) }
   })
   new Gauge({
     name: 'twopc_participant_prepared_oldest_age_seconds',
@@ -51,8 +51,9 @@ export function createParticipantMetrics (name: string, db: Database, log: Parti
     labelNames: ['participant'],
     registers: [registry],
     collect () {
-      const oldest = summary().oldestUpdatedAt
-      this.set(p, oldest === null ? 0 : Math.max(0, (Date.now() - oldest) / 1000))
+      return whenValue(summary(), ({ oldestUpdatedAt: oldest }) => {
+        this.set(p, oldest === null ? 0 : Math.max(0, (Date.now() - oldest) / 1000))
+      })
     }
   })
   const events = new Counter({

@@ -1,8 +1,8 @@
 /**
  * `twoPhaseParticipant`: one `register` call mounts `POST {prefix}/prepare|commit|abort` (and,
  * unless `batchMaxCalls: 0`, `POST {prefix}/batch`: several of them in one request), keeps the
- * participant log in the service's own SQLite database and resolves in-doubt transactions with
- * the coordinator after the server listens.
+ * participant log in the service's own database (a store: `db` builds the SQLite one) and
+ * resolves in-doubt transactions with the coordinator after the server listens.
  *
  * The plugin is wrapped with fastify-plugin so `app.twoPhase` and the onListen/onClose hooks
  * reach the host app; the routes live in an inner, encapsulated plugin so their raw-body JSON
@@ -14,110 +14,33 @@ import { STATUS_CODES } from 'node:http'
 import fp from 'fastify-plugin'
 import type { FastifyBaseLogger, FastifyError, FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
-import type { Database } from 'better-sqlite3'
-import { AMQP_PREFIX_PATTERN, MAX_BATCH_CALLS, MAX_INLINE_SYNC_MS, PARTICIPANT_NAME_PATTERN, SIGNATURE_HEADER, verifySignature, JSON_LIMITS, JSON_LIMITS_KEYWORD, JSON_LIMIT_CODES, jsonLimitExceeded, jsonLimitMessage, type SignedOperation } from '@fastify-2pc/protocol'
+import { SIGNATURE_HEADER, verifySignature, JSON_LIMITS, JSON_LIMITS_KEYWORD, JSON_LIMIT_CODES, jsonLimitExceeded, jsonLimitMessage, type SignedOperation } from '@fastify-2pc/protocol'
 import { BatchAnswer, DecisionRequest, OkAnswer, PrepareAnswer, PrepareRequest, batchEnvelope } from '@fastify-2pc/protocol'
 import type { BatchCapability, BatchResult } from '@fastify-2pc/protocol'
 import { createCoordinatorClient } from './client.js'
 import type { Registry } from 'prom-client'
-import { HandlerThrew, LogWriteFailed, logDurability, ParticipantEngine } from './engine.js'
+import { HandlerThrew, LogWriteFailed, ParticipantEngine } from './engine.js'
 import type { FlushStats } from './engine.js'
-import type { AbortHandler, CommitHandler, PrepareHandler } from './engine.js'
 import {
-  BadSignatureError, CallValidationError, DatabaseNotDurableError, HandlerFailedError, InvalidOptionError, LogWriteFailedError, ParticipantMismatchError,
+  BadSignatureError, CallValidationError, HandlerFailedError, LogWriteFailedError, ParticipantMismatchError,
   TxAlreadyAbortedError, TxAlreadyCommittedError, TxUnknownError
 } from './errors.js'
-import { migrate } from './log.js'
+import { mustBeSync } from './store/steps.js'
 import { applyDecision } from './decision.js'
 import { InDoubtRecovery } from './recovery.js'
 import type { InDoubtTransaction, RecoveryReport } from './recovery.js'
 import { DecisionReceiver } from './amqp.js'
-import type { ParticipantAmqpOptions, ParticipantAmqpStatus } from './amqp.js'
+import type { ParticipantAmqpStatus } from './amqp.js'
 import type { RecordState, Reply } from './state-machine.js'
 import { createParticipantMetrics } from './metrics.js'
 import type { ParticipantMetrics } from './metrics.js'
 import { parseTraceparent, traceFields } from './trace.js'
+import { checkOptions, positiveInteger } from './participant-options.js'
+import type { TwoPhaseParticipantRegisterOptions } from './participant-options.js'
 
-export interface TwoPhaseParticipantOptions {
-  /** This participant's name, as enlisted with the coordinator. */
-  name: string
-  /** The service's own better-sqlite3 Database; the SDK's tables live next to the business ones. */
-  db: Database
-  prepare: PrepareHandler
-  commit: CommitHandler
-  abort: AbortHandler
-  /** Where in-doubt recovery asks for decisions, e.g. `http://127.0.0.1:7070`. */
-  coordinatorUrl: string
-  /** HMAC secret shared with the coordinator; when set, unsigned callbacks get 401. */
-  secret?: string
-  /**
-   * Also accept the legacy `v1` signature (default false: 401 `BAD_SIGNATURE`, `legacy-scheme`).
-   * `v1` does not bind the route: a signed abort replayed onto `/commit` verifies. Only while an
-   * older coordinator still signs `v1`; needs `secret`. Logged as a warning at register.
-   */
-  acceptLegacySignatures?: boolean
-  /** Route prefix of the callbacks (default `/2pc`); the enlisted url is `origin + prefix`. */
-  prefix?: string
-  /** Bearer token for the coordinator's API (its `TWOPC_API_TOKEN`). */
-  coordinatorToken?: string
-  /** A prepared transaction older than this is re-checked with the coordinator (default 10 s). */
-  inDoubtAfterMs?: number
-  /** Backoff of repeated decision queries for one transaction (defaults 1 s .. 60 s). */
-  recoveryBaseDelayMs?: number
-  recoveryMaxDelayMs?: number
-  /** Decision queries per recovery tick (default 100). */
-  recoveryBatchSize?: number
-  /**
-   * How long settled records (committed, aborted, read-only) and tombstones are kept (default 7
-   * days), then pruned in bounded batches. Keep it well above the coordinator's longest
-   * transaction timeout (`TWOPC_MAX_TIMEOUT_MS`, 10 min) plus clock skew: a tombstone must
-   * outlive any late prepare for its transaction.
-   */
-  retentionMs?: number
-  /**
-   * Group commit (default true): callbacks arriving in one event-loop turn share one local
-   * SQLite transaction (one fsync), each in its own savepoint; each is answered after the
-   * COMMIT. `false`: one transaction per callback.
-   */
-  groupCommit?: boolean
-  /** Callbacks per group-committed transaction at most (default 128). */
-  groupCommitMaxBatch?: number
-  /**
-   * The log's fdatasync (a file database in WAL mode) runs on the event loop while recent syncs
-   * averaged at most this many ms and no other sync runs — cheaper than the thread pool's two
-   * hand-offs on a quick disk — else on the thread pool. Default 1; 0: always on the thread pool.
-   */
-  inlineSyncMaxMs?: number
-  /** Prometheus metrics in `app.twoPhase.metrics`, a prom-client Registry of its own (default true). */
-  metrics?: boolean
-  /**
-   * Also serve the registry: `true` mounts `GET {prefix}/metrics`, a string mounts that path
-   * (default false: merge `app.twoPhase.metrics` into the service's own `/metrics`).
-   */
-  metricsRoute?: boolean | string
-  /** Largest callback body in bytes (default 1 MiB); also the largest batch body. */
-  bodyLimit?: number
-  /**
-   * Calls per `POST {prefix}/batch` request at most (default 128; an integer 1 ..
-   * MAX_BATCH_CALLS). Every prepare answer advertises `batch: {maxCalls, maxBytes: bodyLimit}`,
-   * and a coordinator that understands it sends the calls of one turn to this participant in one
-   * request (they then share one group-committed local transaction). `0`: no batch route, nothing
-   * advertised — the coordinator calls one callback per request.
-   */
-  batchMaxCalls?: number
-  /**
-   * RabbitMQ (`amqp://` or `amqps://`). Set: the participant also consumes its decision queue
-   * `<amqpPrefix>.participant.<name>`, acks to `<amqpPrefix>.acks` and re-checks in-doubt
-   * transactions on `coordinator.started`. Unset: HTTP callbacks and in-doubt recovery only.
-   */
-  amqpUrl?: string
-  /** Prefix of every exchange and queue name (the coordinator's `TWOPC_AMQP_PREFIX`; default `twopc`). */
-  amqpPrefix?: string
-  /** Tuning of the RabbitMQ link: `prefetch` (default 16), heartbeat, reconnect backoff, timeouts. */
-  amqpOptions?: ParticipantAmqpOptions
-  /** Defaults to a child of the app's logger. */
-  logger?: FastifyBaseLogger
-}
+export type {
+  TwoPhaseParticipantOptions, TwoPhaseParticipantStoreOptions, TwoPhaseParticipantRegisterOptions, ParticipantCommonOptions
+} from './participant-options.js'
 
 /** `app.twoPhase` */
 export interface TwoPhaseParticipantApi {
@@ -191,60 +114,6 @@ function charsetOf (contentType: string | undefined): string | undefined {
 
 // The callbacks' schemas (bodies, answers, the batch envelope) are the protocol's (protocol/src/schemas/callbacks.ts).
 type BatchOp = 'prepare' | 'commit' | 'abort'
-
-function positiveInteger (name: string, value: number | undefined, fallback: number): number {
-  const result = value ?? fallback
-  if (!Number.isSafeInteger(result) || result < 1) throw new InvalidOptionError(`${name} must be a positive integer`)
-  return result
-}
-
-function checkOptions (options: TwoPhaseParticipantOptions): void {
-  if (typeof options.name !== 'string' || !new RegExp(PARTICIPANT_NAME_PATTERN).test(options.name)) {
-    throw new InvalidOptionError(`name must match ${PARTICIPANT_NAME_PATTERN}`)
-  }
-  if (typeof options.db?.transaction !== 'function' || options.db.open !== true) {
-    throw new InvalidOptionError('db must be an open better-sqlite3 Database')
-  }
-  const durability = logDurability(options.db)
-  if (typeof durability === 'object') throw new DatabaseNotDurableError(durability.unsafe)
-  for (const handler of ['prepare', 'commit', 'abort'] as const) {
-    if (typeof options[handler] !== 'function') throw new InvalidOptionError(`${handler} must be a function`)
-  }
-  if (typeof options.coordinatorUrl !== 'string' || !URL.canParse(options.coordinatorUrl)) {
-    throw new InvalidOptionError('coordinatorUrl must be a URL')
-  }
-  if (options.secret !== undefined && (typeof options.secret !== 'string' || options.secret.length === 0)) {
-    throw new InvalidOptionError('secret must be a non-empty string')
-  }
-  if (options.prefix !== undefined && !/^\/[A-Za-z0-9/_.-]*[A-Za-z0-9_.-]$/.test(options.prefix)) {
-    throw new InvalidOptionError('prefix must start with / and not end with /')
-  }
-  if (options.amqpUrl !== undefined && (typeof options.amqpUrl !== 'string' || !/^amqps?:\/\//.test(options.amqpUrl) || !URL.canParse(options.amqpUrl))) {
-    throw new InvalidOptionError('amqpUrl must be an amqp:// or amqps:// URL')
-  }
-  for (const flag of ['groupCommit', 'metrics', 'acceptLegacySignatures'] as const) {
-    if (options[flag] !== undefined && typeof options[flag] !== 'boolean') throw new InvalidOptionError(`${flag} must be a boolean`)
-  }
-  if (options.acceptLegacySignatures === true && options.secret === undefined) {
-    throw new InvalidOptionError('acceptLegacySignatures needs secret (without one nothing is verified)')
-  }
-  if (options.metricsRoute !== undefined && options.metricsRoute !== false) {
-    if (options.metrics === false) throw new InvalidOptionError('metricsRoute needs metrics')
-    if (options.metricsRoute !== true && (typeof options.metricsRoute !== 'string' || !/^\/[A-Za-z0-9/_.-]*$/.test(options.metricsRoute))) {
-      throw new InvalidOptionError('metricsRoute must be a boolean or a path starting with /')
-    }
-  }
-  if (options.amqpPrefix !== undefined && (typeof options.amqpPrefix !== 'string' || !new RegExp(AMQP_PREFIX_PATTERN).test(options.amqpPrefix))) {
-    throw new InvalidOptionError(`amqpPrefix must match ${AMQP_PREFIX_PATTERN}`)
-  }
-  if (options.inlineSyncMaxMs !== undefined && !(typeof options.inlineSyncMaxMs === 'number' && options.inlineSyncMaxMs >= 0 && options.inlineSyncMaxMs <= MAX_INLINE_SYNC_MS)) {
-    throw new InvalidOptionError(`inlineSyncMaxMs must be a number from 0 to ${MAX_INLINE_SYNC_MS}`)
-  }
-  const maxCalls = options.batchMaxCalls
-  if (maxCalls !== undefined && (!Number.isSafeInteger(maxCalls) || maxCalls < 0 || maxCalls > MAX_BATCH_CALLS)) {
-    throw new InvalidOptionError(`batchMaxCalls must be 0 (no batch route) or an integer 1 .. ${MAX_BATCH_CALLS}`)
-  }
-}
 
 /** Maps a state-machine reply to the HTTP answer (throws the protocol's error codes). */
 function answer (reply: Reply): { vote: 'yes' | 'no' | 'read-only', reason?: string } | { ok: true } {
@@ -463,8 +332,8 @@ const callbackRoutes: FastifyPluginAsync<RouteOptions> = async (instance, { engi
   })
 }
 
-const plugin: FastifyPluginAsync<TwoPhaseParticipantOptions> = async (fastify: FastifyInstance, options) => {
-  checkOptions(options)
+const plugin: FastifyPluginAsync<TwoPhaseParticipantRegisterOptions> = async (fastify: FastifyInstance, options) => {
+  const { store, warning } = checkOptions(options)
   const prefix = options.prefix ?? '/2pc'
   const bodyLimit = positiveInteger('bodyLimit', options.bodyLimit, 1024 * 1024)
   const logger = options.logger ?? fastify.log.child({ plugin: '@fastify-2pc/participant-sdk', participant: options.name })
@@ -484,12 +353,10 @@ const plugin: FastifyPluginAsync<TwoPhaseParticipantOptions> = async (fastify: F
       'retentionMs is shorter than the longest transaction timeout plus clock skew (15 min): a late prepare may outlive its tombstone')
   }
 
-  if (logDurability(options.db) === 'memory') {
-    logger.warn('db is an in-memory database: the participant log (votes, decisions, tombstones) does not survive a restart')
-  }
-  migrate(options.db)
+  if (warning !== undefined) logger.warn(warning)
+  await store.migrate()
   let metrics: ParticipantMetrics | undefined
-  const engine = new ParticipantEngine(options.db, options.name, {
+  const engine = new ParticipantEngine(store, options.name, {
     prepare: options.prepare, commit: options.commit, abort: options.abort
   }, {
     logger,
@@ -502,7 +369,7 @@ const plugin: FastifyPluginAsync<TwoPhaseParticipantOptions> = async (fastify: F
       onEvent: (kind, source, outcome) => metrics?.observer.onEvent?.(kind, source, outcome)
     }
   })
-  if (options.metrics !== false) metrics = createParticipantMetrics(options.name, options.db, engine.log)
+  if (options.metrics !== false) metrics = createParticipantMetrics(options.name, engine.records)
   const clientOptions: { url: string, token?: string, connections: number } = { url: options.coordinatorUrl, connections: 2 }
   if (options.coordinatorToken !== undefined) clientOptions.token = options.coordinatorToken
   const client = createCoordinatorClient(clientOptions)
@@ -531,7 +398,7 @@ const plugin: FastifyPluginAsync<TwoPhaseParticipantOptions> = async (fastify: F
     prefix,
     inDoubt: ({ limit = 1000 }: { limit?: number } = {}) => recovery.inDoubt(Math.min(Math.max(1, limit), MAX_IN_DOUBT_LIST)),
     recover: async () => await recovery.recover(),
-    stateOf: (txid: string) => engine.log.stateOf(txid),
+    stateOf: (txid: string) => mustBeSync(engine.records.stateOf(txid), 'stateOf'),
     amqpStatus: () => receiver?.status(),
     metrics: metrics?.registry,
     flushStats: () => engine.flushStats(),

@@ -12,6 +12,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { CoordinatorClient } from './client.js'
 import type { ParticipantEngine } from './engine.js'
 import { recoveryDelayMs } from './state-machine.js'
+import { mustBeSync } from './store/steps.js'
 
 export interface RecoveryOptions {
   inDoubtAfterMs: number
@@ -87,7 +88,7 @@ export class InDoubtRecovery {
   }
 
   inDoubt (limit: number): InDoubtTransaction[] {
-    const records = this.#engine.log.prepared('', limit)
+    const records = mustBeSync(this.#engine.records.prepared('', limit), 'inDoubt')
     return records.map(record => {
       const schedule = this.#schedules.get(record.txid)
       const item: InDoubtTransaction = {
@@ -135,7 +136,7 @@ export class InDoubtRecovery {
     let after = ''
     // Pages through all prepared records; each page advances the cursor, so this ends.
     while (!this.#stopped) {
-      const page = this.#engine.log.prepared(after, this.#options.maxQueriesPerTick)
+      const page = await this.#engine.records.prepared(after, this.#options.maxQueriesPerTick)
       for (const record of page) {
         if (this.#stopped) break
         await this.#ask(record.txid, report)
@@ -150,7 +151,7 @@ export class InDoubtRecovery {
   /** One bounded slice of the periodic work: due re-checks, then a pruning batch. */
   async #tick (): Promise<void> {
     const now = Date.now()
-    const page = this.#engine.log.prepared(this.#cursor, this.#options.maxQueriesPerTick)
+    const page = await this.#engine.records.prepared(this.#cursor, this.#options.maxQueriesPerTick)
     this.#cursor = page.length < this.#options.maxQueriesPerTick ? '' : (page[page.length - 1] as { txid: string }).txid
     const report: RecoveryReport = { checked: 0, committed: 0, aborted: 0, pending: 0, failed: 0 }
     for (const record of page) {
@@ -165,7 +166,7 @@ export class InDoubtRecovery {
 
   /** Deletes one bounded batch of settled records older than the retention; returns how many. */
   prune (now = Date.now()): number {
-    const deleted = this.#engine.log.prune(now - this.#options.retentionMs, this.#options.pruneBatchSize ?? PRUNE_BATCH)
+    const deleted = mustBeSync(this.#engine.records.prune(now - this.#options.retentionMs, this.#options.pruneBatchSize ?? PRUNE_BATCH), 'prune')
     this.#options.onPrune?.(deleted)
     if (deleted > 0) this.#logger.debug({ deleted }, 'pruned settled participant-log records')
     return deleted

@@ -11,7 +11,8 @@ import Database from 'better-sqlite3'
 import { request } from 'undici'
 import pino from 'pino'
 import { ParticipantEngine } from '../src/engine.js'
-import { migrate } from '../src/log.js'
+import { sqliteStore } from '../src/store/sqlite.js'
+import { migrate } from '../src/store/sqlite.js'
 import { buildInventory, inventoryHandlers, prepareBody, txid } from './helpers.js'
 import type { Inventory } from './helpers.js'
 
@@ -130,7 +131,7 @@ t.test('every answer is sent only after its record is committed (seen from a sec
 t.test('a throwing handler in a batch rolls back only itself', async t => {
   const { db } = inventoryDb(t, 1000)
   const calls = { prepare: 0, commit: 0, abort: 0 }
-  const engine = new ParticipantEngine(db, 'inventory', inventoryHandlers(calls, {
+  const engine = new ParticipantEngine(sqliteStore(db), 'inventory', inventoryHandlers(calls, {
     prepare: payload => (payload as { bad?: boolean }).bad === true ? 'throw-after-write' : 'yes'
   }), { logger: pino({ level: 'silent' }) })
   t.teardown(() => engine.close())
@@ -143,8 +144,8 @@ t.test('a throwing handler in a batch rolls back only itself', async t => {
   t.equal(engine.flushStats().flushes, 1, 'one batch')
   t.same(votes[15], { type: 'vote', vote: 'no', reason: 'prepare handler failed' })
   t.ok(votes.every((v, i) => i === 15 || (v as { vote?: string }).vote === 'yes'))
-  t.equal(engine.log.stateOf(bad), 'aborted', 'its record says no')
-  t.ok(ids.every(id => id === bad || engine.log.stateOf(id) === 'prepared'), 'its batch-mates are prepared')
+  t.equal(engine.records.stateOf(bad), 'aborted', 'its record says no')
+  t.ok(ids.every(id => id === bad || engine.records.stateOf(id) === 'prepared'), 'its batch-mates are prepared')
   t.same(db.prepare("SELECT available, reserved FROM stock WHERE sku = 'apple'").get(), { available: 1000 - 60, reserved: 60 }, 'only the 30 good reservations are kept')
   t.notOk((db.prepare('SELECT txid FROM reservations').all() as Array<{ txid: string }>).some(r => r.txid === bad), 'the failing handler\'s write is gone')
 })
@@ -161,7 +162,7 @@ t.test('a COMMIT that fails fails the whole batch: every caller gets the retryab
            INSERT INTO orders VALUES ('o1')`)
   migrate(db)
   t.teardown(() => db.close())
-  const engine = new ParticipantEngine(db, 'orders', {
+  const engine = new ParticipantEngine(sqliteStore(db), 'orders', {
     prepare: (tx, payload, db) => {
       db.prepare('INSERT INTO lines VALUES (?, ?)').run(tx.id, (payload as { order: string }).order)
       return 'yes'
@@ -180,7 +181,7 @@ t.test('a COMMIT that fails fails the whole batch: every caller gets the retryab
   const errors = await Promise.all(answers)
   t.equal(engine.flushStats().failedFlushes, 1)
   t.ok(errors.every(e => e?.name === 'LogWriteFailed'), 'all 16 callers of the failed batch get the retryable error')
-  t.ok(ids.every(id => state(id) === 'none' && engine.log.stateOf(id) === 'none'), 'no record of the failed batch')
+  t.ok(ids.every(id => state(id) === 'none' && engine.records.stateOf(id) === 'none'), 'no record of the failed batch')
   t.equal((db.prepare('SELECT count(*) AS n FROM lines').get() as { n: number }).n, 0, 'no business write of it either')
   t.equal(db.inTransaction, false)
 
@@ -214,7 +215,7 @@ t.test('a BEGIN that cannot get the write lock fails the batch with LOG_WRITE_FA
 t.test('queued events are written by flush() (close flushes what is pending), not before', async t => {
   const { file, db } = inventoryDb(t, 10)
   const calls = { prepare: 0, commit: 0, abort: 0 }
-  const engine = new ParticipantEngine(db, 'inventory', inventoryHandlers(calls, {}), { logger: pino({ level: 'silent' }) })
+  const engine = new ParticipantEngine(sqliteStore(db), 'inventory', inventoryHandlers(calls, {}), { logger: pino({ level: 'silent' }) })
   const state = onDisk(file)
   const ids = [txid(), txid(), txid()]
   const answers = ids.map(async id => await engine.prepare(prepareBody(id, 1) as never))
@@ -237,7 +238,7 @@ t.test('a vote is answered only after an fdatasync of the WAL; the service keeps
   const { file, db } = inventoryDb(t, 10)
   db.pragma('synchronous = FULL')
   const calls = { prepare: 0, commit: 0, abort: 0 }
-  const engine = new ParticipantEngine(db, 'inventory', inventoryHandlers(calls, {}), { logger: pino({ level: 'silent' }) })
+  const engine = new ParticipantEngine(sqliteStore(db), 'inventory', inventoryHandlers(calls, {}), { logger: pino({ level: 'silent' }) })
   t.teardown(() => engine.close())
   const state = onDisk(file)
   const ids = [txid(), txid()]
@@ -255,7 +256,7 @@ t.test('a vote is answered only after an fdatasync of the WAL; the service keeps
 t.test('a batch of decisions waits briefly for a sync; the next prepare\'s sync carries it (one fsync for both)', async t => {
   const { db } = inventoryDb(t, 10)
   const calls = { prepare: 0, commit: 0, abort: 0 }
-  const engine = new ParticipantEngine(db, 'inventory', inventoryHandlers(calls, {}), { logger: pino({ level: 'silent' }) })
+  const engine = new ParticipantEngine(sqliteStore(db), 'inventory', inventoryHandlers(calls, {}), { logger: pino({ level: 'silent' }) })
   t.teardown(() => engine.close())
   const first = txid()
   const voted = engine.prepare(prepareBody(first, 1) as never)
@@ -304,7 +305,7 @@ t.test('a failed fdatasync, inline or on the pool: its callers and every later o
   for (const inlineSyncMaxMs of [1, 0]) {
     const { db } = inventoryDb(t, 10)
     const calls = { prepare: 0, commit: 0, abort: 0 }
-    const engine = new ParticipantEngine(db, 'inventory', inventoryHandlers(calls, {}), { logger: pino({ level: 'silent' }), inlineSyncMaxMs })
+    const engine = new ParticipantEngine(sqliteStore(db), 'inventory', inventoryHandlers(calls, {}), { logger: pino({ level: 'silent' }), inlineSyncMaxMs })
     t.teardown(() => engine.close())
     const first = engine.prepare(prepareBody(txid(), 1) as never)
     engine.flush()

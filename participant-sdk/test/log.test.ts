@@ -3,7 +3,7 @@ import { join } from 'node:path'
 import Database from 'better-sqlite3'
 import Fastify from 'fastify'
 import { migrate, SchemaTooNewError, twoPhaseParticipant, PARTICIPANT_LOG_TABLE, SCHEMA_VERSION_TABLE } from '../src/index.js'
-import { ParticipantLog, PREPARED_PAGE_SQL, PRUNE_SQL } from '../src/log.js'
+import { PREPARED_PAGE_SQL, PRUNE_SQL, SqliteRecords } from '../src/store/sqlite.js'
 import { BATCH, callback, prepareBody, txid } from './helpers.js'
 
 t.test('the migration creates the SDK tables once and records its version', async t => {
@@ -29,7 +29,7 @@ t.test('a version 1 log is brought to version 2 with its records kept', async t 
     INSERT INTO ${PARTICIPANT_LOG_TABLE} VALUES ('p', 'a', 'prepared', NULL, 1, 1), ('p', 'b', 'committed', NULL, 1, 1);`)
   migrate(db)
   t.same(db.prepare(`SELECT version FROM ${SCHEMA_VERSION_TABLE}`).get(), { version: 2 })
-  const log = new ParticipantLog(db, 'p')
+  const log = new SqliteRecords(db, 'p')
   t.same(log.prepared('', 10).map(r => r.txid), ['a'])
   t.equal(log.stateOf('b'), 'committed')
 })
@@ -83,7 +83,7 @@ t.test('prepared() pages in txid order and prune() is bounded and spares prepare
   const db = new Database(join(t.testdir(), 'x.db'))
   t.teardown(() => db.close())
   migrate(db)
-  const log = new ParticipantLog(db, 'p')
+  const log = new SqliteRecords(db, 'p')
   const ids = Array.from({ length: 5 }, () => txid()).sort()
   for (const id of ids) log.write(id, 'prepared', null, 1)
   for (let i = 0; i < 4; i++) log.write(txid(), 'aborted', null, 1)

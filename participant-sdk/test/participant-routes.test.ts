@@ -199,11 +199,11 @@ t.test('async handlers are refused: a Promise from prepare votes no, from commit
   t.teardown(() => db.close())
   const app = Fastify()
   t.teardown(() => app.close())
+  // @ts-expect-error the handler must be synchronous (prepare); this is what the runtime guard is for
   await app.register(twoPhaseParticipant, {
     name: 'inventory',
     db,
     coordinatorUrl: 'http://127.0.0.1:9',
-    // @ts-expect-error the handler must be synchronous; this is what the runtime guard is for
     prepare: async () => 'yes',
     commit: async () => {},
     abort: () => {}

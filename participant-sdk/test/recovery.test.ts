@@ -141,8 +141,10 @@ t.test('settled records are pruned after the retention time; prepared ones never
   const count = (): number => (inv.db.prepare('SELECT count(*) AS n FROM twopc_participant_log').get() as { n: number }).n
   t.equal(count(), 2)
   await new Promise(resolve => setTimeout(resolve, 5))
-  const { ParticipantLog } = await import('../src/log.js')
-  t.equal(new ParticipantLog(inv.db, 'inventory').prune(Date.now() - 1, 100), 1)
+  const { SqliteRecords } = await import('../src/store/sqlite.js')
+  const records = new SqliteRecords(inv.db, 'inventory')
+  t.teardown(() => records.close())
+  t.equal(records.prune(Date.now() - 1, 100), 1)
   t.equal(inv.app.twoPhase.stateOf(settled), 'none')
   t.equal(inv.app.twoPhase.stateOf(prepared), 'prepared')
 })

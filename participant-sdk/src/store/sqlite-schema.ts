@@ -1,9 +1,11 @@
 /**
- * The participant log: one row per (participant, transaction) in the service's own SQLite
- * database, so that the SDK's record and the service's business writes commit together.
+ * The SQLite participant log's schema, its migrations, the SQL of its periodic reads, and the
+ * durability check of a better-sqlite3 database: one row per (participant, transaction) in the
+ * service's own database, so that the SDK's record and the service's business writes commit
+ * together.
  */
 import type { Database } from 'better-sqlite3'
-import type { RecordState } from './state-machine.js'
+import type { RecordState } from '../state-machine.js'
 
 /** Name of the SDK's table in the service's database; `twopc_schema_version` tracks migrations. */
 export const PARTICIPANT_LOG_TABLE = 'twopc_participant_log'
@@ -50,25 +52,22 @@ export function migrate (db: Database): void {
   }).immediate()
 }
 
-export interface LogRecord {
-  txid: string
-  state: Exclude<RecordState, 'none'>
-  reason: string | null
-  createdAt: number
-  updatedAt: number
-}
-
-interface Row { txid: string, state: LogRecord['state'], reason: string | null, created_at: number, updated_at: number }
-
-const toRecord = (row: Row): LogRecord => ({
-  txid: row.txid, state: row.state, reason: row.reason, createdAt: row.created_at, updatedAt: row.updated_at
-})
-
 /** Every state but `prepared`: the records retention may delete. */
 const SETTLED_STATES = ['committed', 'aborted', 'read-only', 'tombstone'] as const satisfies ReadonlyArray<Exclude<RecordState, 'none' | 'prepared'>>
 // Fails to compile when a state is added to RecordState and not to the list above.
 const settledStatesComplete: [Exclude<RecordState, 'none' | 'prepared' | typeof SETTLED_STATES[number]>] extends [never] ? true : false = true
 void settledStatesComplete
+
+export const GET_SQL = `SELECT txid, state, reason, created_at, updated_at FROM ${PARTICIPANT_LOG_TABLE}
+  WHERE participant = ? AND txid = ?`
+
+export const UPSERT_SQL = `INSERT INTO ${PARTICIPANT_LOG_TABLE} (participant, txid, state, reason, created_at, updated_at)
+  VALUES (?, ?, ?, ?, ?, ?)
+  ON CONFLICT (participant, txid) DO UPDATE
+  SET state = excluded.state, reason = excluded.reason, updated_at = excluded.updated_at`
+
+export const PREPARED_SUMMARY_SQL = `SELECT count(*) AS n, min(updated_at) AS oldest FROM ${PARTICIPANT_LOG_TABLE}
+  WHERE participant = ? AND state = 'prepared'`
 
 /**
  * One page of prepared records in txid order (the in-doubt recovery's periodic read). INDEXED BY:
@@ -92,59 +91,24 @@ export const PRUNE_SQL = `DELETE FROM ${PARTICIPANT_LOG_TABLE}
       AND updated_at < @before
     LIMIT @limit)`
 
-/** Prepared statements over the log for one participant name. All calls are synchronous. */
-export class ParticipantLog {
-  readonly #participant: string
-  readonly #get
-  readonly #upsert
-  readonly #prepared
-  readonly #prune
-  readonly #summary
-
-  constructor (db: Database, participant: string) {
-    this.#participant = participant
-    this.#get = db.prepare(`SELECT txid, state, reason, created_at, updated_at FROM ${PARTICIPANT_LOG_TABLE}
-                            WHERE participant = ? AND txid = ?`)
-    this.#upsert = db.prepare(`INSERT INTO ${PARTICIPANT_LOG_TABLE} (participant, txid, state, reason, created_at, updated_at)
-                               VALUES (?, ?, ?, ?, ?, ?)
-                               ON CONFLICT (participant, txid) DO UPDATE
-                               SET state = excluded.state, reason = excluded.reason, updated_at = excluded.updated_at`)
-    this.#prepared = db.prepare(PREPARED_PAGE_SQL)
-    this.#prune = db.prepare(PRUNE_SQL)
-    this.#summary = db.prepare(`SELECT count(*) AS n, min(updated_at) AS oldest FROM ${PARTICIPANT_LOG_TABLE}
-                                WHERE participant = ? AND state = 'prepared'`)
+/**
+ * How the SDK's transactions are made durable on `db`:
+ * - `wal`: committed with `synchronous=NORMAL`, then the SDK's own fdatasync of the WAL;
+ * - `rollback`: committed with `synchronous=EXTRA` (SQLite syncs before the COMMIT returns);
+ * - `memory`: an in-memory database, nothing survives a restart anyway;
+ * - `{ unsafe }`: no commit on it can be made durable; the reason names the setting to change.
+ * `synchronous=OFF` is refused in WAL mode too: the service's own commits would then run SQLite's
+ * checkpoints without their fsyncs, and a checkpoint that restarts the WAL can lose records the
+ * SDK had synced.
+ */
+export function logDurability (db: Database): 'wal' | 'rollback' | 'memory' | { unsafe: string } {
+  if (db.memory) return 'memory'
+  const journal = String(db.pragma('journal_mode', { simple: true })).toLowerCase()
+  if (journal !== 'wal' && journal !== 'delete' && journal !== 'truncate' && journal !== 'persist') {
+    return { unsafe: `journal_mode=${journal}: a crash in the middle of a commit can leave the database half written. Needed: journal_mode=WAL (db.pragma('journal_mode = WAL'), recommended), or DELETE, TRUNCATE or PERSIST` }
   }
-
-  /** How many records are prepared (in doubt until a decision arrives) and the oldest one's time. */
-  preparedSummary (): { count: number, oldestUpdatedAt: number | null } {
-    const row = this.#summary.get(this.#participant) as { n: number, oldest: number | null }
-    return { count: row.n, oldestUpdatedAt: row.oldest }
+  if (db.pragma('synchronous', { simple: true }) === 0) {
+    return { unsafe: "synchronous=OFF: SQLite skips the fsyncs of commits and checkpoints, so a yes vote could be lost in a power cut. Needed: synchronous=NORMAL or higher (db.pragma('synchronous = NORMAL'); FULL is fine too)" }
   }
-
-  get (txid: string): LogRecord | undefined {
-    const row = this.#get.get(this.#participant, txid) as Row | undefined
-    return row === undefined ? undefined : toRecord(row)
-  }
-
-  stateOf (txid: string): RecordState {
-    return this.get(txid)?.state ?? 'none'
-  }
-
-  write (txid: string, state: LogRecord['state'], reason: string | null, now: number): void {
-    // Positional parameters: binding an object by name costs more, on every callback.
-    this.#upsert.run(this.#participant, txid, state, reason, now, now)
-  }
-
-  /** Prepared records, in txid order after `afterTxid`, at most `limit` of them. */
-  prepared (afterTxid: string, limit: number): LogRecord[] {
-    return (this.#prepared.all(this.#participant, afterTxid, limit) as Row[]).map(toRecord)
-  }
-
-  /**
-   * Deletes at most `limit` settled records (committed, aborted, read-only, tombstone) not
-   * touched since `before`. Prepared records are never pruned: they are still in doubt.
-   */
-  prune (before: number, limit: number): number {
-    return this.#prune.run({ participant: this.#participant, before, limit }).changes
-  }
+  return journal === 'wal' ? 'wal' : 'rollback'
 }
