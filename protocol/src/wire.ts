@@ -41,3 +41,6 @@ export function coordinatorIdOf (txid: string): string {
   const dot = txid.indexOf('.')
   return dot === -1 ? '' : txid.slice(0, dot)
 }
+
+/** Earlier names of the answers' types (schemas/callbacks.ts), kept for programs written against them. */
+export type { PrepareAnswer as PrepareResponse, OkAnswer as DecisionResponse, DecisionAnswer as DecisionQueryResponse, BatchAnswer as BatchResponse } from './schemas/callbacks.js'
