@@ -24,6 +24,7 @@ import { request } from 'undici'
 import { twoPhaseParticipant } from '@fastify-2pc/participant-sdk'
 import { startConformanceParticipant, type Flaw } from './fixtures/conformance-participant.js'
 import { freePort } from '../coordinator/test/support/process.js'
+import { waitFor } from './kit/wait.js'
 
 const ROOT = dirname(dirname(fileURLToPath(import.meta.url)))
 const CLI = join(ROOT, 'participant-sdk', 'dist', 'conformance', 'cli.js')
@@ -70,19 +71,6 @@ async function runJson (args: string[]): Promise<{ run: Run, report: Report }> {
 
 const failedIds = (r: Report): string[] => r.checks.filter(c => c.result === 'fail').map(c => c.id).sort()
 const explain = (r: Report): string => r.checks.filter(c => c.result !== 'pass').map(c => `${c.result} ${c.id}: ${c.detail}`).join('\n')
-
-async function until<T> (what: string, timeoutMs: number, probe: () => Promise<T | undefined>): Promise<T> {
-  const end = Date.now() + timeoutMs
-  let last: unknown
-  while (Date.now() < end) {
-    try {
-      const v = await probe()
-      if (v !== undefined) return v
-    } catch (err) { last = err }
-    await new Promise(resolve => setTimeout(resolve, 50))
-  }
-  throw new Error(`${what}: not within ${timeoutMs} ms (${String(last)})`)
-}
 
 async function getJson (url: string): Promise<{ status: number, body: unknown }> {
   const res = await request(url, { headersTimeout: 2000, bodyTimeout: 2000 })
@@ -261,10 +249,10 @@ async function startDemo (t: Test, name: 'inventory' | 'payment', secret: string
     clearTimeout(timer)
   })
   const origin = `http://127.0.0.1:${port}`
-  await until(`${name} ready`, 60_000, async () => {
+  await waitFor(`${name} ready`, async () => {
     if (exited !== undefined) throw new Error(`${name} ${exited}: ${stderr}`)
     return (await getJson(`${origin}/healthz`)).status === 200 ? true : undefined
-  }).catch((err: Error) => { throw exited !== undefined ? new Error(`${name} ${exited}: ${stderr}`) : err })
+  }, 60_000, { everyMs: 50 }).catch((err: Error) => { throw exited !== undefined ? new Error(`${name} ${exited}: ${stderr}`) : err })
   return { origin, log: () => `${name} output:\n${stderr.split('\n').slice(-20).join('\n')}` }
 }
 

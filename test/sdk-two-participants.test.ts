@@ -9,6 +9,7 @@ import type { FastifyInstance } from 'fastify'
 import { buildCoordinator } from '@fastify-2pc/coordinator'
 import { createCoordinatorClient, CoordinatorError } from '@fastify-2pc/participant-sdk'
 import { buildService, readService } from './fixtures/sdk-services.js'
+import { waitFor } from './kit/wait.js'
 
 const SECRET = 'sdk-test-secret-0123456789'
 const TOKEN = 'sdk-test-token-0123456789'
@@ -36,13 +37,7 @@ async function setup (t: Test) {
     const res = await coordinator.inject({ url: `/v1/transactions/${id}`, headers: { authorization: `Bearer ${TOKEN}` } })
     return res.json()
   }
-  const until = async (what: string, check: () => boolean | Promise<boolean>): Promise<void> => {
-    const end = Date.now() + 5000
-    while (!(await check())) {
-      if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
-      await new Promise(resolve => setTimeout(resolve, 10))
-    }
-  }
+  const until = async (what: string, check: () => boolean | Promise<boolean>): Promise<void> => { await waitFor(what, check, 5000) }
   return { client, coordinatorUrl, inventory, payment, status, until }
 }
 

@@ -6,12 +6,12 @@
  */
 import t, { type Test } from 'tap'
 import Database from 'better-sqlite3'
-import { spawn } from 'node:child_process'
 import { connect } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import { resolve } from 'node:path'
 import { configFromEnv, resolveOptions } from '../src/config.js'
 import { startCoordinator, startParticipant, waitFor, type HttpAnswer, type TestCoordinator } from './support/participant.js'
+import { spawnNode } from '../../test/kit/child.js'
 
 const root = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..')
 
@@ -413,17 +413,11 @@ t.test('configFromEnv: a bad value throws a message naming the variable', async 
 
 t.test('the bin exits non-zero naming the variable (PORT=abc)', async t => {
   // The built bin (`npm test` builds first): starts in well under a second even on a busy machine.
-  const child = spawn(process.execPath, ['coordinator/dist/bin.js'], {
-    cwd: root,
-    env: { ...process.env, PORT: 'abc', TWOPC_DB: resolve(t.testdir(), 'never.db'), TWOPC_CRASH_AT: '' },
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
-  let stderr = ''
-  child.stderr.setEncoding('utf8').on('data', (s: string) => { stderr += s })
-  child.stdout.resume()
-  const killer = setTimeout(() => child.kill('SIGKILL'), 60_000)
-  const code = await new Promise<number | null>(resolve => child.on('close', resolve))
+  const child = spawnNode('coordinator/dist/bin.js', { nodeArgs: [], cwd: root, env: { PORT: 'abc', TWOPC_DB: resolve(t.testdir(), 'never.db'), TWOPC_CRASH_AT: '' } })
+  const killer = setTimeout(() => { void child.kill() }, 60_000)
+  const { code } = await child.exited
   clearTimeout(killer)
+  const stderr = child.stderr()
   t.not(code, 0, 'non-zero exit')
   t.not(code, null, 'exited by itself, not killed')
   t.match(stderr, /invalid configuration/)
