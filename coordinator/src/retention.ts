@@ -36,7 +36,6 @@ export class RetentionPruner {
   private timer: NodeJS.Timeout | undefined
   private readonly deleteOutbox
   private readonly now: () => number
-  pruned = 0
 
   constructor (private readonly log: CoordinatorLog, private readonly options: RetentionOptions) {
     this.now = options.now ?? Date.now
@@ -61,7 +60,6 @@ export class RetentionPruner {
       if (n < this.options.batchSize && m < this.options.batchSize) break
     }
     if (deleted > 0) this.options.logger.info({ deleted, olderThan: new Date(before).toISOString() }, 'retention: completed transactions pruned')
-    this.pruned += deleted
     return deleted
   }
 
