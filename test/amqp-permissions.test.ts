@@ -27,6 +27,7 @@ import { buildService, readService } from './fixtures/sdk-services.js'
 import { RABBITMQCTL_INSTALL, amqpUrl, amqpUrlAs, rabbitmqctl, requireRabbit, type TapLike } from './support/rabbit.js'
 import { missingTool } from './kit/tools.js'
 import { waitFor } from './kit/wait.js'
+import { listenLocal } from './kit/port.js'
 
 t.setTimeout(180_000)
 
@@ -96,8 +97,7 @@ t.test('with the documented permissions: the coordinator and a participant work,
     retryBaseMs: 5_000, retryMaxMs: 600_000, phase2TimeoutMs: 2_000, logger: false
   })
   t.teardown(() => coordinator.close())
-  await coordinator.listen({ port: 0, host: '127.0.0.1' })
-  const httpUrl = `http://127.0.0.1:${(coordinator.server.address() as { port: number }).port}`
+  const httpUrl = await listenLocal(coordinator)
   await waitFor('the coordinator ready on RabbitMQ, coordinator.started out', async () => {
     const ready = (await coordinator.inject('/readyz')).json()
     return ready.ready === true && ready.amqp.connected === true && ready.amqp.outboxDepth === 0

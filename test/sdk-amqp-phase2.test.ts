@@ -24,6 +24,7 @@ import { amqpUrl, cleanupPrefix, listBrokerNames, requireRabbit, testPrefix } fr
 import { startTcpProxy } from './support/tcp-proxy.js'
 import { waitFor } from './kit/wait.js'
 import { listeningPort, spawnNode, typeScriptLoader } from './kit/child.js'
+import { listenLocal } from './kit/port.js'
 
 // Two child processes that load TypeScript (slow, much slower on a loaded machine): more than
 // the default per-file timeout of .taprc.
@@ -81,8 +82,7 @@ async function setup (t: Test) {
     phase2TimeoutMs: 2_000
   })
   t.teardown(() => coordinator.close())
-  await coordinator.listen({ port: 0, host: '127.0.0.1' })
-  const coordinatorUrl = `http://127.0.0.1:${(coordinator.server.address() as { port: number }).port}`
+  const coordinatorUrl = await listenLocal(coordinator)
   await waitFor('the coordinator ready and on RabbitMQ', async () => {
     const ready = (await coordinator.inject('/readyz')).json()
     return ready.ready === true && ready.amqp.connected === true

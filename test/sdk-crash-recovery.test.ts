@@ -16,6 +16,7 @@ import { createCoordinatorClient } from '@fastify-2pc/participant-sdk'
 import { buildService, readService } from './fixtures/sdk-services.js'
 import { waitFor } from './kit/wait.js'
 import { listeningPort, spawnNode, typeScriptLoader } from './kit/child.js'
+import { listenLocal } from './kit/port.js'
 
 const SECRET = 'sdk-crash-secret-0123456789'
 const ROOT = dirname(dirname(fileURLToPath(import.meta.url)))
@@ -32,8 +33,7 @@ async function startParticipant (env: Record<string, string>): Promise<Child> {
 async function setup (t: Test, coordinatorOptions: Partial<CoordinatorOptions>) {
   const dir = t.testdir()
   const coordinator = await buildCoordinator({ dbPath: join(dir, 'coordinator.db'), coordinatorId: 'c1', secret: SECRET, ...coordinatorOptions })
-  await coordinator.listen({ port: 0, host: '127.0.0.1' })
-  const coordinatorUrl = `http://127.0.0.1:${(coordinator.server.address() as { port: number }).port}`
+  const coordinatorUrl = await listenLocal(coordinator)
   const paymentDb = join(dir, 'payment.db')
   const payment = await buildService({ name: 'payment', dbPath: paymentDb, coordinatorUrl, secret: SECRET })
   await payment.app.listen({ port: 0, host: '127.0.0.1' })

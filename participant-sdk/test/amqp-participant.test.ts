@@ -18,6 +18,7 @@ import type { TwoPhaseParticipantOptions } from '../src/index.js'
 import { amqpUrl, amqpUrlVia, cleanupPrefix, listBrokerNames, requireRabbit, testPrefix } from '../../test/support/rabbit.js'
 import { startTcpProxy } from '../../test/support/tcp-proxy.js'
 import { waitFor } from '../../test/kit/wait.js'
+import { listenLocal } from '../../test/kit/port.js'
 
 interface Teardown { teardown (fn: () => unknown): void }
 
@@ -308,8 +309,7 @@ t.test('a broker cut: the participant reconnects, consumes what queued meanwhile
   const dir = t.testdir()
   const coordinator = await buildCoordinator({ dbPath: join(dir, 'coordinator.db'), coordinatorId: 'c1' })
   t.teardown(() => coordinator.close())
-  await coordinator.listen({ port: 0, host: '127.0.0.1' })
-  const coordinatorUrl = `http://127.0.0.1:${(coordinator.server.address() as { port: number }).port}`
+  const coordinatorUrl = await listenLocal(coordinator)
 
   const inv = await startInventory(t, dir, { amqpUrl: amqpUrlVia(proxy.port), amqpPrefix: prefix, coordinatorUrl })
   const status = () => inv.app.twoPhase.amqpStatus()!

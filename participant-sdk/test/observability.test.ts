@@ -14,6 +14,7 @@ import { createCoordinatorClient, twoPhaseParticipant } from '../src/index.js'
 import type { TransactionContext } from '../src/index.js'
 import { BATCH, buildInventory, callback, prepareBody, SECRET, txid } from './helpers.js'
 import { waitFor } from '../../test/kit/wait.js'
+import { listenLocal } from '../../test/kit/port.js'
 
 const E2E_SECRET = 'observability-secret-0123456789'
 const TRACE_ID = '4bf92f3577b34da6a3ce929d0e0e4736'
@@ -73,8 +74,7 @@ t.test('metrics: prepared gauge and oldest age from the log, callbacks by kind/s
 t.test('metricsRoute serves the registry without a signature; metrics: false turns it all off', async t => {
   const inv = await buildInventory(t.testdir(), { secret: SECRET, metricsRoute: true })
   t.teardown(() => inv.app.close())
-  await inv.app.listen({ port: 0, host: '127.0.0.1' })
-  const base = `http://127.0.0.1:${(inv.app.server.address() as { port: number }).port}`
+  const base = await listenLocal(inv.app)
   const res = await request(`${base}/2pc/metrics`)
   t.equal(res.statusCode, 200)
   t.match(res.headers['content-type'], /text\/plain/)
@@ -138,8 +138,7 @@ t.test('traceparent: handed to the handlers, logged with the txid on the callbac
     commit: record('commit'),
     abort: record('abort')
   })
-  await app.listen({ port: 0, host: '127.0.0.1' })
-  const base = `http://127.0.0.1:${(app.server.address() as { port: number }).port}`
+  const base = await listenLocal(app)
   const send = async (path: string, body: unknown, traceparent?: string): Promise<unknown> => {
     const res = await request(`${base}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', ...(traceparent !== undefined ? { traceparent } : {}) }, body: JSON.stringify(body) })
     return await res.body.json()
