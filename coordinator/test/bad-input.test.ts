@@ -12,6 +12,7 @@ import { resolve } from 'node:path'
 import { configFromEnv, resolveOptions } from '../src/config.js'
 import { startCoordinator, startParticipant, waitFor, type HttpAnswer, type TestCoordinator } from './support/participant.js'
 import { spawnNode } from '../../test/kit/child.js'
+import { nestedJson as nested } from '../../test/kit/json.js'
 
 const root = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..')
 
@@ -230,16 +231,6 @@ t.test('wrong content type: 415 UNSUPPORTED_MEDIA_TYPE', async t => {
   await rejected(t, c, async () => await c.api.post('/v1/transactions', '{}', { 'content-type': 'text/plain' }), 415, 'UNSUPPORTED_MEDIA_TYPE', 'text/plain')
 })
 
-/** JSON nested `levels` deep (arrays and objects alternating), as text: the client's JSON.stringify would overflow first. */
-const nested = (levels: number): string => {
-  let open = ''
-  let close = ''
-  for (let i = 0; i < levels; i++) {
-    open += i % 2 === 0 ? '{"a":' : '['
-    close = (i % 2 === 0 ? '}' : ']') + close
-  }
-  return open + '1' + close
-}
 /** An object of `n` keys, as text. */
 const wide = (n: number): string => '{' + Array.from({ length: n }, (_, i) => `"k${i}":0`).join(',') + '}'
 

@@ -9,17 +9,7 @@ import { request } from 'undici'
 import { signBody, type SignedOperation } from '@fastify-2pc/protocol'
 import { buildInventory, SECRET, txid } from './helpers.js'
 import { listenLocal } from '../../test/kit/port.js'
-
-/** JSON `levels` deep (objects and arrays alternating), as text. */
-function nested (levels: number): string {
-  let open = ''
-  let close = ''
-  for (let i = 0; i < levels; i++) {
-    open += i % 2 === 0 ? '{"a":' : '['
-    close = (i % 2 === 0 ? '}' : ']') + close
-  }
-  return open + '1' + close
-}
+import { nestedJson as nested } from '../../test/kit/json.js'
 
 interface Sent { status: number, body: any }
 
