@@ -62,7 +62,7 @@ t.test('with the documented permissions: the coordinator and a participant work,
   const u = new URL(amqpUrl())
   const probe = await rabbitmqctl(['list_vhosts'])
   if (!probe.ok || !['127.0.0.1', 'localhost', '[::1]'].includes(u.hostname)) {
-    missingTool(t as unknown as TapLike, `needs rabbitmqctl for the local broker (${probe.ok ? `AMQP_URL is not local: ${u.hostname}` : probe.stderr.trim().split('\n')[0] ?? 'unavailable'})`, RABBITMQCTL_INSTALL)
+    missingTool(t as unknown as TapLike, `needs rabbitmqctl for the local broker (${probe.ok ? `AMQP_URL is not local: ${u.hostname}` : probe.stderr.trim().split('\n')[0] || 'unavailable'})`, RABBITMQCTL_INSTALL)
     return
   }
   const id = randomBytes(4).toString('hex')
