@@ -25,6 +25,7 @@ import { twoPhaseParticipant } from '@fastify-2pc/participant-sdk'
 import { startConformanceParticipant, type Flaw } from './fixtures/conformance-participant.js'
 import { freePort } from '../coordinator/test/support/process.js'
 import { waitFor } from './kit/wait.js'
+import { runNode } from './kit/child.js'
 
 const ROOT = dirname(dirname(fileURLToPath(import.meta.url)))
 const CLI = join(ROOT, 'participant-sdk', 'dist', 'conformance', 'cli.js')
@@ -41,21 +42,11 @@ t.jobs = 4
 const dir = mkdtempSync(join(tmpdir(), 'twopc-conformance-'))
 t.teardown(() => { rmSync(dir, { recursive: true, force: true }) })
 
-function runCli (args: string[], timeoutMs = 90_000): Promise<Run> {
-  return new Promise(resolve => {
-    // No TWOPC_SECRET inherited: the kit would take it as --secret.
-    const env = { ...process.env }
-    delete env.TWOPC_SECRET
-    // A generous per-request bound: in-process participants answer slowly under coverage on a loaded machine.
-    const all = args.length > 0 && !args.includes('--timeout-ms') ? [...args, '--timeout-ms', '30000'] : args
-    const child = spawn(process.execPath, [CLI, ...all], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] })
-    let stdout = ''
-    let stderr = ''
-    child.stdout.on('data', chunk => { stdout += String(chunk) })
-    child.stderr.on('data', chunk => { stderr += String(chunk) })
-    const timer = setTimeout(() => { child.kill('SIGKILL') }, timeoutMs)
-    child.once('exit', code => { clearTimeout(timer); resolve({ code, stdout, stderr }) })
-  })
+async function runCli (args: string[], timeoutMs = 90_000): Promise<Run> {
+  // A generous per-request bound: in-process participants answer slowly under coverage on a loaded machine.
+  const all = args.length > 0 && !args.includes('--timeout-ms') ? [...args, '--timeout-ms', '30000'] : args
+  // No TWOPC_SECRET inherited: the kit would take it as --secret.
+  return await runNode(CLI, { nodeArgs: [], args: all, cwd: ROOT, env: { TWOPC_SECRET: undefined }, timeoutMs })
 }
 
 async function runJson (args: string[]): Promise<{ run: Run, report: Report }> {

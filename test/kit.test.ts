@@ -9,7 +9,7 @@ import { join } from 'node:path'
 import { freePort } from './kit/port.js'
 import { waitFor } from './kit/wait.js'
 import { seededRandom } from './kit/random.js'
-import { listeningPort, spawnNode } from './kit/child.js'
+import { listeningPort, runNode, spawnNode } from './kit/child.js'
 import { missingTool, type ToolTest } from './kit/tools.js'
 
 t.test('freePort: a port on 127.0.0.1 that can be bound', async t => {
@@ -60,6 +60,19 @@ t.test('spawnNode and listeningPort: the printed port, the output, the exit', as
   const hung = spawnNode(forever, { name: 'hung', nodeArgs: [] })
   await t.rejects(listeningPort(hung, 100), /hung did not start/)
   t.same(await hung.kill(), { code: null, signal: 'SIGKILL' })
+})
+
+t.test('runNode: the whole output and the exit; killed after its time, with the signal asked for', async t => {
+  const dir = t.testdir()
+  const file = join(dir, 'args.mjs')
+  writeFileSync(file, "console.log(process.argv.slice(2).join(','), process.env.KIT_SET, process.env.KIT_UNSET ?? 'unset'); console.error('e'.repeat(100)); process.exit(2)\n")
+  process.env.KIT_UNSET = 'inherited'
+  t.teardown(() => { delete process.env.KIT_UNSET })
+  const run = await runNode(file, { nodeArgs: [], args: ['a', 'b'], env: { KIT_SET: 'set', KIT_UNSET: undefined }, timeoutMs: 20_000 })
+  t.same([run.code, run.signal, run.stdout, run.stderr.length], [2, null, 'a,b set unset\n', 101])
+  const forever = join(dir, 'forever.mjs')
+  writeFileSync(forever, "process.on('SIGINT', () => process.exit(7)); setInterval(() => {}, 1000); console.log('up')\n")
+  t.same((await runNode(forever, { nodeArgs: [], timeoutMs: 300, killSignal: 'SIGINT' })).code, 7, 'stopped by SIGINT after its time')
 })
 
 t.test('missingTool: a failure in CI, with the install command; a skip elsewhere', async t => {

@@ -22,8 +22,10 @@ export interface SpawnOptions {
   name?: string
   /** Node's own arguments before the file (default `--enable-source-maps`). */
   nodeArgs?: string[]
-  /** Added to (and overriding) this process's environment. */
-  env?: Record<string, string>
+  /** The script's own arguments, after the file. */
+  args?: string[]
+  /** Added to (and overriding) this process's environment; an undefined value removes the variable. */
+  env?: Record<string, string | undefined>
   cwd?: string
   /** Characters of stdout and of stderr kept, the tail (default 1,000,000). */
   keep?: number
@@ -47,9 +49,11 @@ function installReaper (): void {
 export function spawnNode (file: string, options: SpawnOptions = {}): NodeChild {
   installReaper()
   const keep = options.keep ?? 1_000_000
-  const child = spawn(process.execPath, [...(options.nodeArgs ?? ['--enable-source-maps']), file], {
+  const env: NodeJS.ProcessEnv = { ...process.env, ...options.env }
+  for (const [k, v] of Object.entries(env)) if (v === undefined) delete env[k]
+  const child = spawn(process.execPath, [...(options.nodeArgs ?? ['--enable-source-maps']), file, ...(options.args ?? [])], {
     ...(options.cwd !== undefined ? { cwd: options.cwd } : {}),
-    env: { ...process.env, ...options.env },
+    env,
     stdio: ['ignore', 'pipe', 'pipe']
   })
   let stderr = ''
@@ -72,6 +76,18 @@ export function spawnNode (file: string, options: SpawnOptions = {}): NodeChild 
       return await exited
     }
   }
+}
+
+/**
+ * Runs `node file args…` to its end: its exit and whole output. After `timeoutMs` it is sent
+ * `killSignal` (default SIGKILL) and its exit is still awaited.
+ */
+export async function runNode (file: string, options: SpawnOptions & { timeoutMs: number, killSignal?: NodeJS.Signals }): Promise<Exit & { stdout: string, stderr: string }> {
+  const proc = spawnNode(file, { keep: Number.MAX_SAFE_INTEGER, ...options })
+  const timer = setTimeout(() => { proc.child.kill(options.killSignal ?? 'SIGKILL') }, options.timeoutMs)
+  const exit = await proc.exited
+  clearTimeout(timer)
+  return { ...exit, stdout: proc.stdout(), stderr: proc.stderr() }
 }
 
 /**

@@ -9,7 +9,7 @@
 
 import { randomBytes } from 'node:crypto'
 import amqp from 'amqplib'
-import { isCI, missingTool } from '../kit/tools.js'
+import { isCI, missingTool, type ToolTest } from '../kit/tools.js'
 
 export const DEFAULT_AMQP_URL = 'amqp://guest:guest@127.0.0.1:5672'
 
@@ -66,12 +66,8 @@ export function rabbitAvailable (timeoutMs = 2000): Promise<RabbitAvailability> 
   return cached
 }
 
-/** The subset of a tap Test this helper uses (keeps it independent of tap's types). */
-export interface TapLike {
-  name: string
-  fail (message: string): unknown
-  skip (...args: any[]): unknown
-}
+/** The subset of a tap Test these helpers use (keeps them independent of tap's types). */
+export type TapLike = ToolTest
 
 /**
  * Resolves true when RabbitMQ answers. Otherwise: in CI the test fails; elsewhere a loud
