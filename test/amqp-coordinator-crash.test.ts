@@ -10,7 +10,7 @@ import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { startParticipant, waitFor, http } from '../coordinator/test/support/participant.js'
 import { freePort, startCoordinatorProcess, type CoordinatorChild } from '../coordinator/test/support/process.js'
-import { amqpUrl, listBrokerNames, requireRabbit } from './support/rabbit.js'
+import { checkBrokerClean, amqpUrl } from './support/rabbit.js'
 import { BrokerSide } from './support/broker-side.js'
 
 const CRASH_POINT = 'coordinator.after-outbox-write-before-publish'
@@ -18,13 +18,7 @@ const root = `twopc-cc-${randomBytes(3).toString('hex')}`
 let seq = 0
 
 async function setup (tt: Test): Promise<BrokerSide | undefined> {
-  if (!(await requireRabbit(tt))) return undefined
-  const broker = await BrokerSide.open(`${root}-${++seq}`)
-  tt.teardown(async () => {
-    const failed = await broker.cleanup()
-    if (failed.length > 0) process.stderr.write(`amqp-coordinator-crash: cleanup failed for ${failed.join(', ')}\n`)
-  })
-  return broker
+  return await BrokerSide.forTest(tt, `${root}-${++seq}`)
 }
 
 /** A coordinator process on the broker with `prefix`; killed (and awaited) in teardown. */
@@ -118,12 +112,5 @@ t.test('SIGKILL after a failed phase-2 call wrote the decision notice to the out
 })
 
 t.test('nothing with this file\'s prefix is left on the broker', async t => {
-  if (!(await requireRabbit(t))) return
-  const left = await listBrokerNames(root)
-  if (left === undefined) {
-    t.comment('rabbitmqctl is not available: cannot list the broker\'s names')
-    t.pass('not checked')
-    return
-  }
-  t.same(left, { queues: [], exchanges: [] })
+  await checkBrokerClean(t, root)
 })

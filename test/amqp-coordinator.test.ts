@@ -15,7 +15,7 @@ import {
   startParticipant, startCoordinator, tempDbPath, waitFor, type TestCoordinator, type HttpAnswer
 } from '../coordinator/test/support/participant.js'
 import { startTcpProxy, type TcpProxy } from './support/tcp-proxy.js'
-import { amqpUrl, amqpUrlVia, listBrokerNames, requireRabbit } from './support/rabbit.js'
+import { checkBrokerClean, amqpUrl, amqpUrlVia } from './support/rabbit.js'
 import { BrokerSide, type Received } from './support/broker-side.js'
 import { signBody, signBodyV1, SIGNATURE_HEADER } from '@fastify-2pc/protocol'
 import { verifyBrokerMessage } from '@fastify-2pc/amqp'
@@ -27,13 +27,7 @@ let seq = 0
 
 /** A BrokerSide with a fresh prefix; its cleanup runs last (after the coordinators close). */
 async function setup (tt: Test): Promise<BrokerSide | undefined> {
-  if (!(await requireRabbit(tt))) return undefined
-  const broker = await BrokerSide.open(`${root}-${++seq}`)
-  tt.teardown(async () => {
-    const failed = await broker.cleanup()
-    if (failed.length > 0) process.stderr.write(`amqp-coordinator: cleanup failed for ${failed.join(', ')}\n`)
-  })
-  return broker
+  return await BrokerSide.forTest(tt, `${root}-${++seq}`)
 }
 
 async function amqpStatus (c: TestCoordinator): Promise<{
@@ -566,12 +560,5 @@ t.test('transactional messages: refused without RabbitMQ, limited per transactio
 })
 
 t.test('nothing with this file\'s prefix is left on the broker', async t => {
-  if (!(await requireRabbit(t))) return
-  const left = await listBrokerNames(root)
-  if (left === undefined) {
-    t.comment('rabbitmqctl is not available: cannot list the broker\'s names')
-    t.pass('not checked')
-    return
-  }
-  t.same(left, { queues: [], exchanges: [] })
+  await checkBrokerClean(t, root)
 })

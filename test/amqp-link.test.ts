@@ -11,7 +11,8 @@ import type { ConsumeMessage } from 'amqplib'
 import { amqpNames, parseDecisionNotice, parseCoordinatorStarted, type DecisionNotice } from '@fastify-2pc/protocol'
 import { AmqpLink, PoisonMessageError, topologyObjects, type AmqpConsumer, type AmqpLinkOptions, type PublishItem } from '@fastify-2pc/amqp'
 import { startTcpProxy, type TcpProxy, type TcpProxyOptions } from './support/tcp-proxy.js'
-import { amqpUrl, amqpUrlVia, cleanupPrefix, listBrokerNames, rabbitmqctlList, requireRabbit } from './support/rabbit.js'
+import { checkBrokerClean, amqpUrl, amqpUrlVia, cleanupPrefix, rabbitmqctlList, requireRabbit } from './support/rabbit.js'
+import { waitFor } from './kit/wait.js'
 
 const root = `twopc-test-${randomBytes(3).toString('hex')}`
 let seq = 0
@@ -56,14 +57,6 @@ function decisionItems (prefix: string, participant: string, n: number, tag: str
     messageId: `${tag}-${i}`,
     body: { txid: `c1.${tag}-${i}`, participant, decision: 'commit' as const }
   }))
-}
-
-async function until (what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const end = Date.now() + timeoutMs
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
 }
 
 /** Message counts of a queue, through a plain connection (passive declare). */
@@ -150,7 +143,7 @@ t.test('publishBatch: confirmed, persistent, with messageId; consumed and acked'
   t.same(res.failed.map((f) => [f.item.messageId, f.error.code, f.error.permanent]), [['gone-1', 'EXCHANGE_NOT_FOUND', true]],
     'the message to a missing exchange fails alone, as permanent')
 
-  await until('20 deliveries', () => got.length >= 20)
+  await waitFor('20 deliveries', () => got.length >= 20)
   t.same(got.map((m) => m.properties.messageId).sort(), items.map((i) => i.messageId).sort(), 'every messageId delivered once')
   t.ok(got.every((m) => m.properties.deliveryMode === 2), 'persistent (delivery mode 2)')
   t.ok(got.every((m) => m.properties.contentType === 'application/json'), 'content type application/json')
@@ -159,7 +152,7 @@ t.test('publishBatch: confirmed, persistent, with messageId; consumed and acked'
   // The publish channel survived the 404: the next batch is confirmed too.
   const res2 = await link.publishBatch(decisionItems(prefix, 'p1', 5, 'b'))
   t.equal(res2.confirmed.length, 5, 'next batch confirmed')
-  await until('25 deliveries', () => got.length >= 25)
+  await waitFor('25 deliveries', () => got.length >= 25)
   await new Promise((resolve) => setTimeout(resolve, 200))
   t.equal(got.length, 25, 'no duplicate deliveries')
   t.equal(await queueCount(names.participantQueue('p1')), 0, 'everything acked: queue empty')
@@ -169,13 +162,13 @@ t.test('publishBatch: confirmed, persistent, with messageId; consumed and acked'
   await link.consumeAcks((msg) => { acks.push(JSON.parse(msg.content.toString())) })
   const ackRes = await link.publishBatch([{ exchange: names.acksExchange, routingKey: names.acksRoutingKey, messageId: 'ack-1', body: { txid: 'c1.x', participant: 'p1', decision: 'commit' } }])
   t.equal(ackRes.confirmed.length, 1)
-  await until('ack delivered', () => acks.length === 1)
+  await waitFor('ack delivered', () => acks.length === 1)
 
   // Events: a private queue bound to the fanout.
   const events: unknown[] = []
   await link.consumeEvents((msg) => { events.push(parseCoordinatorStarted(msg.content)) })
   await link.publishBatch([{ exchange: names.eventsExchange, routingKey: '', messageId: 'ev-1', body: { type: 'coordinator.started', coordinatorId: 'c1', at: 1 } }])
-  await until('event delivered', () => events.length === 1)
+  await waitFor('event delivered', () => events.length === 1)
   t.same(events, [{ type: 'coordinator.started', coordinatorId: 'c1', at: 1 }])
 
   const empty = await link.publishBatch([])
@@ -200,7 +193,7 @@ t.test('start() does not throw while the broker is unreachable; connects once it
 
   // Black-holed broker: the handshake never completes; attempts are bounded by connectTimeoutMs.
   proxy.blackhole()
-  await until('a connection attempt into the black hole', () => proxy.accepted >= 1)
+  await waitFor('a connection attempt into the black hole', () => proxy.accepted >= 1)
   await new Promise((resolve) => setTimeout(resolve, 1500))
   t.equal(link.isConnected, false, 'still not connected through the black hole')
   t.ok(proxy.accepted >= 2, `attempts time out and retry (${proxy.accepted} accepted)`)
@@ -237,7 +230,7 @@ t.test('broker cut while publishing: unconfirmed items reported, no hang; recove
   const fromBroker = proxy.bytesFromTarget
   const pending = link.publishBatch(items)
   // Cut once the broker has confirmed part of the batch (a basic.ack frame is 21 bytes).
-  await until('first confirms', () => proxy.bytesFromTarget - fromBroker >= 21 * 5, 5000).catch(() => {})
+  await waitFor('first confirms', () => proxy.bytesFromTarget - fromBroker >= 21 * 5, 5000).catch(() => {})
   // Let the link read them: a reset socket drops data it has not read yet.
   await new Promise((resolve) => setTimeout(resolve, 30))
   const before = proxy.accepted
@@ -252,21 +245,21 @@ t.test('broker cut while publishing: unconfirmed items reported, no hang; recove
   t.ok(res.failed.every((f) => !f.error.permanent && ['CHANNEL_CLOSED', 'TIMEOUT', 'NOT_CONNECTED'].includes(f.error.code)),
     `failures are transient (${[...new Set(res.failed.map((f) => f.error.code))].join(',')})`)
   t.ok(elapsed < 3000, `no hang: reported ${elapsed} ms after the cut, not at the 5000 ms publish timeout`)
-  await until('disconnected', () => !link.isConnected, 5000)
+  await waitFor('disconnected', () => !link.isConnected, 5000)
   t.equal(consumer.active, false, 'consumer inactive while disconnected')
 
   proxy.restore()
   await link.waitForConnected(5000)
   t.same(events, ['connected', 'disconnected', 'connected'], 'connected/disconnected events in order')
-  await until('consumer re-subscribed', () => consumer.active, 5000)
+  await waitFor('consumer re-subscribed', () => consumer.active, 5000)
 
   const after = await link.publishBatch(decisionItems(prefix, 'p1', 10, 'after'))
   t.equal(after.confirmed.length, 10, 'a later batch is confirmed')
   // Every confirmed message is delivered (at least once), including the pre-cut ones.
   const mustSee = ['warm-0', ...res.confirmed.map((i) => i.messageId), ...after.confirmed.map((i) => i.messageId)]
-  await until('all confirmed messages delivered', () => mustSee.every((id) => seen.has(id)), 20_000)
+  await waitFor('all confirmed messages delivered', () => mustSee.every((id) => seen.has(id)), 20_000)
   t.pass(`all ${mustSee.length} confirmed messages delivered (${deliveries} deliveries, ${seen.size} distinct)`)
-  await until('queue drained', async () => (await queueCount(names.participantQueue('p1'))) === 0, 20_000)
+  await waitFor('queue drained', async () => (await queueCount(names.participantQueue('p1'))) === 0, 20_000)
 })
 
 t.test('black-holed broker: publishBatch times out instead of hanging; heartbeat notices; restore recovers', async (t) => {
@@ -288,7 +281,7 @@ t.test('black-holed broker: publishBatch times out instead of hanging; heartbeat
   t.ok(elapsed >= 450 && elapsed < 1500, `bounded by the timeout (${elapsed} ms)`)
 
   // Heartbeat (2 s) declares the connection dead; the link reports it.
-  await until('disconnect noticed by heartbeat', () => !link.isConnected, 10_000)
+  await waitFor('disconnect noticed by heartbeat', () => !link.isConnected, 10_000)
   t.equal(link.status().connected, false)
 
   // close() during the outage must not hang either (checked in the next test); here: restore.
@@ -296,7 +289,7 @@ t.test('black-holed broker: publishBatch times out instead of hanging; heartbeat
   await link.waitForConnected(8000)
   const res2 = await link.publishBatch(decisionItems(prefix, 'p1', 3, 'ok'))
   t.equal(res2.confirmed.length, 3, 'confirmed after restore')
-  await until('delivered after restore', () => ['ok-0', 'ok-1', 'ok-2'].every((id) => got.includes(id)))
+  await waitFor('delivered after restore', () => ['ok-0', 'ok-1', 'ok-2'].every((id) => got.includes(id)))
 })
 
 t.test('close() is idempotent and bounded on a black-holed connection', async (t) => {
@@ -342,8 +335,8 @@ t.test('poison messages are dead-lettered once; failing messages stop at the del
   ])
   t.equal(res.confirmed.length, 4)
   const dlq = names.deadLetterQueue(names.participantQueue('p1'))
-  await until('two poison messages dead-lettered', async () => (await queueCount(dlq)) === 2)
-  await until('good and flaky handled', () => handled.includes('good') && handled.includes('flaky'))
+  await waitFor('two poison messages dead-lettered', async () => (await queueCount(dlq)) === 2)
+  await waitFor('good and flaky handled', () => handled.includes('good') && handled.includes('flaky'))
   await new Promise((resolve) => setTimeout(resolve, 500))
   t.equal(calls.get('garbage'), 1, 'garbage delivered once, never redelivered')
   t.equal(calls.get('wrong-shape'), 1, 'wrong-shape delivered once')
@@ -376,7 +369,7 @@ t.test('poison messages are dead-lettered once; failing messages stop at the del
   const r2 = await link.publishBatch(decisionItems(prefix, 'p2', 1, 'doomed'))
   t.equal(r2.confirmed.length, 1)
   const dlq2 = names.deadLetterQueue(names.participantQueue('p2'))
-  await until('doomed message dead-lettered by the delivery limit', async () => (await queueCount(dlq2)) === 1, 15_000)
+  await waitFor('doomed message dead-lettered by the delivery limit', async () => (await queueCount(dlq2)) === 1, 15_000)
   await new Promise((resolve) => setTimeout(resolve, 300))
   t.ok(attempts >= 2 && attempts <= 4, `bounded redeliveries (${attempts} attempts)`)
   const frozen = attempts
@@ -398,13 +391,13 @@ t.test('consumer cancelled by the broker (queue deleted): queue re-declared, con
   t.teardown(() => conn.close().catch(() => {}))
   const ch = await conn.createChannel()
   await ch.deleteQueue(names.participantQueue('p1'))
-  await until('consumer noticed the cancel', () => !consumer.active, 5000)
-  await until('consumer re-subscribed', () => consumer.active, 10_000)
+  await waitFor('consumer noticed the cancel', () => !consumer.active, 5000)
+  await waitFor('consumer re-subscribed', () => consumer.active, 10_000)
   t.ok(await ch.checkQueue(names.participantQueue('p1')), 'queue re-declared')
   t.ok(link.isConnected, 'the connection was not affected')
   const res = await link.publishBatch(decisionItems(prefix, 'p1', 2, 'again'))
   t.equal(res.confirmed.length, 2)
-  await until('delivered after re-subscribe', () => got.length === 2)
+  await waitFor('delivered after re-subscribe', () => got.length === 2)
   t.same(got.sort(), ['again-0', 'again-1'])
 })
 
@@ -496,7 +489,7 @@ for (const when of ['first connect', 'reconnect after a broker cut'] as const) {
       proxy.cut()
       proxy.restore()
     }
-    await until(`proxy connection ${target} to be cut at its basic.consume`, () => cuts.length === 1, 10_000)
+    await waitFor(`proxy connection ${target} to be cut at its basic.consume`, () => cuts.length === 1, 10_000)
     t.same(cuts, [target], `connection ${target} was cut at the moment the link sent basic.consume`)
 
     // Bounded wait for the link to be back (a dead-for-good link fails here, with the evidence).
@@ -518,17 +511,11 @@ for (const when of ['first connect', 'reconnect after a broker cut'] as const) {
 
     const res = await link.publishBatch(decisionItems(prefix, 'p1', 3, 'after'))
     t.equal(res.confirmed.length, 3, 'a batch is confirmed after the reconnect')
-    await until('delivered to the re-subscribed consumer', () => ['after-0', 'after-1', 'after-2'].every((id) => got.includes(id)), 10_000)
+    await waitFor('delivered to the re-subscribed consumer', () => ['after-0', 'after-1', 'after-2'].every((id) => got.includes(id)), 10_000)
     t.pass('the consumer received the messages after the reconnect')
   })
 }
 
-t.test('nothing left on the broker', async (t) => {
-  if (!(await requireRabbit(t))) return
-  const left = await listBrokerNames(root)
-  if (left === undefined) {
-    t.fail('rabbitmqctl unavailable')
-    return
-  }
-  t.same(left, { queues: [], exchanges: [] }, `no queue or exchange starting with ${root}`)
+t.test('nothing left on the broker', async t => {
+  await checkBrokerClean(t, root)
 })

@@ -24,6 +24,8 @@ import { request } from 'undici'
 import { twoPhaseParticipant } from '@fastify-2pc/participant-sdk'
 import { startConformanceParticipant, type Flaw } from './fixtures/conformance-participant.js'
 import { freePort } from '../coordinator/test/support/process.js'
+import { waitFor } from './kit/wait.js'
+import { runNode } from './kit/child.js'
 
 const ROOT = dirname(dirname(fileURLToPath(import.meta.url)))
 const CLI = join(ROOT, 'conformance', 'dist', 'cli.js')
@@ -40,21 +42,11 @@ t.jobs = 4
 const dir = mkdtempSync(join(tmpdir(), 'twopc-conformance-'))
 t.teardown(() => { rmSync(dir, { recursive: true, force: true }) })
 
-function runCli (args: string[], timeoutMs = 90_000): Promise<Run> {
-  return new Promise(resolve => {
-    // No TWOPC_SECRET inherited: the kit would take it as --secret.
-    const env = { ...process.env }
-    delete env.TWOPC_SECRET
-    // A generous per-request bound: in-process participants answer slowly under coverage on a loaded machine.
-    const all = args.length > 0 && !args.includes('--timeout-ms') ? [...args, '--timeout-ms', '30000'] : args
-    const child = spawn(process.execPath, [CLI, ...all], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] })
-    let stdout = ''
-    let stderr = ''
-    child.stdout.on('data', chunk => { stdout += String(chunk) })
-    child.stderr.on('data', chunk => { stderr += String(chunk) })
-    const timer = setTimeout(() => { child.kill('SIGKILL') }, timeoutMs)
-    child.once('exit', code => { clearTimeout(timer); resolve({ code, stdout, stderr }) })
-  })
+async function runCli (args: string[], timeoutMs = 90_000): Promise<Run> {
+  // A generous per-request bound: in-process participants answer slowly under coverage on a loaded machine.
+  const all = args.length > 0 && !args.includes('--timeout-ms') ? [...args, '--timeout-ms', '30000'] : args
+  // No TWOPC_SECRET inherited: the kit would take it as --secret.
+  return await runNode(CLI, { nodeArgs: [], args: all, cwd: ROOT, env: { TWOPC_SECRET: undefined }, timeoutMs })
 }
 
 async function runJson (args: string[]): Promise<{ run: Run, report: Report }> {
@@ -70,19 +62,6 @@ async function runJson (args: string[]): Promise<{ run: Run, report: Report }> {
 
 const failedIds = (r: Report): string[] => r.checks.filter(c => c.result === 'fail').map(c => c.id).sort()
 const explain = (r: Report): string => r.checks.filter(c => c.result !== 'pass').map(c => `${c.result} ${c.id}: ${c.detail}`).join('\n')
-
-async function until<T> (what: string, timeoutMs: number, probe: () => Promise<T | undefined>): Promise<T> {
-  const end = Date.now() + timeoutMs
-  let last: unknown
-  while (Date.now() < end) {
-    try {
-      const v = await probe()
-      if (v !== undefined) return v
-    } catch (err) { last = err }
-    await new Promise(resolve => setTimeout(resolve, 50))
-  }
-  throw new Error(`${what}: not within ${timeoutMs} ms (${String(last)})`)
-}
 
 async function getJson (url: string): Promise<{ status: number, body: unknown }> {
   const res = await request(url, { headersTimeout: 2000, bodyTimeout: 2000 })
@@ -261,10 +240,10 @@ async function startDemo (t: Test, name: 'inventory' | 'payment', secret: string
     clearTimeout(timer)
   })
   const origin = `http://127.0.0.1:${port}`
-  await until(`${name} ready`, 60_000, async () => {
+  await waitFor(`${name} ready`, async () => {
     if (exited !== undefined) throw new Error(`${name} ${exited}: ${stderr}`)
     return (await getJson(`${origin}/healthz`)).status === 200 ? true : undefined
-  }).catch((err: Error) => { throw exited !== undefined ? new Error(`${name} ${exited}: ${stderr}`) : err })
+  }, 60_000, { everyMs: 50 }).catch((err: Error) => { throw exited !== undefined ? new Error(`${name} ${exited}: ${stderr}`) : err })
   return { origin, log: () => `${name} output:\n${stderr.split('\n').slice(-20).join('\n')}` }
 }
 

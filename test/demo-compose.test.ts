@@ -17,7 +17,7 @@ import { fileURLToPath } from 'node:url'
 import { parse } from 'yaml'
 import { ACCEPTED_ENV, envFor, type ServiceName } from '@fastify-2pc/demo-services'
 import { EnvSchema, configFromEnv } from '../coordinator/src/config.js'
-import { isCI } from './support/rabbit.js'
+import { missingTool } from './kit/tools.js'
 
 const ROOT = dirname(dirname(fileURLToPath(import.meta.url)))
 const COMPOSE = join(ROOT, 'docker-compose.yml')
@@ -108,13 +108,7 @@ t.test('docker-compose.yml as written: services, environment, volumes', async t 
 t.test('docker-compose config -q accepts the file; the resolved config passes the same checks', async t => {
   const probe = spawnSync('docker-compose', ['version'], { encoding: 'utf8' })
   if (probe.error !== undefined) {
-    const msg = `docker-compose is not installed (${probe.error.message}); apt-get install -y docker-compose`
-    if (isCI()) {
-      t.fail(`FAILED (CI): ${msg}`)
-    } else {
-      process.stderr.write(`\n${'!'.repeat(78)}\n!!! SKIPPED: demo-compose: ${msg}\n!!! (in CI this is a failure)\n${'!'.repeat(78)}\n\n`)
-      t.skip(`SKIPPED: ${msg}`, () => {})
-    }
+    missingTool(t, `docker-compose is not installed (${probe.error.message})`, 'apt-get install -y docker-compose')
     return
   }
   // Neither the host's variables nor a .env file may change the outcome.

@@ -8,7 +8,7 @@
  * Without RabbitMQ the demo runs on HTTP only (and says so); in CI RabbitMQ must be on.
  */
 import t from 'tap'
-import { spawn } from 'node:child_process'
+import { runNode } from './kit/child.js'
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
@@ -21,17 +21,9 @@ const RUN_DEMO = join(ROOT, 'demo-services', 'dist', 'run-demo.js')
 
 interface Run { code: number | null, signal: NodeJS.Signals | null, stdout: string, stderr: string }
 
-function runDemo (args: string[], timeoutMs: number): Promise<Run> {
-  return new Promise(resolve => {
-    const child = spawn(process.execPath, [RUN_DEMO, ...args], { cwd: ROOT, env: { ...process.env, TWOPC_CRASH_AT: '' }, stdio: ['ignore', 'pipe', 'pipe'] })
-    let stdout = ''
-    let stderr = ''
-    child.stdout.on('data', chunk => { stdout += String(chunk) })
-    child.stderr.on('data', chunk => { stderr += String(chunk) })
-    // SIGINT is the demo's own stop path (it stops its children); bounded, never a fixed sleep for an outcome.
-    const timer = setTimeout(() => { child.kill('SIGINT') }, timeoutMs)
-    child.once('exit', (code, signal) => { clearTimeout(timer); resolve({ code, signal, stdout, stderr }) })
-  })
+async function runDemo (args: string[], timeoutMs: number): Promise<Run> {
+  // SIGINT is the demo's own stop path (it stops its children); bounded, never a fixed sleep for an outcome.
+  return await runNode(RUN_DEMO, { nodeArgs: [], args, cwd: ROOT, env: { TWOPC_CRASH_AT: '' }, timeoutMs, killSignal: 'SIGINT' })
 }
 
 t.test('npm start: the scenario ends consistent, before and after payment is SIGKILLed and restarted', async t => {

@@ -11,7 +11,6 @@
  */
 import t from 'tap'
 import type { Test } from 'tap'
-import { spawn } from 'node:child_process'
 import type { ChildProcess } from 'node:child_process'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -23,6 +22,9 @@ import { createCoordinatorClient } from '@fastify-2pc/participant-sdk'
 import { buildService, readService } from './fixtures/sdk-services.js'
 import { amqpUrl, cleanupPrefix, listBrokerNames, requireRabbit, testPrefix } from './support/rabbit.js'
 import { startTcpProxy } from './support/tcp-proxy.js'
+import { waitFor } from './kit/wait.js'
+import { listeningPort, spawnNode, typeScriptLoader } from './kit/child.js'
+import { listenLocal } from './kit/port.js'
 
 // Two child processes that load TypeScript (slow, much slower on a loaded machine): more than
 // the default per-file timeout of .taprc.
@@ -31,14 +33,6 @@ t.setTimeout(360_000)
 const SECRET = 'sdk-amqp-phase2-secret-0123'
 const ROOT = dirname(dirname(fileURLToPath(import.meta.url)))
 const FIXTURE = join(ROOT, 'test', 'fixtures', 'sdk-participant.ts')
-
-async function waitFor (what: string, check: () => boolean | Promise<boolean>, timeoutMs = 20_000, state?: () => unknown): Promise<void> {
-  const end = Date.now() + timeoutMs
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}${state === undefined ? '' : `: ${JSON.stringify(await state())}`}`)
-    await new Promise(resolve => setTimeout(resolve, 25))
-  }
-}
 
 interface Participant { name: string, ack: string, attempts: number, lastError?: string | null }
 
@@ -88,8 +82,7 @@ async function setup (t: Test) {
     phase2TimeoutMs: 2_000
   })
   t.teardown(() => coordinator.close())
-  await coordinator.listen({ port: 0, host: '127.0.0.1' })
-  const coordinatorUrl = `http://127.0.0.1:${(coordinator.server.address() as { port: number }).port}`
+  const coordinatorUrl = await listenLocal(coordinator)
   await waitFor('the coordinator ready and on RabbitMQ', async () => {
     const ready = (await coordinator.inject('/readyz')).json()
     return ready.ready === true && ready.amqp.connected === true
@@ -164,7 +157,7 @@ async function toParticipantDown (t: Test, s: Awaited<ReturnType<typeof setup>>)
   await waitFor('payment acked over HTTP and the inventory commit failed', async () => {
     const [payment, inventory] = [await s.participant('payment'), await s.participant('inventory')]
     return payment?.ack === 'acked' && (inventory?.attempts ?? 0) >= 1
-  }, 20_000, s.status)
+  }, 20_000, { state: s.status })
   t.equal(s.commitCallbacks(), 1, 'the commit callback reached the first inventory once, and was lost')
   await waitFor('the decision notice queued for the inventory', async () => await s.queued(s.names.participantQueue('inventory')) === 1)
   await s.first.app.close()
@@ -175,7 +168,7 @@ async function toParticipantDown (t: Test, s: Awaited<ReturnType<typeof setup>>)
 }
 
 async function checkApplied (t: Test, s: Awaited<ReturnType<typeof setup>>): Promise<void> {
-  await waitFor('the coordinator to record the inventory ack', async () => (await s.participant('inventory'))?.ack === 'acked', 20_000, s.status)
+  await waitFor('the coordinator to record the inventory ack', async () => (await s.participant('inventory'))?.ack === 'acked', 20_000, { state: s.status })
   const inventory = readService(s.inventoryDb)
   t.same(inventory.log, { [s.outcome.id]: 'committed' })
   t.same(inventory.calls, { prepare: 1, commit: 1 }, 'the commit applied exactly once')
@@ -217,28 +210,8 @@ t.test('participant down during phase 2: the decision reaches it through its que
 interface Child { process: ChildProcess, port: number, exited: Promise<{ code: number | null, signal: NodeJS.Signals | null }>, stderr: () => string }
 
 async function startChild (env: Record<string, string>): Promise<Child> {
-  // The child loads TypeScript the way this process does (tap's loader), see .taprc.
-  const child = spawn(process.execPath, [...process.execArgv, FIXTURE], {
-    cwd: ROOT,
-    env: { ...process.env, TWOPC_CRASH_AT: '', ...env },
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
-  let stderr = ''
-  child.stderr?.on('data', chunk => { stderr += String(chunk) })
-  const exited = new Promise<{ code: number | null, signal: NodeJS.Signals | null }>(resolve => {
-    child.once('exit', (code, signal) => resolve({ code, signal }))
-  })
-  const port = await new Promise<number>((resolve, reject) => {
-    let stdout = ''
-    const timer = setTimeout(() => reject(new Error(`participant did not start: ${stderr}`)), 120_000)
-    child.stdout?.on('data', chunk => {
-      stdout += String(chunk)
-      const match = /LISTENING (\d+)/.exec(stdout)
-      if (match !== null) { clearTimeout(timer); resolve(Number(match[1])) }
-    })
-    void exited.then(() => { clearTimeout(timer); reject(new Error(`participant exited before listening: ${stderr}`)) })
-  })
-  return { process: child, port, exited, stderr: () => stderr }
+  const proc = spawnNode(FIXTURE, { name: 'participant', nodeArgs: typeScriptLoader(), cwd: ROOT, env: { TWOPC_CRASH_AT: '', ...env } })
+  return { process: proc.child, port: await listeningPort(proc, 120_000), exited: proc.exited, stderr: proc.stderr }
 }
 
 t.test('restarted participant crashes after its local commit, before the AMQP ack: redelivered, applied once, acked', async t => {

@@ -5,7 +5,6 @@
  */
 import t from 'tap'
 import type { Test } from 'tap'
-import { spawn } from 'node:child_process'
 import type { ChildProcess } from 'node:child_process'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -15,6 +14,9 @@ import { buildCoordinator } from '@fastify-2pc/coordinator'
 import type { CoordinatorOptions } from '@fastify-2pc/coordinator'
 import { createCoordinatorClient } from '@fastify-2pc/participant-sdk'
 import { buildService, readService } from './fixtures/sdk-services.js'
+import { waitFor } from './kit/wait.js'
+import { listeningPort, spawnNode, typeScriptLoader } from './kit/child.js'
+import { listenLocal } from './kit/port.js'
 
 const SECRET = 'sdk-crash-secret-0123456789'
 const ROOT = dirname(dirname(fileURLToPath(import.meta.url)))
@@ -24,44 +26,14 @@ interface Child { process: ChildProcess, port: number, stderr: () => string, exi
 
 /** Starts the participant fixture as its own process; resolves once it listens. */
 async function startParticipant (env: Record<string, string>): Promise<Child> {
-  // The child loads TypeScript the way this process does (tap's loader and coverage, or tsx).
-  const loader = process.execArgv.length > 0 ? process.execArgv : ['--import=tsx', '--conditions=fastify-2pc-source']
-  const child = spawn(process.execPath, [...loader, FIXTURE], {
-    cwd: ROOT,
-    env: { ...process.env, TWOPC_CRASH_AT: '', ...env },
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
-  let stderr = ''
-  child.stderr?.on('data', chunk => { stderr += String(chunk) })
-  const exited = new Promise<{ code: number | null, signal: NodeJS.Signals | null }>(resolve => {
-    child.once('exit', (code, signal) => resolve({ code, signal }))
-  })
-  const port = await new Promise<number>((resolve, reject) => {
-    let stdout = ''
-    const timer = setTimeout(() => reject(new Error(`participant did not start: ${stderr}`)), 20_000)
-    child.stdout?.on('data', chunk => {
-      stdout += String(chunk)
-      const match = /LISTENING (\d+)/.exec(stdout)
-      if (match !== null) { clearTimeout(timer); resolve(Number(match[1])) }
-    })
-    void exited.then(() => { clearTimeout(timer); reject(new Error(`participant exited before listening: ${stderr}`)) })
-  })
-  return { process: child, port, stderr: () => stderr, exited }
-}
-
-async function until (what: string, check: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const end = Date.now() + timeoutMs
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
-    await new Promise(resolve => setTimeout(resolve, 20))
-  }
+  const proc = spawnNode(FIXTURE, { name: 'participant', nodeArgs: typeScriptLoader(), cwd: ROOT, env: { TWOPC_CRASH_AT: '', ...env } })
+  return { process: proc.child, port: await listeningPort(proc, 20_000), exited: proc.exited, stderr: proc.stderr }
 }
 
 async function setup (t: Test, coordinatorOptions: Partial<CoordinatorOptions>) {
   const dir = t.testdir()
   const coordinator = await buildCoordinator({ dbPath: join(dir, 'coordinator.db'), coordinatorId: 'c1', secret: SECRET, ...coordinatorOptions })
-  await coordinator.listen({ port: 0, host: '127.0.0.1' })
-  const coordinatorUrl = `http://127.0.0.1:${(coordinator.server.address() as { port: number }).port}`
+  const coordinatorUrl = await listenLocal(coordinator)
   const paymentDb = join(dir, 'payment.db')
   const payment = await buildService({ name: 'payment', dbPath: paymentDb, coordinatorUrl, secret: SECRET })
   await payment.app.listen({ port: 0, host: '127.0.0.1' })
@@ -97,7 +69,7 @@ t.test('SIGKILLed after voting yes, restarted: resolves the commit from the coor
   const first = await start({ SDK_STALL_COMMIT: '1' })
   const outcome = await commitOrder(first.port)
   t.equal(outcome.state, 'committed')
-  await until('payment committed', () => readService(paymentDb).log[outcome.id] === 'committed')
+  await waitFor('payment committed', () => readService(paymentDb).log[outcome.id] === 'committed')
 
   // Voted yes, the commit callback is stuck in the network: in doubt. Kill it there.
   t.same(readService(inventoryDb).log, { [outcome.id]: 'prepared' })
@@ -108,7 +80,7 @@ t.test('SIGKILLed after voting yes, restarted: resolves the commit from the coor
   t.same(afterCrash.calls, { prepare: 1 })
 
   const second = await start({}, first.port)
-  await until('inventory resolved', () => readService(inventoryDb).log[outcome.id] === 'committed')
+  await waitFor('inventory resolved', () => readService(inventoryDb).log[outcome.id] === 'committed')
   const resolved = readService(inventoryDb)
   t.same(resolved.balance.apple, { available: 7, held: 0, spent: 3 })
   t.same(resolved.calls, { prepare: 1, commit: 1 }, 'commit applied exactly once')
@@ -134,11 +106,11 @@ t.test('crash after the prepared record is durable but before the vote is sent: 
   t.same(readService(inventoryDb).log, { [outcome.id]: 'prepared' }, 'the participant is in doubt')
 
   await start({}, first.port)
-  await until('inventory resolved', () => readService(inventoryDb).log[outcome.id] === 'aborted')
+  await waitFor('inventory resolved', () => readService(inventoryDb).log[outcome.id] === 'aborted')
   const inv = readService(inventoryDb)
   t.same(inv.balance.apple, { available: 10, held: 0, spent: 0 })
   t.same(inv.calls, { prepare: 1, abort: 1 })
-  await until('payment aborted', () => readService(paymentDb).log[outcome.id] === 'aborted')
+  await waitFor('payment aborted', () => readService(paymentDb).log[outcome.id] === 'aborted')
   t.same(readService(paymentDb).balance.alice, { available: 100, held: 0, spent: 0 })
 })
 
@@ -163,7 +135,7 @@ t.test('crash after applying commit but before answering: the coordinator\'s ret
   t.same(readService(inventoryDb).log, { [outcome.id]: 'committed' })
 
   await start({}, first.port)
-  await until('the coordinator sees every ack', async () => {
+  await waitFor('the coordinator sees every ack', async () => {
     const res = await coordinator.inject(`/v1/transactions/${outcome.id}`)
     return (res.json() as { completed: boolean }).completed
   })

@@ -9,6 +9,8 @@ import type { FastifyInstance } from 'fastify'
 import { buildCoordinator } from '@fastify-2pc/coordinator'
 import { createCoordinatorClient, CoordinatorError } from '@fastify-2pc/participant-sdk'
 import { buildService, readService } from './fixtures/sdk-services.js'
+import { waitFor } from './kit/wait.js'
+import { listenLocal } from './kit/port.js'
 
 const SECRET = 'sdk-test-secret-0123456789'
 const TOKEN = 'sdk-test-token-0123456789'
@@ -16,8 +18,7 @@ const TOKEN = 'sdk-test-token-0123456789'
 async function setup (t: Test) {
   const dir = t.testdir()
   const coordinator = await buildCoordinator({ dbPath: join(dir, 'coordinator.db'), coordinatorId: 'c1', secret: SECRET, apiToken: TOKEN, retryBaseMs: 20, retryMaxMs: 200 })
-  await coordinator.listen({ port: 0, host: '127.0.0.1' })
-  const coordinatorUrl = `http://127.0.0.1:${(coordinator.server.address() as { port: number }).port}`
+  const coordinatorUrl = await listenLocal(coordinator)
   const services: Array<{ app: FastifyInstance, dbPath: string, url: string }> = []
   for (const name of ['inventory', 'payment'] as const) {
     const dbPath = join(dir, `${name}.db`)
@@ -36,13 +37,7 @@ async function setup (t: Test) {
     const res = await coordinator.inject({ url: `/v1/transactions/${id}`, headers: { authorization: `Bearer ${TOKEN}` } })
     return res.json()
   }
-  const until = async (what: string, check: () => boolean | Promise<boolean>): Promise<void> => {
-    const end = Date.now() + 5000
-    while (!(await check())) {
-      if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
-      await new Promise(resolve => setTimeout(resolve, 10))
-    }
-  }
+  const until = async (what: string, check: () => boolean | Promise<boolean>): Promise<void> => { await waitFor(what, check, 5000) }
   return { client, coordinatorUrl, inventory, payment, status, until }
 }
 

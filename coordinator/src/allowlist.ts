@@ -10,7 +10,7 @@ export type UrlCheck =
   | { ok: true, url: URL }
   | { ok: false, code: 'BAD_PARTICIPANT_URL' | 'PARTICIPANT_URL_NOT_ALLOWED', message: string }
 
-export const MAX_URL_LENGTH = 2048
+const MAX_URL_LENGTH = 2048
 
 function isLoopback (hostname: string): boolean {
   return hostname === 'localhost' ||

@@ -248,7 +248,7 @@ export const coordinatorPlugin = fp<{ options: ResolvedOptions }>(async (app, { 
 const SECRET_PARAM = /token|secret|passw|pwd|key|auth|credential|session|cookie|signature/i
 
 /** The URL with the value of every secret-like query parameter replaced by `[REDACTED]`. */
-export function redactUrl (url: string): string {
+function redactUrl (url: string): string {
   const q = url.indexOf('?')
   if (q === -1) return url
   const params = url.slice(q + 1).split('&').map(param => {

@@ -70,7 +70,7 @@ const SAFE_CODE = new RegExp(ERROR_CODE_PATTERN)
  * - Retried and flagged for attention: 401 (whatever its code) and a 404 without TX_UNKNOWN.
  * - Retried: 408, 425, 429, 5xx, anything else (1xx/3xx).
  */
-export function classifyDecisionAnswer (status: number, code: string | undefined): { refused: boolean, attention?: Phase2Attention } {
+function classifyDecisionAnswer (status: number, code: string | undefined): { refused: boolean, attention?: Phase2Attention } {
   if (status >= 400 && status < 500 && code !== undefined && DEFINITE_CODES.has(code)) return { refused: true }
   if (status === 401) return { refused: false, attention: 'unauthorized' }
   if (status === 404) return { refused: false, attention: 'not-found' }

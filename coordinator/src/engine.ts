@@ -616,10 +616,6 @@ export class Engine {
     return ids.length
   }
 
-  get pendingWork (): number {
-    return this.inflight.size + this.phase2.queued
-  }
-
   /** Stops timers and new calls, then waits (bounded by the calls' own timeouts) for calls in flight. */
   async stop (): Promise<void> {
     this.stopped = true

@@ -24,8 +24,6 @@ export const Errors = {
   BAD_LIMIT: createError('BAD_LIMIT', 'limit must be between 1 and 500, got %s', 400),
   BAD_CURSOR: createError('BAD_CURSOR', 'cursor is not one this API returned', 400),
   UNAUTHORIZED: createError('UNAUTHORIZED', 'missing or wrong bearer token', 401),
-  NOT_READY: createError('NOT_READY', 'the coordinator is recovering its log', 503),
-  SHUTTING_DOWN: createError('SHUTTING_DOWN', 'the coordinator is shutting down', 503),
   /** The log cannot be written (disk full, I/O error) or synced: nothing new is accepted until a restart. */
   LOG_UNAVAILABLE: createError('LOG_UNAVAILABLE', '%s', 503),
   /** The outbox holds its limit of unpublished rows (the broker is down or slow). */

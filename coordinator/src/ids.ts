@@ -1,5 +1,5 @@
 import { randomChars } from './random.js'
-import { TX_ID_PATTERN, COORDINATOR_ID_PATTERN } from '@fastify-2pc/protocol'
+import { TX_ID_PATTERN } from '@fastify-2pc/protocol'
 
 // Crockford base32, lower case: no i, l, o, u — safe in URLs, queue names and logs.
 const ALPHABET = '0123456789abcdefghjkmnpqrstvwxyz'
@@ -42,4 +42,3 @@ export function newCoordinatorId (): string {
 }
 
 export const txIdRegExp = new RegExp(TX_ID_PATTERN)
-export const coordinatorIdRegExp = new RegExp(COORDINATOR_ID_PATTERN)

@@ -28,7 +28,6 @@ export interface RetentionOptions {
 export class RetentionPruner {
   private timer: NodeJS.Timeout | undefined
   private readonly now: () => number
-  pruned = 0
 
   constructor (private readonly log: LogStore, private readonly options: RetentionOptions) {
     this.now = options.now ?? Date.now
@@ -52,7 +51,6 @@ export class RetentionPruner {
       if (n < this.options.batchSize && m < this.options.batchSize) break
     }
     if (deleted > 0) this.options.logger.info({ deleted, olderThan: new Date(before).toISOString() }, 'retention: completed transactions pruned')
-    this.pruned += deleted
     return deleted
   }
 

@@ -5,11 +5,12 @@ import type { Static } from '@sinclair/typebox'
 import { coordinatorIdOf } from '@fastify-2pc/protocol'
 import type { Transaction } from './core/machine.js'
 import { decisionOf } from './core/machine.js'
-import { Engine, NotFound, Rejected } from './engine.js'
+import { Engine, Rejected } from './engine.js'
 import type { LogStore, AttentionEntry, AuditEntry, OutboxRow } from './log/log-store.js'
 import type { Allowlist } from './allowlist.js'
 import type { ResolvedOptions } from './config.js'
 import { Errors } from './errors.js'
+import { apiErrorOf } from './reject-errors.js'
 import { txIdRegExp } from './ids.js'
 import { newTraceparent, parseTraceparent } from './trace.js'
 import {
@@ -131,18 +132,7 @@ export async function transactionRoutes (fastify: FastifyInstance, deps: RouteDe
   }
 
   function rethrow (err: unknown, id: string): never {
-    if (err instanceof NotFound) throw new Errors.TX_NOT_FOUND(id)
-    if (err instanceof Rejected) {
-      switch (err.code) {
-        case 'TX_NOT_ACTIVE': throw new Errors.TX_NOT_ACTIVE(id, err.tx.state)
-        case 'TX_ALREADY_DECIDED': throw new Errors.TX_ALREADY_DECIDED(id, err.tx.state)
-        case 'TOO_MANY_PARTICIPANTS': throw new Errors.TOO_MANY_PARTICIPANTS(options.maxParticipants)
-        case 'TOO_MANY_MESSAGES': throw new Errors.TOO_MANY_MESSAGES(options.maxMessages)
-        case 'PARTICIPANT_EXISTS': throw new Errors.PARTICIPANT_EXISTS(id, '(duplicate)')
-        case 'TX_EXPIRED': throw new Errors.TX_EXPIRED(id, new Date(err.tx.expiresAt).toISOString())
-      }
-    }
-    throw err
+    throw apiErrorOf(err, id, options)
   }
 
   app.post('/v1/transactions', {

@@ -3,7 +3,7 @@ import { Type, type Static } from '@sinclair/typebox'
 import { JSON_LIMITS, JSON_LIMITS_KEYWORD, PARTICIPANT_NAME_PATTERN, jsonLimitExceeded, jsonLimitMessage } from '@fastify-2pc/protocol'
 
 /** Upper bound of array sizes in any body; the configured limits are checked in the handlers. */
-export const HARD_MAX_ITEMS = 1000
+const HARD_MAX_ITEMS = 1000
 
 // The limits and their check are the protocol's (protocol/src/json-limits.ts), shared with the SDK.
 export { JSON_LIMITS, JSON_LIMITS_KEYWORD, jsonLimitExceeded, jsonLimitMessage }
@@ -96,7 +96,7 @@ export const ParticipantView = Type.Object({
   nextAttemptAt: NullableString
 })
 
-export const AttentionView = Type.Object({
+const AttentionView = Type.Object({
   participant: NullableString,
   kind: Type.String(),
   detail: Type.String(),
@@ -105,7 +105,7 @@ export const AttentionView = Type.Object({
   resolution: NullableString
 })
 
-export const OutboxView = Type.Object({
+const OutboxView = Type.Object({
   kind: Type.String(),
   messageId: Type.String(),
   exchange: Type.String(),
@@ -116,7 +116,7 @@ export const OutboxView = Type.Object({
   deadAt: NullableString
 })
 
-export const AuditView = Type.Object({
+const AuditView = Type.Object({
   action: Type.String(),
   reason: NullableString,
   actor: Type.String(),

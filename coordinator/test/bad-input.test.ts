@@ -6,12 +6,13 @@
  */
 import t, { type Test } from 'tap'
 import Database from 'better-sqlite3'
-import { spawn } from 'node:child_process'
 import { connect } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import { resolve } from 'node:path'
 import { configFromEnv, resolveOptions } from '../src/config.js'
 import { startCoordinator, startParticipant, waitFor, type HttpAnswer, type TestCoordinator } from './support/participant.js'
+import { spawnNode } from '../../test/kit/child.js'
+import { nestedJson as nested } from '../../test/kit/json.js'
 
 const root = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..')
 
@@ -230,16 +231,6 @@ t.test('wrong content type: 415 UNSUPPORTED_MEDIA_TYPE', async t => {
   await rejected(t, c, async () => await c.api.post('/v1/transactions', '{}', { 'content-type': 'text/plain' }), 415, 'UNSUPPORTED_MEDIA_TYPE', 'text/plain')
 })
 
-/** JSON nested `levels` deep (arrays and objects alternating), as text: the client's JSON.stringify would overflow first. */
-const nested = (levels: number): string => {
-  let open = ''
-  let close = ''
-  for (let i = 0; i < levels; i++) {
-    open += i % 2 === 0 ? '{"a":' : '['
-    close = (i % 2 === 0 ? '}' : ']') + close
-  }
-  return open + '1' + close
-}
 /** An object of `n` keys, as text. */
 const wide = (n: number): string => '{' + Array.from({ length: n }, (_, i) => `"k${i}":0`).join(',') + '}'
 
@@ -413,17 +404,11 @@ t.test('configFromEnv: a bad value throws a message naming the variable', async 
 
 t.test('the bin exits non-zero naming the variable (PORT=abc)', async t => {
   // The built bin (`npm test` builds first): starts in well under a second even on a busy machine.
-  const child = spawn(process.execPath, ['coordinator/dist/bin.js'], {
-    cwd: root,
-    env: { ...process.env, PORT: 'abc', TWOPC_DB: resolve(t.testdir(), 'never.db'), TWOPC_CRASH_AT: '' },
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
-  let stderr = ''
-  child.stderr.setEncoding('utf8').on('data', (s: string) => { stderr += s })
-  child.stdout.resume()
-  const killer = setTimeout(() => child.kill('SIGKILL'), 60_000)
-  const code = await new Promise<number | null>(resolve => child.on('close', resolve))
+  const child = spawnNode('coordinator/dist/bin.js', { nodeArgs: [], cwd: root, env: { PORT: 'abc', TWOPC_DB: resolve(t.testdir(), 'never.db'), TWOPC_CRASH_AT: '' } })
+  const killer = setTimeout(() => { void child.kill() }, 60_000)
+  const { code } = await child.exited
   clearTimeout(killer)
+  const stderr = child.stderr()
   t.not(code, 0, 'non-zero exit')
   t.not(code, null, 'exited by itself, not killed')
   t.match(stderr, /invalid configuration/)

@@ -4,11 +4,10 @@
  * Also: SIGTERM lets a request in flight finish before the log closes.
  */
 import t from 'tap'
-import { spawn } from 'node:child_process'
-import { once } from 'node:events'
 import { join } from 'node:path'
 import { startParticipant, waitFor, http, type TestParticipant } from './support/participant.js'
 import { COORDINATOR_BIN as BIN, freePort, startCoordinatorProcess, type CoordinatorChild } from './support/process.js'
+import { spawnNode } from '../../test/kit/child.js'
 
 /** The crash tests' coordinator: its own id, fast retries. */
 async function startChild (dbPath: string, port: number, env: Record<string, string> = {}): Promise<CoordinatorChild> {
@@ -146,13 +145,8 @@ t.test('SIGTERM: the request in flight finishes, then the process exits cleanly'
 })
 
 t.test('a bad environment stops start-up with a message naming the variable', async t => {
-  const proc = spawn(process.execPath, [BIN], {
-    env: { ...process.env, TWOPC_DEFAULT_TIMEOUT_MS: 'soon', TWOPC_DB: join(t.testdir(), 'x.db') },
-    stdio: ['ignore', 'ignore', 'pipe']
-  })
-  let stderr = ''
-  proc.stderr?.on('data', (d: Buffer) => { stderr += d.toString() })
-  const [code] = await once(proc, 'exit') as [number]
+  const proc = spawnNode(BIN, { nodeArgs: [], env: { TWOPC_DEFAULT_TIMEOUT_MS: 'soon', TWOPC_DB: join(t.testdir(), 'x.db') } })
+  const { code } = await proc.exited
   t.equal(code, 78)
-  t.match(stderr, /TWOPC_DEFAULT_TIMEOUT_MS/)
+  t.match(proc.stderr(), /TWOPC_DEFAULT_TIMEOUT_MS/)
 })

@@ -12,6 +12,7 @@ import { syncBuiltinESMExports } from 'node:module'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { startCoordinator, startParticipant, waitFor, type HttpAnswer } from './support/participant.js'
+import { missingTool } from '../../test/kit/tools.js'
 import { CoordinatorLog, diskFailure } from '../src/log/store.js'
 import { newTransaction } from '../src/core/machine.js'
 
@@ -33,12 +34,7 @@ function mountTmpfs (t: Test, sizeKiB: number): string | undefined {
   } catch (err) {
     rmSync(dir, { recursive: true, force: true })
     const reason = `cannot mount a tmpfs (root, or passwordless sudo, and mount(8) needed): ${String((err as Error).message).trim()}`
-    if (process.env.CI === 'true') {
-      t.fail(`the full-disk test must run in CI: ${reason}`)
-    } else {
-      console.error(`\n!!! SKIPPING the full-disk test: ${reason}\n`)
-      t.comment(`SKIPPED: ${reason}`)
-    }
+    missingTool(t, reason, 'run as root, or give passwordless sudo for mount(8) and umount(8)')
     return undefined
   }
   t.teardown(() => {

@@ -4,11 +4,11 @@
  * nothing; a SIGKILLed holder leaves no stale lock. Real child processes (the built bin).
  */
 import t from 'tap'
-import { spawn } from 'node:child_process'
 import { join } from 'node:path'
 import { CoordinatorLog } from '../src/log/store.js'
 import { http } from './support/participant.js'
 import { COORDINATOR_BIN, freePort, startCoordinatorProcess } from './support/process.js'
+import { spawnNode } from '../../test/kit/child.js'
 
 t.test('in one process: a second log on the same file is refused until the first is closed', async t => {
   const path = join(t.testdir(), 'coordinator.db')
@@ -26,16 +26,12 @@ t.test('in one process: a second log on the same file is refused until the first
 /** Runs the coordinator bin; resolves with its exit and stderr, or 'running' after `ms` (then killed). */
 async function runToExit (dbPath: string, ms: number): Promise<{ code: number | null, stderr: string } | 'running'> {
   const port = await freePort()
-  const proc = spawn(process.execPath, ['--enable-source-maps', COORDINATOR_BIN], {
-    env: { ...process.env, PORT: String(port), HOST: '127.0.0.1', TWOPC_DB: dbPath, LOG_LEVEL: 'warn' },
-    stdio: ['ignore', 'ignore', 'pipe']
-  })
-  let stderr = ''
-  proc.stderr?.on('data', (d: Buffer) => { stderr += d.toString() })
-  return await new Promise(resolve => {
-    const timer = setTimeout(() => { proc.kill('SIGKILL'); resolve('running') }, ms)
-    proc.on('exit', code => { clearTimeout(timer); resolve({ code, stderr }) })
-  })
+  const proc = spawnNode(COORDINATOR_BIN, { env: { PORT: String(port), HOST: '127.0.0.1', TWOPC_DB: dbPath, LOG_LEVEL: 'warn' } })
+  let running = false
+  const timer = setTimeout(() => { running = true; void proc.kill() }, ms)
+  const { code } = await proc.exited
+  clearTimeout(timer)
+  return running ? 'running' : { code, stderr: proc.stderr() }
 }
 
 t.test('a second coordinator process on a held log exits with LOG_LOCKED; after a SIGKILL of the holder a new one starts', async t => {

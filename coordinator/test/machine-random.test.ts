@@ -11,19 +11,10 @@
  */
 import t from 'tap'
 import { step, newTransaction, decisionOf, type Transaction, type Event, type Policy } from '../src/core/machine.js'
+import { seededRandom } from '../../test/kit/random.js'
 
 const SCHEDULES = Number(process.env.TWOPC_SCHEDULES ?? 4000)
 const policy: Policy = { maxParticipants: 8, maxMessages: 8, retryBaseMs: 10, retryMaxMs: 80, retryBudget: 4 }
-
-function mulberry32 (seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6D2B79F5) >>> 0
-    let x = Math.imul(a ^ (a >>> 15), 1 | a)
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 type PState = 'none' | 'prepared' | 'committed' | 'aborted' | 'read-only' | 'tombstone'
 interface Sim {
@@ -36,7 +27,7 @@ type ToParticipant = { kind: 'prepare' | 'commit' | 'abort', to: string }
 type ToCoordinator = { event: Event }
 
 function runSchedule (seed: number): { ok: true, steps: number, decision: string, crashes: number } | { ok: false, why: string, trace: string[] } {
-  const rnd = mulberry32(seed)
+  const rnd = seededRandom(seed)
   const pick = <T>(xs: T[]): T => xs[Math.floor(rnd() * xs.length)] as T
   const trace: string[] = []
   let now = 0

@@ -16,6 +16,7 @@ import { request } from 'undici'
 import { SIGNATURE_HEADER } from '@fastify-2pc/protocol'
 import { twoPhaseParticipant } from '@fastify-2pc/participant-sdk'
 import { startCoordinator, startParticipant, waitFor } from './support/participant.js'
+import { listenLocal } from '../../test/kit/port.js'
 
 const SECRET = 'replay-test-secret-0123456789'
 
@@ -108,8 +109,7 @@ t.test('a signed abort replayed onto /commit by an on-path attacker gets 401; th
       d.prepare('DELETE FROM holds WHERE txid = ?').run(tx.id)
     }
   })
-  await app.listen({ port: 0, host: '127.0.0.1' })
-  const direct = `http://127.0.0.1:${(app.server.address() as { port: number }).port}`
+  const direct = await listenLocal(app)
   const proxy = await startProxy(direct)
   t.teardown(async () => { await proxy.close(); await app.close(); db.close() })
   const stock = (): unknown => db.prepare("SELECT available, reserved, sold FROM stock WHERE sku = 'apple'").get()

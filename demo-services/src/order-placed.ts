@@ -56,15 +56,6 @@ export class OrderPlacedConsumer {
     await this.#connect()
   }
 
-  /** Resolves once the exchange exists, or rejects after `timeoutMs`. */
-  async waitReady (timeoutMs: number): Promise<void> {
-    const until = Date.now() + timeoutMs
-    while (!this.#exchangeReady) {
-      if (Date.now() > until) throw new Error(`RabbitMQ not ready after ${timeoutMs} ms: ${this.#lastError ?? 'no connection yet'}`)
-      await new Promise(resolve => setTimeout(resolve, 50))
-    }
-  }
-
   get exchangeReady (): boolean { return this.#exchangeReady }
 
   status (): OrderPlacedStatus {

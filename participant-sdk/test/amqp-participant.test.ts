@@ -17,16 +17,10 @@ import type { Inventory } from './helpers.js'
 import type { TwoPhaseParticipantOptions } from '../src/index.js'
 import { amqpUrl, amqpUrlVia, cleanupPrefix, listBrokerNames, requireRabbit, testPrefix } from '../../test/support/rabbit.js'
 import { startTcpProxy } from '../../test/support/tcp-proxy.js'
+import { waitFor } from '../../test/kit/wait.js'
+import { listenLocal } from '../../test/kit/port.js'
 
 interface Teardown { teardown (fn: () => unknown): void }
-
-async function waitFor (what: string, check: () => boolean | Promise<boolean>, timeoutMs = 15_000, state?: () => unknown): Promise<void> {
-  const end = Date.now() + timeoutMs
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}${state === undefined ? '' : `: ${JSON.stringify(state())}`}`)
-    await new Promise(resolve => setTimeout(resolve, 20))
-  }
-}
 
 const LINK = { heartbeat: 5, connectTimeoutMs: 3000, setupTimeoutMs: 10_000, publishTimeoutMs: 5000, reconnectInitialDelayMs: 50, reconnectMaxDelayMs: 300, retryDelayMs: 50 }
 
@@ -195,7 +189,7 @@ t.test('with a secret: forged, replayed and legacy-signed notices and events are
 
   const queue = names.participantQueue('inventory')
   const dlq = names.deadLetterQueue(queue)
-  await waitFor('every forged notice refused', async () => status().rejected === forged.length && await broker.count(dlq) === forged.length, 15_000, status)
+  await waitFor('every forged notice refused', async () => status().rejected === forged.length && await broker.count(dlq) === forged.length, 15_000, { state: status })
   t.equal(inv.app.twoPhase.stateOf(id), 'prepared', 'no forged notice committed or aborted the prepared transaction')
   t.same(inv.calls, { prepare: 2, commit: 0, abort: 0 }, 'no handler ran')
   t.same(inv.stock('apple'), { available: 6, reserved: 4 })
@@ -208,17 +202,17 @@ t.test('with a secret: forged, replayed and legacy-signed notices and events are
   const event = Buffer.from(JSON.stringify({ type: 'coordinator.started', coordinatorId: 'c1', at: Date.now() }))
   await broker.publishEvent(event, 'event-unsigned')
   await broker.publishEvent(event, 'event-signed-as-notice', sig(signBody(SECRET, 'amqp.decision', event)))
-  await waitFor('the forged events refused', () => status().rejected === forged.length + 2, 15_000, status)
+  await waitFor('the forged events refused', () => status().rejected === forged.length + 2, 15_000, { state: status })
   t.equal(status().rechecks, 1, 'no re-check from a forged event')
   await broker.publishEvent(event, 'event-signed', sig(signBody(SECRET, 'amqp.event', event)))
-  await waitFor('the signed event', () => status().rechecks === 2, 15_000, status)
+  await waitFor('the signed event', () => status().rechecks === 2, 15_000, { state: status })
 
   // Genuine notices: applied, acked with a signature for amqp.ack. One was signed an hour ago
   // (a participant down for an hour still accepts what waited in its queue).
   await broker.publish(commit, 'signed', sig(signBody(SECRET, 'amqp.decision', commit)))
   const oldCommit = Buffer.from(JSON.stringify({ txid: old, participant: 'inventory', decision: 'commit' }))
   await broker.publish(oldCommit, 'signed-an-hour-ago', sig(signBody(SECRET, 'amqp.decision', oldCommit, Date.now() - 3_600_000)))
-  await waitFor('both applied and acked', async () => status().acksPublished === 2 && await broker.count(names.acksQueue) === 2, 15_000, status)
+  await waitFor('both applied and acked', async () => status().acksPublished === 2 && await broker.count(names.acksQueue) === 2, 15_000, { state: status })
   t.equal(inv.app.twoPhase.stateOf(id), 'committed')
   t.equal(inv.app.twoPhase.stateOf(old), 'committed')
   t.same(inv.stock('apple'), { available: 6, reserved: 0 })
@@ -315,8 +309,7 @@ t.test('a broker cut: the participant reconnects, consumes what queued meanwhile
   const dir = t.testdir()
   const coordinator = await buildCoordinator({ dbPath: join(dir, 'coordinator.db'), coordinatorId: 'c1' })
   t.teardown(() => coordinator.close())
-  await coordinator.listen({ port: 0, host: '127.0.0.1' })
-  const coordinatorUrl = `http://127.0.0.1:${(coordinator.server.address() as { port: number }).port}`
+  const coordinatorUrl = await listenLocal(coordinator)
 
   const inv = await startInventory(t, dir, { amqpUrl: amqpUrlVia(proxy.port), amqpPrefix: prefix, coordinatorUrl })
   const status = () => inv.app.twoPhase.amqpStatus()!
@@ -336,7 +329,7 @@ t.test('a broker cut: the participant reconnects, consumes what queued meanwhile
   t.equal(status().received, 0)
 
   proxy.restore()
-  await waitFor('the queued commit applied and acked', () => inv.app.twoPhase.stateOf(toCommit) === 'committed' && status().acksPublished === 1, 15_000, status)
+  await waitFor('the queued commit applied and acked', () => inv.app.twoPhase.stateOf(toCommit) === 'committed' && status().acksPublished === 1, 15_000, { state: status })
   await waitFor('the reconnect re-check to resolve the in-doubt one', () => inv.app.twoPhase.stateOf(inDoubt) === 'aborted')
   t.ok(status().connects >= 2, 'reconnected')
   t.ok(status().rechecks >= 2, 'the reconnect triggered a re-check')

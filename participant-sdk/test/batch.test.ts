@@ -15,15 +15,10 @@ import type { BatchAnswer } from '@fastify-2pc/protocol'
 import { twoPhaseParticipant } from '../src/index.js'
 import type { TransactionContext } from '../src/index.js'
 import { BATCH, buildInventory, inventoryHandlers, prepareBody, SECRET, txid } from './helpers.js'
-import type { Inventory } from './helpers.js'
+import { listenLocal } from '../../test/kit/port.js'
 
 const TRACE_A = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'
 const TRACE_B = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00'
-
-async function listen (inv: Inventory | { app: Inventory['app'] }): Promise<string> {
-  await inv.app.listen({ port: 0, host: '127.0.0.1' })
-  return `http://127.0.0.1:${(inv.app.server.address() as { port: number }).port}`
-}
 
 interface Sent { status: number, body: Record<string, unknown> }
 
@@ -50,7 +45,7 @@ const decisionCall = (op: 'commit' | 'abort', id: string, extra: Record<string, 
 t.test('a mixed batch: every call answered in order, as its single route would, and applied', async t => {
   const inv = await buildInventory(t.testdir(), { secret: SECRET })
   t.teardown(() => inv.app.close())
-  const base = await listen(inv)
+  const base = await listenLocal(inv.app)
   const [committed, aborted, fresh, refused, unknown] = [txid(), txid(), txid(), txid(), txid()]
   t.equal((await post(`${base}/2pc/prepare`, prepareBody(committed, 1), { secret: SECRET })).status, 200)
   t.equal((await post(`${base}/2pc/prepare`, prepareBody(aborted, 2), { secret: SECRET })).status, 200)
@@ -93,7 +88,7 @@ t.test('a mixed batch: every call answered in order, as its single route would, 
 t.test('an invalid call and a misrouted call fail alone; the others are applied', async t => {
   const inv = await buildInventory(t.testdir(), { secret: SECRET })
   t.teardown(() => inv.app.close())
-  const base = await listen(inv)
+  const base = await listenLocal(inv.app)
   const [held, fresh, tomb, extra] = [txid(), txid(), txid(), txid()]
   t.equal((await post(`${base}/2pc/prepare`, prepareBody(held, 1), { secret: SECRET })).status, 200)
   const badBody = { ...prepareBody(txid()), txid: 'not-an-id' }
@@ -130,7 +125,7 @@ t.test('the calls of one batch share ONE flush of the participant log (one local
   const inv = await buildInventory(t.testdir(), { secret: SECRET })
   t.teardown(() => inv.app.close())
   inv.db.prepare("UPDATE stock SET available = 1000 WHERE sku = 'apple'").run()
-  const base = await listen(inv)
+  const base = await listenLocal(inv.app)
   const prepared = Array.from({ length: 10 }, () => txid())
   await batch(base, prepared.map(id => prepareCall(id, 1)))
 
@@ -161,7 +156,7 @@ t.test('a commit handler that throws fails its call only (500 HANDLER_FAILED); t
     }
   })
   t.teardown(() => inv.app.close())
-  const base = await listen(inv)
+  const base = await listenLocal(inv.app)
   const [a, b, c] = [txid(), txid(), txid()]
   failing = b
   t.same((await batch(base, [prepareCall(a, 1), prepareCall(b, 2), prepareCall(c, 3)])).map(r => (r.body as { vote: string }).vote), ['yes', 'yes', 'yes'])
@@ -193,7 +188,7 @@ t.test('a commit handler that throws fails its call only (500 HANDLER_FAILED); t
 t.test('a missing or wrong signature refuses the whole batch with 401; nothing is applied', async t => {
   const inv = await buildInventory(t.testdir(), { secret: SECRET })
   t.teardown(() => inv.app.close())
-  const base = await listen(inv)
+  const base = await listenLocal(inv.app)
   const [p, tomb] = [txid(), txid()]
   const raw = JSON.stringify({ calls: [prepareCall(p), decisionCall('abort', tomb)] })
   const other = JSON.stringify({ calls: [prepareCall(p, 4), decisionCall('abort', tomb)] })
@@ -222,7 +217,7 @@ t.test('a missing or wrong signature refuses the whole batch with 401; nothing i
 t.test('a malformed envelope refuses the whole batch with 400: too many calls, none, an unknown op, extra fields', async t => {
   const inv = await buildInventory(t.testdir(), { secret: SECRET, batchMaxCalls: 3 })
   t.teardown(() => inv.app.close())
-  const base = await listen(inv)
+  const base = await listenLocal(inv.app)
   const ids = Array.from({ length: 4 }, () => txid())
   const cases: Array<[string, unknown]> = [
     ['4 calls, batchMaxCalls 3', { calls: ids.map(id => decisionCall('abort', id)) }],
@@ -250,7 +245,7 @@ t.test('a malformed envelope refuses the whole batch with 400: too many calls, n
 t.test('prepare answers advertise the batch route, single and batched, with the configured limits', async t => {
   const inv = await buildInventory(t.testdir(), { secret: SECRET, batchMaxCalls: 7, bodyLimit: 4096 })
   t.teardown(() => inv.app.close())
-  const base = await listen(inv)
+  const base = await listenLocal(inv.app)
   const advert = { maxCalls: 7, maxBytes: 4096 }
   const [yes, no, batched] = [txid(), txid(), txid()]
   t.same((await post(`${base}/2pc/prepare`, prepareBody(yes), { secret: SECRET })).body, { vote: 'yes', batch: advert })
@@ -268,7 +263,7 @@ t.test('prepare answers advertise the batch route, single and batched, with the 
 t.test('batchMaxCalls: 0 mounts no batch route and advertises nothing', async t => {
   const inv = await buildInventory(t.testdir(), { secret: SECRET, batchMaxCalls: 0 })
   t.teardown(() => inv.app.close())
-  const base = await listen(inv)
+  const base = await listenLocal(inv.app)
   const [id, other] = [txid(), txid()]
   const res = await post(`${base}/2pc/batch`, { calls: [prepareCall(other)] }, { secret: SECRET })
   t.equal(res.status, 404)
@@ -315,7 +310,7 @@ t.test('each call\'s traceparent reaches its handler (tx.traceparent) and its lo
     commit: record('commit'),
     abort: record('abort')
   })
-  const base = await listen({ app })
+  const base = await listenLocal(app)
   const [a, b, c, d] = [txid(), txid(), txid(), txid()]
   await batch(base, [prepareCall(a), prepareCall(b), prepareCall(c), prepareCall(d)])
   // The request's own traceparent header is not any call's: each call carries its own.
@@ -349,7 +344,7 @@ t.test('each call\'s traceparent reaches its handler (tx.traceparent) and its lo
 t.test('metrics: calls per batch request', async t => {
   const inv = await buildInventory(t.testdir())
   t.teardown(() => inv.app.close())
-  const base = await listen(inv)
+  const base = await listenLocal(inv.app)
   await batch(base, [decisionCall('abort', txid()), decisionCall('abort', txid()), decisionCall('abort', txid())], null)
   await batch(base, Array.from({ length: 5 }, () => decisionCall('abort', txid())), null)
   const text = await (inv.app.twoPhase.metrics as Registry).metrics()

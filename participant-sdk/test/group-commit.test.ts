@@ -15,11 +15,7 @@ import { sqliteStore } from '../src/store/sqlite.js'
 import { migrate } from '../src/store/sqlite.js'
 import { buildInventory, inventoryHandlers, prepareBody, txid } from './helpers.js'
 import type { Inventory } from './helpers.js'
-
-async function listen (inv: Inventory): Promise<string> {
-  await inv.app.listen({ port: 0, host: '127.0.0.1' })
-  return `http://127.0.0.1:${(inv.app.server.address() as { port: number }).port}`
-}
+import { listenLocal } from '../../test/kit/port.js'
 
 async function post (url: string, body: unknown, headers: Record<string, string> = {}): Promise<{ status: number, body: Record<string, unknown> }> {
   const res = await request(url, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) })
@@ -55,7 +51,7 @@ async function concurrentPrepares (groupCommit: boolean, n: number, dir: string)
   mkdirSync(dir, { recursive: true })
   const inv = await buildInventory(dir, { groupCommit })
   inv.db.prepare("UPDATE stock SET available = 1000 WHERE sku = 'apple'").run()
-  const base = await listen(inv)
+  const base = await listenLocal(inv.app)
   await warmUp(base, n)
   const before = inv.app.twoPhase.flushStats()
   const ids = Array.from({ length: n }, () => txid())
@@ -91,7 +87,7 @@ t.test('64 concurrent prepares over HTTP share few flushes; groupCommit: false f
 t.test('a batch is bounded by groupCommitMaxBatch', async t => {
   const inv = await buildInventory(t.testdir(), { groupCommitMaxBatch: 4 })
   t.teardown(() => inv.app.close())
-  const base = await listen(inv)
+  const base = await listenLocal(inv.app)
   const answers = await Promise.all(Array.from({ length: 32 }, async () => await post(`${base}/2pc/abort`, { txid: txid() })))
   t.ok(answers.every(a => a.status === 200))
   const stats = inv.app.twoPhase.flushStats()
@@ -114,7 +110,7 @@ t.test('every answer is sent only after its record is committed (seen from a sec
   })
   state = onDisk(join(dir, 'inventory.db'))
   t.teardown(() => inv.app.close())
-  const base = await listen(inv)
+  const base = await listenLocal(inv.app)
   await warmUp(base, 24)
   seen.length = 0
   const ids = Array.from({ length: 24 }, () => txid())
@@ -201,7 +197,7 @@ t.test('a BEGIN that cannot get the write lock fails the batch with LOG_WRITE_FA
   const other = new Database(join(dir, 'inventory.db'))
   t.teardown(() => { if (other.inTransaction) other.exec('ROLLBACK'); other.close() })
   other.exec('BEGIN IMMEDIATE')
-  const base = await listen(inv)
+  const base = await listenLocal(inv.app)
   const id = txid()
   const blocked = await post(`${base}/2pc/abort`, { txid: id })
   t.equal(blocked.status, 503)
@@ -285,7 +281,7 @@ t.test('inlineSyncMaxMs: syncs on the event loop while quick (the default), all 
   for (const inlineSyncMaxMs of [undefined, 0]) {
     const inv = await buildInventory(t.testdir(), inlineSyncMaxMs === undefined ? {} : { inlineSyncMaxMs })
     t.teardown(() => inv.app.close())
-    const url = await listen(inv)
+    const url = await listenLocal(inv.app)
     for (let i = 0; i < 5; i++) {
       const res = await post(`${url}/2pc/prepare`, prepareBody(txid(), 1))
       t.same(res.body, { vote: 'yes', batch: res.body.batch }, 'voted yes after its sync')

@@ -8,17 +8,8 @@ import t from 'tap'
 import { request } from 'undici'
 import { signBody, type SignedOperation } from '@fastify-2pc/protocol'
 import { buildInventory, SECRET, txid } from './helpers.js'
-
-/** JSON `levels` deep (objects and arrays alternating), as text. */
-function nested (levels: number): string {
-  let open = ''
-  let close = ''
-  for (let i = 0; i < levels; i++) {
-    open += i % 2 === 0 ? '{"a":' : '['
-    close = (i % 2 === 0 ? '}' : ']') + close
-  }
-  return open + '1' + close
-}
+import { listenLocal } from '../../test/kit/port.js'
+import { nestedJson as nested } from '../../test/kit/json.js'
 
 interface Sent { status: number, body: any }
 
@@ -37,8 +28,7 @@ const prepareRaw = (id: string, payload: string): string =>
 t.test('a payload too deep or too wide: 400, the handler not called, nothing recorded; alone in a batch', async t => {
   const inv = await buildInventory(t.testdir(), { secret: SECRET })
   t.teardown(() => inv.app.close())
-  await inv.app.listen({ port: 0, host: '127.0.0.1' })
-  const base = `http://127.0.0.1:${(inv.app.server.address() as { port: number }).port}`
+  const base = await listenLocal(inv.app)
 
   for (const levels of [33, 1_000, 100_000]) {
     const id = txid()
@@ -73,8 +63,7 @@ t.test('a payload too deep or too wide: 400, the handler not called, nothing rec
 t.test('a charset other than UTF-8: 415, nothing applied', async t => {
   const inv = await buildInventory(t.testdir(), { secret: SECRET })
   t.teardown(() => inv.app.close())
-  await inv.app.listen({ port: 0, host: '127.0.0.1' })
-  const base = `http://127.0.0.1:${(inv.app.server.address() as { port: number }).port}`
+  const base = await listenLocal(inv.app)
   for (const charset of ['utf-16', 'latin1', 'klingon', '"utf-16le"']) {
     const id = txid()
     const res = await post(base, '/2pc/prepare', prepareRaw(id, '{"sku":"apple","qty":1}'), `application/json; charset=${charset}`)

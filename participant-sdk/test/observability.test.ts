@@ -13,6 +13,8 @@ import { buildCoordinator } from '@fastify-2pc/coordinator'
 import { createCoordinatorClient, twoPhaseParticipant } from '../src/index.js'
 import type { TransactionContext } from '../src/index.js'
 import { BATCH, buildInventory, callback, prepareBody, SECRET, txid } from './helpers.js'
+import { waitFor } from '../../test/kit/wait.js'
+import { listenLocal } from '../../test/kit/port.js'
 
 const E2E_SECRET = 'observability-secret-0123456789'
 const TRACE_ID = '4bf92f3577b34da6a3ce929d0e0e4736'
@@ -22,14 +24,6 @@ const TRACEPARENT = `00-${TRACE_ID}-00f067aa0ba902b7-01`
 function sample (text: string, series: string): number | undefined {
   const line = text.split('\n').find(l => l.startsWith(series + ' '))
   return line === undefined ? undefined : Number(line.slice(series.length + 1))
-}
-
-async function until (what: string, check: () => boolean | Promise<boolean>, timeoutMs = 5000): Promise<void> {
-  const end = Date.now() + timeoutMs
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
-    await new Promise(resolve => setTimeout(resolve, 10))
-  }
 }
 
 t.test('metrics: prepared gauge and oldest age from the log, callbacks by kind/source/outcome, flush histograms', async t => {
@@ -80,8 +74,7 @@ t.test('metrics: prepared gauge and oldest age from the log, callbacks by kind/s
 t.test('metricsRoute serves the registry without a signature; metrics: false turns it all off', async t => {
   const inv = await buildInventory(t.testdir(), { secret: SECRET, metricsRoute: true })
   t.teardown(() => inv.app.close())
-  await inv.app.listen({ port: 0, host: '127.0.0.1' })
-  const base = `http://127.0.0.1:${(inv.app.server.address() as { port: number }).port}`
+  const base = await listenLocal(inv.app)
   const res = await request(`${base}/2pc/metrics`)
   t.equal(res.statusCode, 200)
   t.match(res.headers['content-type'], /text\/plain/)
@@ -148,8 +141,7 @@ t.test('traceparent: handed to the handlers, logged with the txid on the callbac
     commit: record('commit'),
     abort: record('abort')
   })
-  await app.listen({ port: 0, host: '127.0.0.1' })
-  const base = `http://127.0.0.1:${(app.server.address() as { port: number }).port}`
+  const base = await listenLocal(app)
   const send = async (path: string, body: unknown, traceparent?: string): Promise<unknown> => {
     const res = await request(`${base}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', ...(traceparent !== undefined ? { traceparent } : {}) }, body: JSON.stringify(body) })
     return await res.body.json()
@@ -241,7 +233,7 @@ t.test('end to end: the initiator\'s trace reaches the participant\'s handlers t
   tx.enlist({ name: 'inventory', url: `http://127.0.0.1:${(app.server.address() as { port: number }).port}/2pc` })
   const outcome = await tx.commit()
   t.equal(outcome.state, 'committed')
-  await until('commit applied', () => app.twoPhase.stateOf(outcome.id) === 'committed')
+  await waitFor('commit applied', () => app.twoPhase.stateOf(outcome.id) === 'committed')
   t.same(traces.map(x => x.handler), ['prepare', 'commit'])
   for (const { handler, traceparent } of traces) {
     t.match(traceparent, new RegExp(`^00-${TRACE_ID}-[0-9a-f]{16}-01$`), `${handler}: the initiator's trace id`)
@@ -289,6 +281,6 @@ t.test('retention: the recovery timer prunes on its own once the server listens;
   await inv.app.listen({ port: 0, host: '127.0.0.1' })
   await new Promise(resolve => setTimeout(resolve, 100))
   t.equal(inv.app.twoPhase.stateOf(settled), 'tombstone', 'not before its retention')
-  await until('the tombstone pruned', () => inv.app.twoPhase.stateOf(settled) === 'none')
+  await waitFor('the tombstone pruned', () => inv.app.twoPhase.stateOf(settled) === 'none')
   t.equal(inv.app.twoPhase.stateOf(prepared), 'prepared')
 })

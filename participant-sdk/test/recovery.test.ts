@@ -2,6 +2,7 @@ import t from 'tap'
 import Fastify from 'fastify'
 import type { FastifyInstance } from 'fastify'
 import { BATCH, buildInventory, callback, prepareBody, txid } from './helpers.js'
+import { waitFor } from '../../test/kit/wait.js'
 
 /** A real HTTP server standing in for the coordinator's decision endpoint. */
 async function decisionServer (t: { teardown: (fn: () => unknown) => void }, token?: string): Promise<{ app: FastifyInstance, url: string, decisions: Map<string, string>, asked: string[], auth: Array<string | undefined> }> {
@@ -23,14 +24,6 @@ async function decisionServer (t: { teardown: (fn: () => unknown) => void }, tok
   return { app, url: `http://127.0.0.1:${port}`, decisions, asked, auth }
 }
 
-async function until (what: string, check: () => boolean, timeoutMs = 5000): Promise<void> {
-  const end = Date.now() + timeoutMs
-  while (!check()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
-    await new Promise(resolve => setTimeout(resolve, 10))
-  }
-}
-
 t.test('after listen, prepared transactions are resolved from the coordinator, each applied once', async t => {
   const coordinator = await decisionServer(t, 'tok')
   const inv = await buildInventory(t.testdir(), {
@@ -48,18 +41,18 @@ t.test('after listen, prepared transactions are resolved from the coordinator, e
   t.equal(coordinator.asked.length, 0, 'nothing is asked before the server listens')
 
   await inv.app.listen({ port: 0, host: '127.0.0.1' })
-  await until('the first pass', () => inv.app.twoPhase.stateOf(toCommit) === 'committed' && inv.app.twoPhase.stateOf(toAbort) === 'aborted')
+  await waitFor('the first pass', () => inv.app.twoPhase.stateOf(toCommit) === 'committed' && inv.app.twoPhase.stateOf(toAbort) === 'aborted')
   t.same(inv.stock('apple'), { available: 6, reserved: 2 }, 'one reservation spent, one released, one still held')
   t.equal(inv.app.twoPhase.stateOf(stillPending), 'prepared')
   t.ok(coordinator.auth.every(header => header === 'Bearer tok'), 'the coordinator token is sent')
 
   // The pending one is asked again on its backoff and resolved once the coordinator decides.
-  await until('a repeated question', () => coordinator.asked.filter(id => id === stillPending).length >= 2)
+  await waitFor('a repeated question', () => coordinator.asked.filter(id => id === stillPending).length >= 2)
   const [entry] = inv.app.twoPhase.inDoubt()
   t.match(entry, { txid: stillPending, lastResult: 'pending' })
   t.ok((entry?.attempts ?? 0) >= 1)
   coordinator.decisions.set(stillPending, 'commit')
-  await until('the repeat pass', () => inv.app.twoPhase.stateOf(stillPending) === 'committed')
+  await waitFor('the repeat pass', () => inv.app.twoPhase.stateOf(stillPending) === 'committed')
   t.same(inv.stock('apple'), { available: 6, reserved: 0 })
   t.same(inv.calls, { prepare: 3, commit: 2, abort: 1 }, 'each decision applied exactly once')
   t.same(inv.app.twoPhase.inDoubt(), [])
@@ -123,7 +116,7 @@ t.test('close stops the recovery loop: no question is asked after close', async 
   const id = txid()
   await inv.app.inject(callback('/2pc/prepare', prepareBody(id)))
   await inv.app.listen({ port: 0, host: '127.0.0.1' })
-  await until('a few questions', () => coordinator.asked.length >= 3)
+  await waitFor('a few questions', () => coordinator.asked.length >= 3)
   const started = Date.now()
   await inv.app.close()
   t.ok(Date.now() - started < 1000, 'close is prompt')

@@ -25,6 +25,7 @@ import { startTcpProxy } from '../support/tcp-proxy.js'
 import type { TcpProxy } from '../support/tcp-proxy.js'
 import { amqpUrlVia, cleanupPrefix } from '../support/rabbit.js'
 import amqp from 'amqplib'
+import { seededRandom } from '../kit/random.js'
 
 export interface ChaosOptions {
   seed: number
@@ -66,16 +67,6 @@ const ACCOUNTS = { 'bank-a': ['a0', 'a1', 'a2', 'a3'], 'bank-b': ['b0', 'b1', 'b
 type BankName = keyof typeof ACCOUNTS
 const COORDINATOR_POINTS = ['coordinator.after-begin', 'coordinator.after-votes-before-decision', 'coordinator.after-decision-before-phase2', 'coordinator.mid-phase2', 'coordinator.after-outbox-write-before-publish']
 const PARTICIPANT_POINTS = ['participant.in-prepare-before-local-commit', 'participant.after-prepare-before-reply', 'participant.after-commit-before-reply', 'participant.after-local-commit-before-amqp-ack']
-
-export function prng (seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6D2B79F5) >>> 0
-    let x = Math.imul(a ^ (a >>> 15), 1 | a)
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 /** A supervised process: restarted after it dies, whoever killed it. */
 class Slot {
@@ -135,7 +126,7 @@ class Slot {
 
 export async function runChaos (options: ChaosOptions): Promise<ChaosReport> {
   const log = options.log ?? (() => {})
-  const rnd = prng(options.seed)
+  const rnd = seededRandom(options.seed)
   const between = (lo: number, hi: number): number => Math.floor(lo + rnd() * (hi - lo))
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)] as T
   const report: ChaosReport = {
@@ -208,7 +199,7 @@ export async function runChaos (options: ChaosOptions): Promise<ChaosReport> {
   }
 
   try {
-    await waitFor('everything up', () => allSlots.every(s => s.clean()), 180_000, 50)
+    await waitFor('everything up', () => allSlots.every(s => s.clean()), 180_000, { everyMs: 50 })
     log(`up: coordinator ${coordinatorUrl}, banks ${ports['bank-a']}/${ports['bank-b']} behind proxies ${httpProxies['bank-a'].port}/${httpProxies['bank-b'].port}, RabbitMQ via ${rabbitProxy.port}`)
 
     // ---- load -----------------------------------------------------------------------------
@@ -218,7 +209,7 @@ export async function runChaos (options: ChaosOptions): Promise<ChaosReport> {
     const maxTransfers = options.maxTransfers ?? Number.POSITIVE_INFINITY
     let stopLoad = false
     const worker = async (w: number): Promise<void> => {
-      const r = prng(options.seed * 1000 + w) // per worker: the interleaving is real, the choices are seeded
+      const r = seededRandom(options.seed * 1000 + w) // per worker: the interleaving is real, the choices are seeded
       // eslint-disable-next-line no-unmodified-loop-condition -- `stopLoad` is set by the run's other tasks
       while (!stopLoad && Date.now() < end && report.transfers < maxTransfers) {
         report.transfers++
@@ -344,9 +335,12 @@ export async function runChaos (options: ChaosOptions): Promise<ChaosReport> {
         final = list
         views = v
         return true
-      }, options.settleTimeoutMs ?? 120_000, 200, async () => {
-        const list = await listTransactions(coordinatorUrl).catch(() => [])
-        return { slots: allSlots.map(s => `${s.name}:${String(s.clean())}`), unfinished: list.filter(tx => !tx.completed).slice(0, 5) }
+      }, options.settleTimeoutMs ?? 120_000, {
+        everyMs: 200,
+        state: async () => {
+          const list = await listTransactions(coordinatorUrl).catch(() => [])
+          return { slots: allSlots.map(s => `${s.name}:${String(s.clean())}`), unfinished: list.filter(tx => !tx.completed).slice(0, 5) }
+        }
       })
     } catch (err) {
       violation(`did not settle: ${String(err)}`)

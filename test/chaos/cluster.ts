@@ -4,12 +4,12 @@
  * so a child starts in about a second). Killed with SIGKILL, started again on the same port
  * and database.
  */
-import { spawn } from 'node:child_process'
-import type { ChildProcess } from 'node:child_process'
-import { createServer } from 'node:net'
-import { once } from 'node:events'
 import { dirname, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
+export { freePort } from '../kit/port.js'
+export { sleep, waitFor } from '../kit/wait.js'
+import { waitFor } from '../kit/wait.js'
+import { spawnNode, type NodeChild } from '../kit/child.js'
 
 const HERE = dirname(fileURLToPath(import.meta.url))
 /** The repository root, from test/chaos (source) or test/dist/chaos (compiled). */
@@ -17,88 +17,11 @@ export const ROOT = HERE.split('/').includes('dist') ? resolve(HERE, '../../..')
 export const COORDINATOR_BIN = resolve(ROOT, 'coordinator/dist/bin.js')
 export const BANK_BIN = resolve(ROOT, 'test/dist/fixtures/bank-participant.js')
 
-export async function freePort (): Promise<number> {
-  const server = createServer()
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const port = (server.address() as { port: number }).port
-  server.close()
-  await once(server, 'close')
-  return port
-}
-
-export const sleep = async (ms: number): Promise<void> => { await new Promise(resolve => setTimeout(resolve, ms)) }
-
-/** Polls `check` every `everyMs` until it is truthy; throws after `timeoutMs` with `what` (and the last state). */
-export async function waitFor<T> (what: string, check: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 20_000, everyMs = 25, state?: () => unknown): Promise<T> {
-  const end = Date.now() + timeoutMs
-  let lastError: unknown
-  for (;;) {
-    try {
-      const value = await check()
-      if (value !== undefined && value !== false) return value
-    } catch (err) {
-      lastError = err
-    }
-    if (Date.now() > end) {
-      const extra = state === undefined ? '' : ` — ${JSON.stringify(await state())}`
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastError === undefined ? '' : ` (last error: ${String(lastError)})`}${extra}`)
-    }
-    await sleep(everyMs)
-  }
-}
-
-export interface Exit { code: number | null, signal: NodeJS.Signals | null }
-
-export interface Proc {
-  readonly name: string
-  readonly child: ChildProcess
-  readonly exited: Promise<Exit>
-  stderr: () => string
-  alive: () => boolean
-  /** SIGKILL and wait for the exit. */
-  kill: () => Promise<Exit>
-}
-
-/** Children still running when this process ends are SIGKILLed (no orphans after a timeout or ^C). */
-const live = new Set<ChildProcess>()
-let reaperInstalled = false
-function installReaper (): void {
-  if (reaperInstalled) return
-  reaperInstalled = true
-  process.once('exit', () => { for (const child of live) child.kill('SIGKILL') })
-  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-    process.once(signal, () => {
-      for (const child of live) child.kill('SIGKILL')
-      process.exit(128 + (signal === 'SIGINT' ? 2 : 15))
-    })
-  }
-}
+export type { Exit } from '../kit/child.js'
+export type Proc = NodeChild
 
 function spawnProc (name: string, file: string, env: Record<string, string>): Proc {
-  installReaper()
-  const child = spawn(process.execPath, ['--enable-source-maps', file], {
-    cwd: ROOT,
-    env: { ...process.env, TWOPC_CRASH_AT: '', NODE_OPTIONS: '', ...env },
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
-  let stderr = ''
-  child.stderr?.on('data', (d: Buffer) => { stderr = (stderr + d.toString()).slice(-20_000) })
-  child.stdout?.resume()
-  live.add(child)
-  const exited = new Promise<Exit>(resolve => { child.once('exit', (code, signal) => { live.delete(child); resolve({ code, signal }) }) })
-  const alive = (): boolean => child.exitCode === null && child.signalCode === null
-  return {
-    name,
-    child,
-    exited,
-    stderr: () => stderr,
-    alive,
-    kill: async () => {
-      if (alive()) child.kill('SIGKILL')
-      return await exited
-    }
-  }
+  return spawnNode(file, { name, cwd: ROOT, env: { TWOPC_CRASH_AT: '', NODE_OPTIONS: '', ...env }, keep: 20_000 })
 }
 
 export interface CoordinatorSpec {
@@ -140,7 +63,7 @@ export async function startCoordinator (spec: CoordinatorSpec, readyTimeoutMs = 
       const res = await fetch(`${url}/readyz`, { signal: AbortSignal.timeout(2000) })
       await res.arrayBuffer()
       return res.status === 200
-    }, readyTimeoutMs, 50)
+    }, readyTimeoutMs, { everyMs: 50 })
   } catch (err) {
     await proc.kill()
     throw new Error(`${String(err)}\n${proc.stderr()}`)

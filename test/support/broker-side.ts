@@ -9,7 +9,7 @@ import amqp from 'amqplib'
 import type { ConfirmChannel, ChannelModel, GetMessage, ConsumeMessage, Options } from 'amqplib'
 import { amqpNames } from '@fastify-2pc/protocol'
 import { topologyObjects } from '@fastify-2pc/amqp'
-import { amqpUrl, cleanupPrefix } from './rabbit.js'
+import { amqpUrl, cleanupPrefix, requireRabbit, type TapLike } from './rabbit.js'
 
 export interface Received {
   messageId: string
@@ -53,6 +53,20 @@ export class BrokerSide {
     const ch = await conn.createConfirmChannel()
     ch.on('error', () => {})
     return new BrokerSide(prefix, conn, ch)
+  }
+
+  /**
+   * A BrokerSide on `prefix` for test `t`, cleaned up in its teardown (a failed delete said on
+   * stderr); undefined without RabbitMQ (`requireRabbit` skipped or failed the test).
+   */
+  static async forTest (t: TapLike & { teardown: (fn: () => Promise<void>) => unknown }, prefix: string): Promise<BrokerSide | undefined> {
+    if (!(await requireRabbit(t))) return undefined
+    const broker = await BrokerSide.open(prefix)
+    t.teardown(async () => {
+      const failed = await broker.cleanup()
+      if (failed.length > 0) process.stderr.write(`${t.name}: cleanup failed for ${failed.join(', ')}\n`)
+    })
+    return broker
   }
 
   get names (): ReturnType<typeof amqpNames> { return amqpNames(this.prefix) }

@@ -9,6 +9,7 @@
 
 import { randomBytes } from 'node:crypto'
 import amqp from 'amqplib'
+import { isCI, missingTool, type ToolTest } from '../kit/tools.js'
 
 export const DEFAULT_AMQP_URL = 'amqp://guest:guest@127.0.0.1:5672'
 
@@ -36,10 +37,7 @@ export function redactUrl (url: string): string {
   }
 }
 
-export function isCI (): boolean {
-  const ci = process.env.CI
-  return ci === 'true' || ci === '1'
-}
+export { isCI } from '../kit/tools.js'
 
 export interface RabbitAvailability {
   ok: boolean
@@ -68,12 +66,8 @@ export function rabbitAvailable (timeoutMs = 2000): Promise<RabbitAvailability> 
   return cached
 }
 
-/** The subset of a tap Test this helper uses (keeps it independent of tap's types). */
-export interface TapLike {
-  name: string
-  fail (message: string): unknown
-  skip (...args: any[]): unknown
-}
+/** The subset of a tap Test these helpers use (keeps them independent of tap's types). */
+export type TapLike = ToolTest
 
 /**
  * Resolves true when RabbitMQ answers. Otherwise: in CI the test fails; elsewhere a loud
@@ -140,6 +134,23 @@ export async function listBrokerNames (prefix: string): Promise<{ queues: string
   if (queues === undefined || exchanges === undefined) return undefined
   const mine = (n: string): boolean => n.startsWith(prefix)
   return { queues: queues.map((r) => r[0] ?? '').filter(mine), exchanges: exchanges.map((r) => r[0] ?? '').filter(mine) }
+}
+
+/** What installs rabbitmqctl, for the message of a check that needs it. */
+export const RABBITMQCTL_INSTALL = 'apt-get install -y rabbitmq-server (rabbitmqctl, run as root on the broker\'s machine)'
+
+/**
+ * The end of a file's broker tests: no queue or exchange starting with `prefix` is left. Lists
+ * them with rabbitmqctl; without it the check is a failure in CI and a loud skip elsewhere.
+ */
+export async function checkBrokerClean (t: TapLike & { same: (found: any, wanted: any, message: string) => unknown }, prefix: string): Promise<void> {
+  if (!(await requireRabbit(t))) return
+  const left = await listBrokerNames(prefix)
+  if (left === undefined) {
+    missingTool(t, 'rabbitmqctl is not available: cannot list the broker\'s names', RABBITMQCTL_INSTALL)
+    return
+  }
+  t.same(left, { queues: [], exchanges: [] }, `no queue or exchange starting with ${prefix}`)
 }
 
 /** Rows of a `rabbitmqctl list_*` command (tab-separated, no headers), undefined on failure. */

@@ -36,6 +36,7 @@ import { step as realStep, newTransaction, decisionOf, isDecided } from '../../c
 import type { Transaction, Event, Effect as CEffect, Policy, StepResult } from '../../coordinator/src/core/machine.js'
 import { transition as realTransition } from '../../participant-sdk/src/state-machine.js'
 import type { RecordState, ParticipantEvent, Step, PrepareOutcome, Reply } from '../../participant-sdk/src/state-machine.js'
+import { seededRandom } from '../kit/random.js'
 
 export type CoordinatorStep = (tx: Transaction, event: Event, policy: Policy) => StepResult
 export type ParticipantTransition = (state: RecordState, event: ParticipantEvent) => Step
@@ -62,17 +63,6 @@ export interface SimStats {
 const POLICY: Policy = { maxParticipants: 8, maxMessages: 8, retryBaseMs: 5, retryMaxMs: 40, retryBudget: 3 }
 const TX_TIMEOUT = 120
 const PREPARE_DEADLINE = 60
-
-/** mulberry32: small, fast, good enough for scheduling; the whole run derives from the seed. */
-export function prng (seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6D2B79F5) >>> 0
-    let x = Math.imul(a ^ (a >>> 15), 1 | a)
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 type Msg =
   | { kind: 'prepare', to: string, txid: string, callId: number, epoch: number, deadline: number }
@@ -103,7 +93,7 @@ class Violation extends Error {}
 export function simulate (seed: number, options: { machines?: Machines, trace?: boolean } = {}): SimResult {
   const { step, transition } = options.machines ?? REAL_MACHINES
   const tracing = options.trace === true
-  const rnd = prng(seed)
+  const rnd = seededRandom(seed)
   const int = (n: number): number => Math.floor(rnd() * n)
   const chance = (p: number): boolean => rnd() < p
   const trace: string[] = []

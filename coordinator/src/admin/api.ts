@@ -10,10 +10,11 @@
  */
 import type { FastifyInstance } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
-import { Engine, NotFound, Rejected } from '../engine.js'
+import { Engine } from '../engine.js'
 import type { LogStore } from '../log/log-store.js'
 import type { Transaction } from '../core/machine.js'
 import { Errors } from '../errors.js'
+import { apiErrorOf } from '../reject-errors.js'
 import { txIdRegExp } from '../ids.js'
 import { view } from '../routes.js'
 import { ActorHeaders, ErrorReply, ForgetBody, ForgetReply, ResolveBody, TransactionView, TxParams } from '../schemas.js'
@@ -22,19 +23,7 @@ export const ACTOR_HEADER = 'x-twopc-actor'
 
 /** The API error for an engine refusal of an operator action (or any other refusal). */
 export function operatorError (err: unknown, id: string): Error {
-  if (err instanceof NotFound) return new Errors.TX_NOT_FOUND(id)
-  if (err instanceof Rejected) {
-    switch (err.code) {
-      case 'TX_NOT_DECIDED': return new Errors.TX_NOT_DECIDED(id, err.tx.state)
-      case 'NOTHING_TO_RETRY': return new Errors.NOTHING_TO_RETRY(id)
-      case 'NOTHING_TO_RESOLVE': return new Errors.NOTHING_TO_RESOLVE(id)
-      case 'TX_ALREADY_DECIDED': return new Errors.TX_ALREADY_DECIDED(id, err.tx.state)
-      case 'TX_NOT_ACTIVE': return new Errors.TX_NOT_ACTIVE(id, err.tx.state)
-      case 'TX_EXPIRED': return new Errors.TX_EXPIRED(id, new Date(err.tx.expiresAt).toISOString())
-      default: return err
-    }
-  }
-  return err as Error
+  return apiErrorOf(err, id)
 }
 
 export function checkTxId (id: string): void {

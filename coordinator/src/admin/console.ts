@@ -28,7 +28,7 @@ export interface ConsoleDeps {
   coordinatorId: string
 }
 
-export const TOKEN_COOKIE = 'twopc_token'
+const TOKEN_COOKIE = 'twopc_token'
 
 const SECURITY_HEADERS: Record<string, string> = {
   'content-type': 'text/html; charset=utf-8',

@@ -7,7 +7,7 @@ import type { Counters, ListFilter, TimelineEntry, View } from './queries.js'
 import { JSON_LIMITS } from '../schemas.js'
 import { metadataOmitted } from '../routes.js'
 
-export const VIEW_TITLES: Record<View, string> = {
+const VIEW_TITLES: Record<View, string> = {
   all: 'Transactions',
   'in-doubt': 'In doubt (preparing: votes asked, no decision yet)',
   'needs-attention': 'Needs attention',
@@ -15,7 +15,7 @@ export const VIEW_TITLES: Record<View, string> = {
   unfinished: 'Phase 2 unfinished (decided, not every participant acked)'
 }
 
-export const VIEW_PATHS: Record<View, string> = {
+const VIEW_PATHS: Record<View, string> = {
   all: '/admin',
   'in-doubt': '/admin/in-doubt',
   'needs-attention': '/admin/needs-attention',
@@ -34,11 +34,11 @@ export interface PageContext {
 const stateBadge = (state: string): Html => html`<span class="badge s-${state}">${state}</span>`
 const ackBadge = (ack: string): Html => html`<span class="badge a-${ack}">${ack}</span>`
 
-export function canRetry (tx: Transaction): boolean {
+function canRetry (tx: Transaction): boolean {
   return isDecided(tx) && tx.participants.some(p => p.ack === 'pending' || p.ack === 'heuristic')
 }
 
-export function canResolve (tx: Transaction): boolean {
+function canResolve (tx: Transaction): boolean {
   return isDecided(tx) && (tx.needsAttention || tx.participants.some(p => p.ack === 'pending' || p.ack === 'heuristic'))
 }
 

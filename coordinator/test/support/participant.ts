@@ -19,27 +19,13 @@ import Database from 'better-sqlite3'
 import { verifySignature, SIGNATURE_HEADER, type Vote, type SignedOperation } from '@fastify-2pc/protocol'
 import type { Test } from 'tap'
 import { buildCoordinator, type CoordinatorOptions } from '../../src/index.js'
+import { waitFor as kitWaitFor } from '../../../test/kit/wait.js'
 
 // ---- polling ---------------------------------------------------------------------------------
 
-/** Polls `fn` (every 10 ms) until it returns a truthy value; throws after `timeoutMs`. */
+/** Polls `fn` (every 10 ms) until it returns a truthy value; throws after `timeoutMs` (the kit's waitFor, arguments in this module's order). */
 export async function waitFor<T> (fn: () => T | Promise<T>, timeoutMs = 5000, what = 'condition'): Promise<NonNullable<T>> {
-  const deadline = Date.now() + timeoutMs
-  let last: unknown
-  for (;;) {
-    try {
-      const value = await fn()
-      if (value !== undefined && value !== null && value !== false && value !== 0 && value !== '') return value as NonNullable<T>
-      last = value
-    } catch (err) {
-      last = err
-    }
-    if (Date.now() > deadline) {
-      const detail = last instanceof Error ? last.message : JSON.stringify(last)
-      throw new Error(`waitFor: ${what} not met within ${timeoutMs} ms (last: ${detail})`)
-    }
-    await new Promise(resolve => setTimeout(resolve, 10))
-  }
+  return await kitWaitFor(what, fn, timeoutMs, { everyMs: 10 })
 }
 
 // ---- HTTP client -----------------------------------------------------------------------------
