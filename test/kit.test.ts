@@ -72,7 +72,7 @@ t.test('runNode: the whole output and the exit; killed after its time, with the 
   t.same([run.code, run.signal, run.stdout, run.stderr.length], [2, null, 'a,b set unset\n', 101])
   const forever = join(dir, 'forever.mjs')
   writeFileSync(forever, "process.on('SIGINT', () => process.exit(7)); setInterval(() => {}, 1000); console.log('up')\n")
-  t.same((await runNode(forever, { nodeArgs: [], timeoutMs: 300, killSignal: 'SIGINT' })).code, 7, 'stopped by SIGINT after its time')
+  t.same((await runNode(forever, { nodeArgs: [], timeoutMs: 5000, killSignal: 'SIGINT' })).code, 7, 'stopped by SIGINT after its time')
 })
 
 t.test('missingTool: a failure in CI, with the install command; a skip elsewhere', async t => {
