@@ -1,4 +1,6 @@
 /**
+ * Over 500 lines: one subtest per broker behaviour, each with its own prefix and clean-up.
+ *
  * The coordinator's RabbitMQ side against the real broker: the outbox under a broker outage
  * (a TCP proxy the test cuts, black-holes and restores — the shared broker is never stopped),
  * transactional messages (published on commit, never on abort), acks over RabbitMQ, poison acks,

@@ -1,4 +1,6 @@
 /**
+ * Over 500 lines: one subtest per broker failure the link must survive.
+ *
  * AmqpLink against the real RabbitMQ; broker outages are simulated with a TCP proxy between the
  * link and the broker (the shared broker is never stopped). Every subtest uses its own name
  * prefix and deletes what it declared; the last subtest checks that nothing is left behind.

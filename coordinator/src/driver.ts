@@ -1,4 +1,7 @@
 /**
+ * Over 500 lines (just): the single call, the batch and the bounded reading of answers share
+ * the dispatcher's handler and the timeout signal; apart, each would need the others' state.
+ *
  * The HTTP adapter: calls a participant's prepare / commit / abort callback with undici and
  * turns the answer into a state-machine event. Bodies are signed when a secret is set; every
  * answer body is read (bounded) or dumped so connections go back to the pool.

@@ -1,4 +1,8 @@
 /**
+ * Over 500 lines: it is the one place where the machine's effects meet the log, the driver, the
+ * phase-2 scheduler and the timers, and splitting it would spread the ordering rules it keeps
+ * (write before effects, wait for a commit's sync) over several files.
+ *
  * The imperative shell around the state machine. For every event: load the record, `step`,
  * save the result, and only once it is written carry out the effects (HTTP calls, timers,
  * answers to waiting initiators). Load-step-save is synchronous, so two events for one

@@ -1,4 +1,6 @@
 /**
+ * Over 500 lines: one subtest per end-to-end behaviour, sharing the participant servers' setup.
+ *
  * End-to-end: the real coordinator (real SQLite file, real HTTP on 127.0.0.1) driving real
  * participant servers. Outcomes are awaited with a bounded waitFor, never a fixed sleep.
  */

@@ -1,5 +1,8 @@
 #!/usr/bin/env node
 /**
+ * Over 500 lines: the scenario and its verdicts are read as one script, step by step, by whoever
+ * wants to know what `npm start` shows.
+ *
  * `npm start`: the whole createOrder demo in one command.
  *
  * Starts the coordinator and the order, inventory and payment services as child processes

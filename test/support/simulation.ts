@@ -1,4 +1,7 @@
 /**
+ * Over 500 lines: the model of every process, its faults and the invariants checked after each
+ * step belong to one seeded schedule.
+ *
  * Deterministic simulation of the whole protocol over the two REAL pure state machines: the
  * coordinator's `step` (coordinator/src/core/machine.ts) and the participant's `transition`
  * (participant-sdk/src/state-machine.ts). No I/O, no clock, no Math.random: one seed, one
